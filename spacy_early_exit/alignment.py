@@ -1,0 +1,169 @@
+"""spaCy tokens <-> wordpiece sequences, with windows for long documents.
+
+A document becomes one or more encoder rows: ``[CLS] pieces [SEP]`` (whatever
+specials the tokenizer adds). A document longer than the position limit is cut
+into overlapping windows; each token is read from the window in which its
+first piece sits farthest from a cut, so no token is dropped and none is read
+next to an artificial edge when a better window exists.
+"""
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy
+import torch
+from spacy.tokens import Doc
+from spacy_transformers.align import get_alignment_via_offset_mapping
+
+from .encoder.model import EncoderInput
+
+
+@dataclass
+class SequenceRow:
+    """One encoder row.
+
+    ids (numpy.ndarray): wordpiece ids with specials.
+    word_cols (numpy.ndarray): column of each word's first piece.
+    pair_cols, pair_words (numpy.ndarray): piece column -> word slot pairs.
+    """
+
+    ids: numpy.ndarray
+    word_cols: numpy.ndarray
+    pair_cols: numpy.ndarray
+    pair_words: numpy.ndarray
+
+
+@dataclass
+class DocLayout:
+    """Where each token of a doc is read.
+
+    token_rows (numpy.ndarray): global row index per token, -1 for tokens
+        without wordpieces (whitespace, stripped control characters).
+    token_slots (numpy.ndarray): word slot in that row per token.
+    rows (List[int]): the global rows this doc spans.
+    """
+
+    token_rows: numpy.ndarray
+    token_slots: numpy.ndarray
+    rows: List[int]
+
+
+class Aligner:
+    """Tokenize docs and lay them out as encoder rows.
+
+    tokenizer (PreTrainedTokenizerFast): the backbone's fast tokenizer.
+    max_length (int): the longest row, specials included.
+    overlap (float): share of a window repeated in the next one.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, overlap: float = 0.25) -> None:
+        probe = list(tokenizer.build_inputs_with_special_tokens([-7]))
+        cut = probe.index(-7)
+        self.tokenizer = tokenizer
+        self.prefix = numpy.asarray(probe[:cut], dtype="int64")
+        self.suffix = numpy.asarray(probe[cut + 1:], dtype="int64")
+        self.content = max_length - len(self.prefix) - len(self.suffix)
+        if self.content < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for wordpieces")
+        self.stride = max(1, int(self.content * (1.0 - overlap)))
+
+    def layout(self, docs: Sequence[Doc]) -> Tuple[List[SequenceRow], List[DocLayout]]:
+        """Turn docs into rows; RETURNS the rows and one layout per doc."""
+        texts = [doc.text for doc in docs]
+        encoded = self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        ) if texts else {"input_ids": [], "offset_mapping": []}
+        rows: List[SequenceRow] = []
+        layouts: List[DocLayout] = []
+        for doc, ids, offsets in zip(docs, encoded["input_ids"], encoded["offset_mapping"]):
+            layouts.append(self._layout_doc(doc, numpy.asarray(ids, dtype="int64"), offsets, rows))
+        return rows, layouts
+
+    def _layout_doc(
+        self, doc: Doc, ids: numpy.ndarray, offsets: List[Tuple[int, int]], rows: List[SequenceRow]
+    ) -> DocLayout:
+        n_tokens = len(doc)
+        token_rows = numpy.full(n_tokens, -1, dtype="int64")
+        token_slots = numpy.full(n_tokens, -1, dtype="int64")
+        if n_tokens == 0 or len(ids) == 0:
+            return DocLayout(token_rows, token_slots, [])
+        align = get_alignment_via_offset_mapping(
+            [doc[:]], [numpy.asarray(offsets, dtype="int64").reshape(-1, 2)]
+        )
+        lengths = numpy.asarray(align.lengths)
+        # Pair every (token, piece) of the alignment; a token's first piece is its min.
+        pair_token = numpy.repeat(numpy.arange(n_tokens), lengths)
+        pair_piece = numpy.asarray(align.dataXd, dtype="int64")
+        has_piece = lengths > 0
+        first = numpy.full(n_tokens, -1, dtype="int64")
+        if len(pair_piece):
+            mins = numpy.full(n_tokens, len(ids), dtype="int64")
+            numpy.minimum.at(mins, pair_token, pair_piece)
+            first[has_piece] = mins[has_piece]
+        words = numpy.flatnonzero(has_piece)
+        if len(words) == 0:
+            return DocLayout(token_rows, token_slots, [])
+        starts = self._window_starts(len(ids))
+        word_first = first[words]
+        # Centrality of each word's first piece in each window: distance to the
+        # nearest cut (document ends are not cuts).
+        s = starts[:, None]
+        e = s + self.content
+        inside = (word_first[None, :] >= s) & (word_first[None, :] < e)
+        left = numpy.where(s > 0, word_first[None, :] - s, len(ids))
+        right = numpy.where(e < len(ids), e - 1 - word_first[None, :], len(ids))
+        margin = numpy.where(inside, numpy.minimum(left, right), -1)
+        owner = margin.argmax(axis=0)
+        doc_rows = []
+        offset = len(self.prefix)
+        for w_index, start in enumerate(starts):
+            end = min(start + self.content, len(ids))
+            in_window = words[inside[w_index]]
+            slot_of_token = numpy.full(n_tokens, -1, dtype="int64")
+            slot_of_token[in_window] = numpy.arange(len(in_window))
+            keep = (pair_piece >= start) & (pair_piece < end) & (slot_of_token[pair_token] >= 0)
+            row = SequenceRow(
+                ids=numpy.concatenate([self.prefix, ids[start:end], self.suffix]),
+                word_cols=first[in_window] - start + offset,
+                pair_cols=pair_piece[keep] - start + offset,
+                pair_words=slot_of_token[pair_token[keep]],
+            )
+            owned = in_window[owner[numpy.searchsorted(words, in_window)] == w_index]
+            token_rows[owned] = len(rows)
+            token_slots[owned] = slot_of_token[owned]
+            doc_rows.append(len(rows))
+            rows.append(row)
+        return DocLayout(token_rows, token_slots, doc_rows)
+
+    def _window_starts(self, n_pieces: int) -> numpy.ndarray:
+        if n_pieces <= self.content:
+            return numpy.zeros(1, dtype="int64")
+        last = n_pieces - self.content
+        starts = list(range(0, last, self.stride)) + [last]
+        return numpy.asarray(starts, dtype="int64")
+
+
+def collate(rows: Sequence[SequenceRow], pad_id: int, device: Optional[torch.device] = None) -> EncoderInput:
+    """Pad rows into one :class:`EncoderInput`."""
+    n = len(rows)
+    seq = max(len(r.ids) for r in rows)
+    n_words = max(len(r.word_cols) for r in rows)
+    ids = numpy.full((n, seq), pad_id, dtype="int64")
+    word_pieces = numpy.full((n, n_words), -1, dtype="int64")
+    for i, row in enumerate(rows):
+        ids[i, : len(row.ids)] = row.ids
+        word_pieces[i, : len(row.word_cols)] = row.word_cols
+    pair_counts = [len(r.pair_cols) for r in rows]
+    as_tensor = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    return EncoderInput(
+        input_ids=as_tensor(ids),
+        lengths=as_tensor(numpy.asarray([len(r.ids) for r in rows], dtype="int64")),
+        word_pieces=as_tensor(word_pieces),
+        piece_rows=as_tensor(numpy.repeat(numpy.arange(n, dtype="int64"), pair_counts)),
+        piece_cols=as_tensor(numpy.concatenate([r.pair_cols for r in rows])),
+        piece_words=as_tensor(numpy.concatenate([r.pair_words for r in rows])),
+    )

@@ -1,0 +1,221 @@
+"""The registered Thinc architecture: docs in, per-token early-exit predictions out.
+
+`spacy-early-exit.EarlyExitTransformer.v1` is a Thinc model with one child, a
+PyTorchWrapper-style "pytorch" layer whose shim owns the torch
+:class:`EarlyExitEncoder`. The outer layer does the spaCy-side work around
+it: wordpiece alignment, long-document windows, length-sorted sub-batches, and
+mapping rows back to tokens.
+"""
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy
+import torch
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
+from thinc.layers.pytorchwrapper import forward as pytorch_forward
+
+from .alignment import Aligner, DocLayout, SequenceRow, collate
+from .encoder.backbone import backbone_spec
+from .encoder.exits import ExitPolicy
+from .encoder.model import EncoderInput, EncoderOutput
+from .shim import EarlyExitShim
+
+ModelInput = Tuple[Sequence[Doc], Optional[ExitPolicy]]
+
+
+@dataclass
+class DocPrediction:
+    """What the encoder says about one doc.
+
+    logits (numpy.ndarray): ``[n_tokens, n_labels]`` at each token's exit layer
+        (zeros for tokens without wordpieces).
+    exit_layers (numpy.ndarray): ``[n_tokens]``, 1-based; 0 = no wordpieces.
+    flops, full_flops (int): FLOPs spent, and what full depth would cost.
+    """
+
+    logits: numpy.ndarray
+    exit_layers: numpy.ndarray
+    flops: int
+    full_flops: int
+
+
+@dataclass
+class TrainingOutput:
+    """layer_logits: ``[n_layers, n_words, n_labels]`` for every word of every row;
+    token_index: per doc, each token's row in `n_words` (-1: not scored)."""
+
+    layer_logits: Any
+    token_index: List[numpy.ndarray]
+
+
+@registry.architectures("spacy-early-exit.EarlyExitTransformer.v1")
+def build_early_exit_transformer(
+    name: str,
+    max_length: Optional[int] = None,
+    ramp_dropout: float = 0.1,
+    batch_pieces: int = 8192,
+) -> Model[ModelInput, Any]:
+    """Build the early-exit encoder model (weights load at initialize).
+
+    name (str): backbone: Hugging Face id, local directory, or ``pkg:<module>``.
+    max_length (Optional[int]): longest encoder row in wordpieces, specials
+        included; None = the backbone's position limit. Longer docs are windowed.
+    ramp_dropout (float): dropout before each off-ramp during training.
+    batch_pieces (int): at inference, the padded wordpieces in one forward pass;
+        larger batches are split (sorted by length, so little padding).
+    """
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 4):
+        raise ValueError(f"'max_length' must be an integer >= 4 or null; got {max_length!r}")
+    if not 0.0 <= ramp_dropout < 1.0:
+        raise ValueError(f"'ramp_dropout' must be in [0, 1); got {ramp_dropout!r}")
+    if batch_pieces < 1:
+        raise ValueError(f"'batch_pieces' must be positive; got {batch_pieces!r}")
+    torch_layer: Model = Model(
+        "pytorch",
+        pytorch_forward,
+        attrs={"convert_inputs": _convert_inputs, "convert_outputs": _convert_outputs},
+        shims=[EarlyExitShim()],
+    )
+    return Model(
+        "early_exit_transformer",
+        forward,
+        init=init,
+        layers=[torch_layer],
+        attrs={
+            "name": name,
+            "max_length": max_length,
+            "ramp_dropout": ramp_dropout,
+            "batch_pieces": batch_pieces,
+            "n_labels": None,
+        },
+    )
+
+
+def get_shim(model: Model) -> EarlyExitShim:
+    return model.layers[0].shims[0]
+
+
+def init(model: Model, X: Any = None, Y: Any = None) -> None:
+    n_labels = model.attrs["n_labels"]
+    if not n_labels:
+        raise ValueError("Set model.attrs['n_labels'] (the component does) before initializing")
+    get_shim(model).build(model.attrs["name"], n_labels, model.attrs["ramp_dropout"])
+
+
+def get_aligner(model: Model) -> Aligner:
+    shim = get_shim(model)
+    encoder = shim.encoder
+    if encoder is None or shim.tokenizer is None:
+        raise ValueError(
+            "The early-exit encoder is not initialized: call nlp.initialize() "
+            "(or train the pipeline) before using it"
+        )
+    cached = getattr(shim, "aligner", None)
+    if cached is None:
+        limit = backbone_spec(encoder.backbone, shim.tokenizer).max_positions
+        wanted = model.attrs["max_length"] or limit
+        if wanted > limit:
+            raise ValueError(f"'max_length' {wanted} exceeds the backbone's position limit {limit}")
+        cached = Aligner(shim.tokenizer, wanted)
+        shim.aligner = cached
+    return cached
+
+
+def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
+    docs, policy = inputs
+    aligner = get_aligner(model)
+    rows, layouts = aligner.layout(docs)
+    pad_id = aligner.tokenizer.pad_token_id or 0
+    torch_layer = model.layers[0]
+    if is_train:
+        return _train_forward(torch_layer, rows, layouts, pad_id)
+    outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"])
+    n_labels = get_shim(model).encoder.n_labels
+    return [_doc_prediction(doc, lay, outputs, n_labels) for doc, lay in zip(docs, layouts)], _no_backprop
+
+
+def _no_backprop(d_output: Any) -> None:
+    raise ValueError("Prediction output has no backward pass")
+
+
+def _train_forward(
+    torch_layer: Model, rows: List[SequenceRow], layouts: List[DocLayout], pad_id: int
+) -> Tuple[TrainingOutput, Callable]:
+    word_counts = numpy.asarray([len(r.word_cols) for r in rows], dtype="int64")
+    row_offsets = numpy.concatenate([[0], numpy.cumsum(word_counts)])
+    token_index = []
+    for layout in layouts:
+        index = numpy.full(len(layout.token_rows), -1, dtype="int64")
+        scored = layout.token_rows >= 0
+        index[scored] = row_offsets[layout.token_rows[scored]] + layout.token_slots[scored]
+        token_index.append(index)
+    if not rows:
+        empty = torch_layer.ops.alloc3f(0, 0, 0)
+        return TrainingOutput(empty, token_index), lambda d: None
+    batch = collate(rows, pad_id)
+    layer_logits, backprop = torch_layer((batch, None, True), is_train=True)
+    return TrainingOutput(layer_logits, token_index), backprop
+
+
+def _predict_rows(
+    torch_layer: Model,
+    rows: List[SequenceRow],
+    pad_id: int,
+    policy: Optional[ExitPolicy],
+    batch_pieces: int,
+) -> List[Tuple[numpy.ndarray, numpy.ndarray, int, int]]:
+    """Run rows in length-sorted sub-batches; RETURNS per row (logits, exit layers, flops, full)."""
+    results: List[Any] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
+    start = 0
+    while start < len(order):
+        longest = len(rows[order[start]].ids)
+        size = max(1, batch_pieces // longest)
+        chunk = order[start:start + size]
+        start += size
+        out: EncoderOutput = torch_layer.predict((collate([rows[i] for i in chunk], pad_id), policy, False))
+        logits = out.logits.float().cpu().numpy()
+        exits = out.exit_layers.cpu().numpy()
+        flops = out.flops.tolist()
+        full = out.full_flops.tolist()
+        for j, i in enumerate(chunk):
+            n = len(rows[i].word_cols)
+            results[i] = (logits[j, :n], exits[j, :n], flops[j], full[j])
+    return results
+
+
+def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_labels: int) -> DocPrediction:
+    n_tokens = len(doc)
+    logits = numpy.zeros((n_tokens, n_labels), dtype="float32")
+    exit_layers = numpy.zeros(n_tokens, dtype="int64")
+    for row in layout.rows:
+        owned = numpy.flatnonzero(layout.token_rows == row)
+        row_logits, row_exits, _, _ = outputs[row]
+        logits[owned] = row_logits[layout.token_slots[owned]]
+        exit_layers[owned] = row_exits[layout.token_slots[owned]]
+    flops = sum(outputs[row][2] for row in layout.rows)
+    full = sum(outputs[row][3] for row in layout.rows)
+    return DocPrediction(logits, exit_layers, int(flops), int(full))
+
+
+def _convert_inputs(model: Model, inputs: Tuple[EncoderInput, Optional[ExitPolicy], bool], is_train: bool):
+    batch, policy, all_layers = inputs
+    device = model.shims[0].device
+    if batch.input_ids.device != device:
+        batch = EncoderInput(*(t.to(device) for t in vars(batch).values()))
+    return ArgsKwargs(args=(batch,), kwargs={"policy": policy, "all_layers": all_layers}), lambda d: None
+
+
+def _convert_outputs(model: Model, inputs_outputs: Tuple[Any, EncoderOutput], is_train: bool):
+    (_, _, all_layers), output = inputs_outputs
+    if not all_layers:
+        return output, lambda d: None
+    stacked = torch.stack(output.layer_logits)
+
+    def backprop(d_logits: Any) -> ArgsKwargs:
+        grad = xp2torch(model.ops.asarray(d_logits), device=stacked.device).to(stacked.dtype)
+        return ArgsKwargs(args=(stacked,), kwargs={"grad_tensors": (grad,)})
+
+    return torch2xp(stacked.detach()), backprop

@@ -1,0 +1,144 @@
+"""The exit rules: per-token uncertainty, window max, SENTEE/TOKEE decisions.
+
+Conventions where the papers leave a choice (see README, "Exit semantics"):
+- Uncertainty is the normalized entropy of ``softmax(logits / T_l)``, computed
+  from ``log_softmax`` so large logits cannot overflow.
+- The window max runs over the words of one sequence that are still active;
+  words that have already halted count as settled (uncertainty 0). The
+  reference code meant to do this but its exclusion branch is dead.
+- SENTEE is the window rule with an unbounded window: the whole sequence
+  (one document, or one window of a long document) exits together.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+EXIT_MODES = ("tokee", "sentee", "off")
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """When tokens leave the encoder.
+
+    mode (str): "tokee" (window rule), "sentee" (whole sequence), "off" (full depth).
+    threshold (float): exit when the (window) uncertainty is below this, in [0, 1].
+    window (int): k of the +-k window for TOKEE, >= 0.
+    thresholds (Optional[Tuple[float, ...]]): one threshold per layer; overrides
+        `threshold` when given.
+    temperatures (Optional[Tuple[float, ...]]): one positive temperature per
+        layer, dividing that off-ramp's logits before the uncertainty.
+    """
+
+    mode: str = "tokee"
+    threshold: float = 0.1
+    window: int = 2
+    thresholds: Optional[Tuple[float, ...]] = None
+    temperatures: Optional[Tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        validate_mode(self.mode)
+        validate_threshold(self.threshold, "threshold")
+        validate_window(self.window)
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", validate_per_layer(self.thresholds, "thresholds", None))
+        if self.temperatures is not None:
+            object.__setattr__(self, "temperatures", validate_per_layer(self.temperatures, "temperatures", None))
+
+    def check_depth(self, num_layers: int) -> None:
+        """Fail when a per-layer list does not have one value per layer."""
+        for field in ("thresholds", "temperatures"):
+            values = getattr(self, field)
+            if values is not None and len(values) != num_layers:
+                raise ValueError(
+                    f"'{field}' has {len(values)} values but the encoder has "
+                    f"{num_layers} layers: give one value per layer, or null"
+                )
+
+    def layer_threshold(self, layer: int) -> float:
+        """Threshold for 1-based `layer`."""
+        return self.thresholds[layer - 1] if self.thresholds is not None else self.threshold
+
+    def layer_temperature(self, layer: int) -> float:
+        """Temperature for 1-based `layer` (1.0 when uncalibrated)."""
+        return self.temperatures[layer - 1] if self.temperatures is not None else 1.0
+
+
+def validate_mode(mode: object) -> str:
+    if mode not in EXIT_MODES:
+        raise ValueError(f"'exit_mode' must be one of {', '.join(EXIT_MODES)}; got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def validate_threshold(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"'{field}' must be a number in [0, 1] (a normalized entropy); got {value!r}"
+        )
+    return float(value)
+
+
+def validate_window(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"'window' must be an integer >= 0; got {value!r}")
+    return value
+
+
+def validate_per_layer(values: object, field: str, num_layers: Optional[int]) -> Tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"'{field}' must be a list of numbers, one per layer; got {values!r}")
+    out = []
+    for value in values:
+        if field == "temperatures":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > 0 and math.isfinite(value)
+            ):
+                raise ValueError(f"'temperatures' must be positive finite numbers; got {value!r}")
+            out.append(float(value))
+        else:
+            out.append(validate_threshold(value, field))
+    if num_layers is not None and len(out) != num_layers:
+        raise ValueError(f"'{field}' needs {num_layers} values, one per layer; got {len(out)}")
+    return tuple(out)
+
+
+def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) divided by log(C), in [0, 1].
+
+    logits (torch.Tensor): ``[..., C]``.
+    RETURNS (torch.Tensor): ``[...]``.
+    """
+    n_classes = logits.shape[-1]
+    if n_classes < 2:
+        return torch.zeros(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+    log_p = F.log_softmax(logits / temperature, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    return (entropy / math.log(n_classes)).clamp_(0.0, 1.0)
+
+
+def window_max(values: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+    """Max over +-`window` neighbours along the last axis (None: whole row).
+
+    values (torch.Tensor): ``[batch, words]``, non-negative, padding set to 0.
+    """
+    if window is None:
+        return values.max(dim=1, keepdim=True).values.expand_as(values)
+    if window == 0:
+        return values
+    return F.max_pool1d(values[:, None, :], kernel_size=2 * window + 1, stride=1, padding=window)[:, 0, :]
+
+
+def exit_decisions(
+    uncertainty: torch.Tensor, active: torch.Tensor, policy: ExitPolicy, layer: int
+) -> torch.Tensor:
+    """Which active words exit after `layer`.
+
+    uncertainty (torch.Tensor): ``[batch, words]`` at this layer (any value where inactive).
+    active (torch.Tensor): bool ``[batch, words]``, words still in the encoder.
+    RETURNS (torch.Tensor): bool ``[batch, words]``.
+    """
+    settled = torch.where(active, uncertainty, torch.zeros_like(uncertainty))
+    window = None if policy.mode == "sentee" else policy.window
+    return active & (window_max(settled, window) < policy.layer_threshold(layer))

@@ -1,0 +1,110 @@
+"""One encoder layer with halt-and-copy, batched over sequences of any length.
+
+Every present wordpiece contributes keys and values. Only *active* wordpieces
+issue queries and get the attention output projection and the feed-forward
+block; halted ones keep their hidden state unchanged (they are "copied" up).
+
+The active queries of all sequences are packed into a
+``[batch, max_active, hidden]`` tensor (a cumulative-sum slot per sequence), so
+attention is one batched call whatever the mix of lengths and exits, and the
+dense projections run on ``[n_active, hidden]`` rows with no padding at all.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import LayerParts
+
+
+@dataclass
+class PackedRows:
+    """Where a set of wordpieces lives in the padded ``[batch, seq]`` grid.
+
+    rows, cols (torch.Tensor): 1-D positions of the selected wordpieces.
+    slots (torch.Tensor): each selected wordpiece's slot in its row's packed list.
+    width (int): the largest number of selected wordpieces in one row.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    slots: torch.Tensor
+    width: int
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "PackedRows":
+        """mask (torch.Tensor): bool ``[batch, seq]``, True for selected pieces."""
+        counts = mask.sum(dim=1)
+        slot_grid = torch.cumsum(mask, dim=1) - 1
+        rows, cols = mask.nonzero(as_tuple=True)
+        width = int(counts.max()) if mask.numel() else 0
+        return cls(rows=rows, cols=cols, slots=slot_grid[rows, cols], width=width)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def halt_and_copy_layer(
+    parts: LayerParts,
+    hidden: torch.Tensor,
+    present: torch.Tensor,
+    active: PackedRows,
+    num_heads: int,
+    hidden_dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+) -> torch.Tensor:
+    """Run one layer for the active wordpieces and copy the others.
+
+    parts (LayerParts): the layer's modules.
+    hidden (torch.Tensor): ``[batch, seq, hidden]`` states entering the layer.
+    present (torch.Tensor): bool ``[batch, seq]``, the wordpieces that serve as
+        keys/values (real pieces of sequences still running).
+    active (PackedRows): the wordpieces that are updated by this layer.
+    num_heads (int): attention heads.
+    hidden_dropout, attention_dropout (float): dropout rates (pass 0 at inference).
+    RETURNS (torch.Tensor): the ``[batch, seq, hidden]`` states after the layer.
+    """
+    batch, seq, width = hidden.shape
+    if len(active) == 0:
+        return hidden
+    head_dim = width // num_heads
+    # Keys and values only for the rows that still run, and only up to their length.
+    live = present.any(dim=1)
+    live_rows = live.nonzero(as_tuple=True)[0]
+    span = int(present.sum(dim=1).max())
+    keys_in = hidden.index_select(0, live_rows)[:, :span]
+    key_mask = present.index_select(0, live_rows)[:, :span]
+    kv_rows = key_mask.nonzero(as_tuple=True)
+    kv_in = keys_in[kv_rows]
+    keys = torch.zeros(len(live_rows), span, width, dtype=hidden.dtype, device=hidden.device)
+    values = torch.zeros_like(keys)
+    keys = keys.index_put(kv_rows, parts.key(kv_in))
+    values = values.index_put(kv_rows, parts.value(kv_in))
+
+    # Row index of each active piece among the live rows.
+    live_index = torch.cumsum(live, dim=0) - 1
+    q_rows = live_index[active.rows]
+    x = hidden[active.rows, active.cols]
+    queries = torch.zeros(len(live_rows), active.width, width, dtype=hidden.dtype, device=hidden.device)
+    queries = queries.index_put((q_rows, active.slots), parts.query(x))
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], num_heads, head_dim).transpose(1, 2)
+
+    context = F.scaled_dot_product_attention(
+        heads(queries),
+        heads(keys),
+        heads(values),
+        attn_mask=key_mask[:, None, None, :],
+        dropout_p=attention_dropout,
+    )
+    context = context.transpose(1, 2).reshape(len(live_rows), active.width, width)
+    context = context[q_rows, active.slots]
+
+    attn = F.dropout(parts.attn_out(context), hidden_dropout, training=hidden_dropout > 0)
+    attn = parts.attn_norm(attn + x)
+    ffn = parts.ffn_out(parts.ffn_act(parts.ffn_in(attn)))
+    if parts.ffn_dropout:
+        ffn = F.dropout(ffn, hidden_dropout, training=hidden_dropout > 0)
+    out = parts.ffn_norm(ffn + attn)
+    return hidden.index_put((active.rows, active.cols), out)

