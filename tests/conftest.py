@@ -76,3 +76,37 @@ def save_tiny_backbone(directory: Path, family: str = "bert", **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
+
+
+NER_DATA = [
+    ("John Smith lives in New York .", [(0, 10, "PER"), (20, 28, "LOC")]),
+    ("Google is a company in London", [(0, 6, "ORG"), (23, 29, "LOC")]),
+    ("Mary said apple will have a new city", [(0, 4, "PER"), (10, 15, "ORG")]),
+    ("They were in Paris with John", [(13, 18, "LOC"), (24, 28, "PER")]),
+]
+
+
+def ner_examples(nlp):
+    from spacy.training import Example
+
+    return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
+
+
+def make_ner_nlp(model_dir, steps: int = 0, **config):
+    """A blank English pipeline with tokee_ner on a tiny local backbone."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    model = {"name": str(model_dir), **config.pop("model", {})}
+    nlp.add_pipe("tokee_ner", config={"model": model, "learn_rate": 1e-3, "warmup_steps": 0, **config})
+    examples = ner_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(steps):
+        nlp.update(examples, sgd=optimizer)
+    return nlp
+
+
+@pytest.fixture(scope="session")
+def trained_ner(tiny_model_dir):
+    # Sharp temperatures make the tiny random model confident enough to exit.
+    return make_ner_nlp(tiny_model_dir, steps=15, threshold=0.5, window=1, temperatures=[0.25] * 4)

@@ -1,0 +1,405 @@
+"""Convert the public corpora in shared/data/ into spaCy DocBin (.spacy) files.
+
+Usage: python project/scripts/convert.py FORMAT INPUT_PATH OUTPUT_PATH [--lang LANG]
+
+Every format also has an importable reader (``read_<format>(path, lang)``) that returns
+one spaCy ``Doc`` per sentence (or per JSON line for CLUENER). Malformed input raises a
+``ValueError`` that names the file and the 1-based line number.
+"""
+import json
+import re
+import warnings
+from collections import Counter
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import spacy
+import typer
+from spacy.tokens import Doc, DocBin, Span
+from spacy.training import biluo_tags_to_spans, iob_to_biluo
+from spacy.util import filter_spans
+from spacy.vocab import Vocab
+
+PathLike = Union[str, Path]
+Line = Tuple[int, List[str]]  # (1-based line number, columns)
+Block = List[Line]
+
+UD_UPOS = frozenset(
+    "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
+)
+IOB_TAG = re.compile(r"^(O|[BI]-\S+)$")
+# A revised Weibo token is a character plus its 0-based position in its jieba word
+# ("科0", "20" = the digit 2 at position 0); an unreadable emoji is two U+FFFD plus position.
+WEIBO_CHAR = re.compile(r"^(\uFFFD+|.)(\d{1,2})$")
+CONLLU_RANGE = re.compile(r"^(\d+)-(\d+)$")
+CONLLU_EMPTY = re.compile(r"^\d+\.\d+$")
+CLUENER_SPANS_KEY = "sc"
+
+
+def fail(path: PathLike, lineno: int, message: str) -> ValueError:
+    """Build the error raised for malformed input.
+
+    path (PathLike): The input file.
+    lineno (int): The 1-based line number.
+    message (str): What is wrong with the line.
+    RETURNS (ValueError): The error, naming the file and line.
+    """
+    return ValueError(f"{path}, line {lineno}: {message}")
+
+
+@lru_cache(maxsize=None)
+def get_vocab(lang: str) -> Vocab:
+    """Return a (cached) blank vocab for a language.
+
+    lang (str): A spaCy language code such as "en" or "zh".
+    RETURNS (Vocab): The vocab of spacy.blank(lang).
+    """
+    return spacy.blank(lang).vocab
+
+
+def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
+    """Yield the lines of a UTF-8 file without their line ending.
+
+    path (PathLike): The input file.
+    YIELDS (Tuple[int, str]): The 1-based line number and the line's text.
+    """
+    with Path(path).open("rb") as file_:
+        for lineno, raw in enumerate(file_, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise fail(path, lineno, f"not valid UTF-8 ({err.reason})") from None
+            if lineno == 1:
+                text = text.lstrip("\ufeff")
+            yield lineno, text.rstrip("\r\n")
+
+
+def read_blocks(
+    path: PathLike, n_columns: Sequence[int], sep: Optional[str] = "\t", comment: Optional[str] = None
+) -> Iterator[Block]:
+    """Split a column file into blank-line separated blocks of (line number, columns).
+
+    An unterminated last block (no trailing blank line) is kept.
+
+    path (PathLike): The input file.
+    n_columns (Sequence[int]): The allowed column counts of a non-blank, non-comment line.
+    sep (Optional[str]): The column separator; None splits on any whitespace.
+    comment (Optional[str]): Prefix of comment lines, which are dropped; None for no comments.
+    YIELDS (Block): The lines of one sentence, in order.
+    """
+    block: Block = []
+    for lineno, text in iter_lines(path):
+        if not text.strip():
+            if block:
+                yield block
+            block = []
+        elif comment is None or not text.startswith(comment):
+            fields = text.split(sep)
+            if len(fields) not in n_columns:
+                expected = " or ".join(str(n) for n in n_columns)
+                raise fail(path, lineno, f"expected {expected} columns, got {len(fields)}: {text!r}")
+            block.append((lineno, fields))
+    if block:
+        yield block
+
+
+def make_ner_doc(
+    path: PathLike, vocab: Vocab, words: List[str], tags: List[Tuple[int, str]], spaces: bool, strict: bool
+) -> Doc:
+    """Create a Doc and set its entities from IOB tags (IOB2, or IOB1 unless strict).
+
+    path (PathLike): The input file, for error messages.
+    vocab (Vocab): The vocab of the new Doc.
+    words (List[str]): The token texts.
+    tags (List[Tuple[int, str]]): (line number, tag) per token.
+    spaces (bool): Whether tokens are separated by a space (never after the last one).
+    strict (bool): Raise on an I- tag that does not continue an entity of its type (IOB2).
+    RETURNS (Doc): The Doc with doc.ents set and all other tokens marked outside.
+    """
+    previous = "O"
+    for lineno, tag in tags:
+        if not IOB_TAG.match(tag):
+            raise fail(path, lineno, f"bad IOB tag {tag!r}")
+        if strict and tag.startswith("I-") and previous[2:] != tag[2:]:
+            raise fail(path, lineno, f"IOB2 tag {tag!r} follows {previous!r}")
+        previous = tag
+    doc = Doc(vocab, words=words, spaces=[spaces] * (len(words) - 1) + [False])
+    doc.ents = biluo_tags_to_spans(doc, iob_to_biluo([tag for _, tag in tags]))
+    return doc
+
+
+def read_iob_columns(
+    path: PathLike,
+    lang: str,
+    columns: Tuple[int, int, int],
+    sep: Optional[str] = "\t",
+    comment: Optional[str] = None,
+    word_of: Optional[Callable[[PathLike, int, str], str]] = None,
+    spaces: bool = True,
+    strict: bool = False,
+    docstart: bool = False,
+) -> List[Doc]:
+    """Read a one-token-per-line NER file into Docs (shared by conll2003, iob2 and weibo).
+
+    An entity may start with I- (IOB1 style) unless strict; a warning counts them.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    columns (Tuple[int, int, int]): Column count, word column index, tag column index.
+    sep (Optional[str]): The column separator; None splits on whitespace.
+    comment (Optional[str]): Prefix of comment lines, or None.
+    word_of (Optional[Callable[[PathLike, int, str], str]]): Maps (path, line number, word
+        field) to the token text; None keeps the field.
+    spaces (bool): Whether tokens are separated by a space.
+    strict (bool): Require IOB2 (see make_ner_doc).
+    docstart (bool): Skip -DOCSTART- lines, which must each form their own block.
+    RETURNS (List[Doc]): One Doc per sentence.
+    """
+    n_columns, word_col, tag_col = columns
+    docs: List[Doc] = []
+    n_i_starts = 0
+    for block in read_blocks(path, [n_columns], sep=sep, comment=comment):
+        starts = [lineno for lineno, fields in block if docstart and fields[0] == "-DOCSTART-"]
+        if starts and len(block) > 1:
+            raise fail(path, starts[0], "-DOCSTART- must be alone, between blank lines")
+        if starts:
+            continue
+        words = [fields[word_col] for _, fields in block]
+        if word_of is not None:
+            words = [word_of(path, lineno, word) for (lineno, _), word in zip(block, words)]
+        tags = [(lineno, fields[tag_col]) for lineno, fields in block]
+        doc = make_ner_doc(path, get_vocab(lang), words, tags, spaces, strict)
+        n_i_starts += sum(tags[ent.start][1].startswith("I-") for ent in doc.ents)
+        docs.append(doc)
+    if n_i_starts:
+        warnings.warn(f"{path}: {n_i_starts} entities start with an I- tag; read as entity starts (IOB1)")
+    return docs
+
+
+def weibo_char(path: PathLike, lineno: int, field: str) -> str:
+    """Strip the jieba position digits from a revised Weibo NER token.
+
+    path (PathLike): The input file, for error messages.
+    lineno (int): The line number, for error messages.
+    field (str): The first column, e.g. "科0" or "20".
+    RETURNS (str): The character, e.g. "科" or "2".
+    """
+    match = WEIBO_CHAR.match(field)
+    if match is None:
+        raise fail(path, lineno, f"expected a character followed by its position digits, got {field!r}")
+    return match.group(1)
+
+
+def read_conll2003(path: PathLike, lang: str = "en") -> List[Doc]:
+    """Read CoNLL-2003 (word POS chunk NER, IOB1 or IOB2; -DOCSTART- lines skipped).
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per sentence with doc.ents.
+    """
+    return read_iob_columns(path, lang, (4, 0, 3), sep=None, docstart=True)
+
+
+def read_iob2(path: PathLike, lang: str = "en") -> List[Doc]:
+    """Read a UNER .iob2 file (index, word, IOB2 tag, 2 unused columns; '#' comments).
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per sentence with doc.ents.
+    """
+    return read_iob_columns(path, lang, (5, 1, 2), comment="#", strict=True)
+
+
+def read_weibo(path: PathLike, lang: str = "zh") -> List[Doc]:
+    """Read revised Weibo NER (character+position, BIO tag), one token per character.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per message with doc.ents (labels such as PER.NAM).
+    """
+    return read_iob_columns(path, lang, (2, 0, 1), word_of=weibo_char, spaces=False)
+
+
+def conllu_words(path: PathLike, block: Block) -> Tuple[Block, Dict[int, str]]:
+    """Keep the word lines (integer IDs) of a CoNLL-U sentence, checking the IDs.
+
+    Multiword token ranges ("3-4") and empty nodes ("5.1") are dropped.
+
+    path (PathLike): The input file, for error messages.
+    block (Block): The token lines of one sentence.
+    RETURNS (Tuple[Block, Dict[int, str]]): The word lines, and for word IDs inside a
+        multiword token the MISC that decides their SpaceAfter.
+    """
+    words: Block = []
+    misc_of: Dict[int, str] = {}
+    for lineno, fields in block:
+        token_id, expected = fields[0], len(words) + 1
+        multiword = CONLLU_RANGE.match(token_id)
+        if token_id.isdigit() and int(token_id) == expected:
+            words.append((lineno, fields))
+        elif multiword and int(multiword.group(1)) == expected < int(multiword.group(2)):
+            last = int(multiword.group(2))
+            misc_of.update({i: "SpaceAfter=No" for i in range(expected, last)})
+            misc_of[last] = fields[-1]
+        elif not CONLLU_EMPTY.match(token_id):
+            raise fail(path, lineno, f"bad or out-of-order ID {token_id!r} (expected {expected})")
+    return words, misc_of
+
+
+def read_conllu_pos(path: PathLike, lang: str = "en") -> List[Doc]:
+    """Read CoNLL-U words with UPOS (token.pos_) and XPOS (token.tag_).
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per sentence; doc.text follows SpaceAfter=No.
+    """
+    docs: List[Doc] = []
+    for block in read_blocks(path, [10], comment="#"):
+        lines, misc_of = conllu_words(path, block)
+        for lineno, fields in lines:
+            if fields[3] not in UD_UPOS:
+                raise fail(path, lineno, f"{fields[3]!r} is not a UD UPOS tag")
+        misc = [misc_of.get(i, f[9]).split("|") for i, (_, f) in enumerate(lines, start=1)]
+        spaces = ["SpaceAfter=No" not in m for m in misc[:-1]] + [False]
+        words = [f[1] for _, f in lines]
+        pos = [f[3] for _, f in lines]
+        tags = ["" if f[4] == "_" else f[4] for _, f in lines]
+        docs.append(Doc(get_vocab(lang), words=words, spaces=spaces, pos=pos, tags=tags))
+    return docs
+
+
+def read_conllu_seg(path: PathLike, lang: str = "zh") -> List[Doc]:
+    """Read gold word segmentation from CoNLL-U (10 columns) or UNER .iob2 (5 columns).
+
+    The column count of the first token line fixes the layout for the whole file.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per sentence whose tokens are the gold words, spaces False.
+    """
+    docs: List[Doc] = []
+    width = 0
+    for block in read_blocks(path, [5, 10], comment="#"):
+        width = width or len(block[0][1])
+        for lineno, fields in block:
+            if len(fields) != width:
+                raise fail(path, lineno, f"expected {width} columns like the first token line, got {len(fields)}")
+        words = [f[1] for _, f in conllu_words(path, block)[0]]
+        docs.append(Doc(get_vocab(lang), words=words, spaces=[False] * len(words)))
+    return docs
+
+
+def cluener_spans(path: PathLike, lineno: int, doc: Doc, labels: object) -> List[Span]:
+    """Turn a CLUENER "label" object (inclusive character offsets) into spans.
+
+    path (PathLike): The input file, for error messages.
+    lineno (int): The line number, for error messages.
+    doc (Doc): The character-tokenized Doc.
+    labels (object): {type: {entity text: [[start, end], ...]}} with end inclusive.
+    RETURNS (List[Span]): The spans, sorted by position.
+    """
+    if not isinstance(labels, dict) or not all(isinstance(ents, dict) for ents in labels.values()):
+        raise fail(path, lineno, "'label' must map each type to {entity: [[start, end], ...]}")
+    spans: List[Span] = []
+    for label, entities in labels.items():
+        for entity, offsets in entities.items():
+            for pair in offsets if isinstance(offsets, list) else [offsets]:
+                ok = isinstance(pair, list) and len(pair) == 2 and all(type(i) is int for i in pair)
+                start, end = pair if ok else (-1, -1)
+                if not 0 <= start <= end or doc.text[start : end + 1] != entity:
+                    raise fail(path, lineno, f"{pair!r} are not inclusive offsets of {entity!r} ({label})")
+                spans.append(Span(doc, start, end + 1, label=label))
+    return sorted(spans)
+
+
+def read_cluener(path: PathLike, lang: str = "zh") -> List[Doc]:
+    """Read CLUENER JSON lines into character-tokenized Docs.
+
+    All spans go to doc.spans["sc"]; doc.ents holds the longest non-overlapping ones.
+    A line without "label" (the unlabeled test set) leaves the entity annotation missing.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per non-blank line.
+    """
+    docs: List[Doc] = []
+    for lineno, text in iter_lines(path):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+            chars = list(record["text"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise fail(path, lineno, f"expected a JSON object with a 'text' string ({err})") from None
+        doc = Doc(get_vocab(lang), words=chars, spaces=[False] * len(chars))
+        if "label" in record:
+            spans = cluener_spans(path, lineno, doc, record["label"])
+            doc.spans[CLUENER_SPANS_KEY] = spans
+            doc.ents = filter_spans(spans)
+        docs.append(doc)
+    n_dropped = sum(len(d.spans.get(CLUENER_SPANS_KEY, [])) - len(d.ents) for d in docs)
+    if n_dropped:
+        warnings.warn(f"{path}: {n_dropped} overlapping spans kept in doc.spans only, not in doc.ents")
+    return docs
+
+
+class Format(str, Enum):
+    conll2003 = "conll2003"
+    iob2 = "iob2"
+    conllu_pos = "conllu_pos"
+    conllu_seg = "conllu_seg"
+    weibo = "weibo"
+    cluener = "cluener"
+
+
+READERS: Dict[str, Tuple[Callable[[PathLike, str], List[Doc]], str]] = {
+    "conll2003": (read_conll2003, "en"),
+    "iob2": (read_iob2, "en"),
+    "conllu_pos": (read_conllu_pos, "en"),
+    "conllu_seg": (read_conllu_seg, "zh"),
+    "weibo": (read_weibo, "zh"),
+    "cluener": (read_cluener, "zh"),
+}
+
+
+def summarize(docs: List[Doc]) -> Dict[str, Counter]:
+    """Count docs, tokens, characters and labels (entities, spans, UPOS).
+
+    docs (List[Doc]): The converted docs.
+    RETURNS (Dict[str, Counter]): "totals" plus one Counter per label kind found.
+    """
+    totals = Counter(docs=len(docs), tokens=sum(len(d) for d in docs), chars=sum(len(d.text) for d in docs))
+    stats = {
+        "totals": totals,
+        "entities": Counter(ent.label_ for d in docs for ent in d.ents),
+        "spans": Counter(s.label_ for d in docs for s in d.spans.get(CLUENER_SPANS_KEY, [])),
+        "upos": Counter(t.pos_ for d in docs for t in d if t.pos_),
+    }
+    return {key: counts for key, counts in stats.items() if counts}
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    fmt: Format = typer.Argument(..., metavar="FORMAT", help="Input format"),
+    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Corpus file"),
+    output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file"),
+    lang: Optional[str] = typer.Option(None, help="Language code (default: en, or zh for Chinese formats)"),
+) -> None:
+    """Convert INPUT_PATH in FORMAT to a DocBin at OUTPUT_PATH and print counts."""
+    reader, default_lang = READERS[fmt.value]
+    docs = reader(input_path, lang or default_lang)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    DocBin(docs=docs, store_user_data=False).to_disk(output_path)
+    for kind, counts in summarize(docs).items():
+        total = "" if kind == "totals" else f" (total {sum(counts.values())})"
+        typer.echo(f"{kind}{total}: " + ", ".join(f"{key} {n}" for key, n in counts.most_common()))
+    typer.echo(f"Saved {len(docs)} docs to {output_path}")
+
+
+if __name__ == "__main__":
+    app()
