@@ -33,8 +33,9 @@ IOB_TAG = re.compile(r"^(O|[BI]-\S+)$")
 # A revised Weibo token is a character plus its 0-based position in its jieba word
 # ("科0", "20" = the digit 2 at position 0); an unreadable emoji is two U+FFFD plus position.
 WEIBO_CHAR = re.compile(r"^(\uFFFD+|.)(\d{1,2})$")
-CONLLU_RANGE = re.compile(r"^(\d+)-(\d+)$")
-CONLLU_EMPTY = re.compile(r"^\d+\.\d+$")
+CONLLU_WORD = re.compile(r"^[0-9]+$")
+CONLLU_RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
+CONLLU_EMPTY = re.compile(r"^[0-9]+\.[0-9]+$")
 CLUENER_SPANS_KEY = "sc"
 
 
@@ -237,7 +238,7 @@ def conllu_words(path: PathLike, block: Block) -> Tuple[Block, Dict[int, str]]:
     for lineno, fields in block:
         token_id, expected = fields[0], len(words) + 1
         multiword = CONLLU_RANGE.match(token_id)
-        if token_id.isdigit() and int(token_id) == expected:
+        if CONLLU_WORD.match(token_id) and int(token_id) == expected:
             words.append((lineno, fields))
         elif multiword and int(multiword.group(1)) == expected < int(multiword.group(2)):
             last = int(multiword.group(2))
@@ -245,6 +246,8 @@ def conllu_words(path: PathLike, block: Block) -> Tuple[Block, Dict[int, str]]:
             misc_of[last] = fields[-1]
         elif not CONLLU_EMPTY.match(token_id):
             raise fail(path, lineno, f"bad or out-of-order ID {token_id!r} (expected {expected})")
+    if not words:
+        raise fail(path, block[0][0], "sentence has no word lines")
     return words, misc_of
 
 
@@ -386,8 +389,8 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     fmt: Format = typer.Argument(..., metavar="FORMAT", help="Input format"),
-    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Corpus file"),
-    output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file"),
+    input_path: Path = typer.Argument(..., metavar="INPUT_PATH", exists=True, dir_okay=False, help="Corpus file"),
+    output_path: Path = typer.Argument(..., metavar="OUTPUT_PATH", dir_okay=False, help="Output .spacy file"),
     lang: Optional[str] = typer.Option(None, help="Language code (default: en, or zh for Chinese formats)"),
 ) -> None:
     """Convert INPUT_PATH in FORMAT to a DocBin at OUTPUT_PATH and print counts."""
@@ -396,8 +399,9 @@ def main(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     DocBin(docs=docs, store_user_data=False).to_disk(output_path)
     for kind, counts in summarize(docs).items():
+        items = counts.items() if kind == "totals" else counts.most_common()
         total = "" if kind == "totals" else f" (total {sum(counts.values())})"
-        typer.echo(f"{kind}{total}: " + ", ".join(f"{key} {n}" for key, n in counts.most_common()))
+        typer.echo(f"{kind}{total}: " + ", ".join(f"{key} {n}" for key, n in items))
     typer.echo(f"Saved {len(docs)} docs to {output_path}")
 
 

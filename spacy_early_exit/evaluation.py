@@ -1,0 +1,175 @@
+"""Score, FLOPs and wall-clock speed of early-exit pipelines, side by side.
+
+Speed is only comparable within one process on one machine, so every setting
+is timed in the same run, repetitions interleaved across settings, and the
+median kept; speed-ups are ratios against the full-depth setting.
+"""
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.scorer import Scorer
+from spacy.tokens import Doc
+from spacy.training import Example
+
+from .pipes.base import EXTENSION, EarlyExitPipe
+
+SETTING_FIELDS = ("exit_mode", "threshold", "window", "thresholds", "temperatures")
+
+
+@dataclass
+class Setting:
+    """One point to evaluate: a label and the exit fields it changes.
+
+    method (str): row label ("full", "tokee", "sentee", ...).
+    fields (Dict[str, Any]): exit fields set on every early-exit pipe.
+    """
+
+    method: str
+    fields: Dict[str, Any] = field(default_factory=dict)
+
+
+def early_exit_pipes(nlp: Language) -> List[Tuple[str, EarlyExitPipe]]:
+    """The pipeline's early-exit components, in order."""
+    pipes = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, EarlyExitPipe)]
+    if not pipes:
+        raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit component")
+    return pipes
+
+
+@contextmanager
+def exit_settings(nlp: Language, fields: Dict[str, Any]) -> Iterator[None]:
+    """Apply exit fields to every early-exit pipe, restoring them afterwards."""
+    unknown = set(fields) - set(SETTING_FIELDS)
+    if unknown:
+        raise ValueError(f"Unknown exit fields {sorted(unknown)}; expected {SETTING_FIELDS}")
+    saved = []
+    try:
+        for _, pipe in early_exit_pipes(nlp):
+            saved.append((pipe, pipe.policy))
+            for key, value in fields.items():
+                setattr(pipe, key, value)
+        yield
+    finally:
+        for pipe, policy in saved:
+            pipe._policy = policy
+
+
+def cost_summary(docs: Sequence[Doc], nlp: Language) -> Dict[str, float]:
+    """Corpus FLOPs speed-up and mean exit layer over every early-exit pipe."""
+    flops = full = 0
+    layers: List[int] = []
+    for doc in docs:
+        for name, _ in early_exit_pipes(nlp):
+            record = doc._.get(EXTENSION)[name]
+            flops += record["flops"]
+            full += record["full_flops"]
+            layers.extend(layer for layer in record["exit_layers"] if layer > 0)
+    return {
+        "flops": flops,
+        "full_flops": full,
+        "flops_speedup": full / flops if flops else 1.0,
+        "mean_exit_layer": sum(layers) / len(layers) if layers else 0.0,
+    }
+
+
+def score(nlp: Language, examples: Sequence[Example], batch_size: int = 64) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    """Annotate the examples' texts; RETURNS spaCy's scores and the cost summary."""
+    docs = list(nlp.pipe((eg.reference.text for eg in examples), batch_size=batch_size))
+    scored = [Example(doc, eg.reference) for doc, eg in zip(docs, examples)]
+    return Scorer(nlp).score(scored), cost_summary(docs, nlp)
+
+
+def words_per_second(
+    nlp: Language,
+    texts: Sequence[str],
+    settings: Sequence[Setting],
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 5,
+    progress: bool = True,
+) -> Dict[str, Dict[int, float]]:
+    """Median words/second per setting and batch size, repetitions interleaved."""
+    n_words = sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
+    times: Dict[Tuple[str, int], List[float]] = {}
+    for rep in range(repeats):
+        for setting in settings:
+            with exit_settings(nlp, setting.fields):
+                for batch_size in batch_sizes:
+                    start = time.perf_counter()
+                    for _ in nlp.pipe(texts, batch_size=batch_size):
+                        pass
+                    times.setdefault((setting.method, batch_size), []).append(time.perf_counter() - start)
+        if progress:
+            print(f"  timing: repetition {rep + 1}/{repeats} done", flush=True)
+    return {
+        setting.method: {bs: n_words / statistics.median(times[(setting.method, bs)]) for bs in batch_sizes}
+        for setting in settings
+    }
+
+
+def compare(
+    nlp: Language,
+    examples: Sequence[Example],
+    settings: Sequence[Setting],
+    metric: str,
+    timing_texts: Optional[Sequence[str]] = None,
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 5,
+) -> List[Dict[str, Any]]:
+    """Score every setting and time them side by side; the first is the reference.
+
+    RETURNS (List[Dict[str, Any]]): one row per setting with score (0-100),
+        flops_speedup, words_per_second and wall_speedup per batch size,
+        mean_exit_layer, window and threshold.
+    """
+    rows = []
+    for setting in settings:
+        with exit_settings(nlp, setting.fields):
+            scores, cost = score(nlp, examples)
+            pipe = early_exit_pipes(nlp)[0][1]
+            exits_on = pipe.exit_mode != "off"
+            window = pipe.window if pipe.exit_mode == "tokee" else None
+            threshold = pipe.threshold if exits_on else None
+        value = scores.get(metric)
+        if value is None:
+            raise ValueError(f"Metric {metric!r} not in the scores: {sorted(scores)}")
+        rows.append(
+            {
+                "method": setting.method,
+                "score": round(100.0 * float(value), 2),
+                "flops_speedup": round(cost["flops_speedup"], 3),
+                "mean_exit_layer": round(cost["mean_exit_layer"], 3),
+                "window": window,
+                "threshold": threshold,
+            }
+        )
+        print(f"  scored {setting.method}: {metric}={rows[-1]['score']:.2f} FLOPs x{rows[-1]['flops_speedup']:.2f}", flush=True)
+    texts = list(timing_texts) if timing_texts is not None else [eg.reference.text for eg in examples]
+    speed = words_per_second(nlp, texts, settings, batch_sizes, repeats)
+    reference = settings[0].method
+    for row in rows:
+        wps = speed[row["method"]]
+        row["words_per_second"] = {str(bs): round(wps[bs], 1) for bs in batch_sizes}
+        row["wall_speedup"] = {str(bs): round(wps[bs] / speed[reference][bs], 3) for bs in batch_sizes}
+    return rows
+
+
+def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
+    """A Markdown table of `compare` rows."""
+    sizes = list(rows[0]["words_per_second"]) if rows else []
+    head = ["method", metric, "FLOPs x"] + [f"wall x (b{b})" for b in sizes] + [f"words/s (b{b})" for b in sizes]
+    head += ["mean exit", "window", "threshold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["method"], f"{row['score']:.2f}", f"{row['flops_speedup']:.2f}"]
+        cells += [f"{row['wall_speedup'][b]:.2f}" for b in sizes]
+        cells += [f"{row['words_per_second'][b]:.0f}" for b in sizes]
+        cells += [f"{row['mean_exit_layer']:.2f}", str(row["window"]), str(row["threshold"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["Setting", "compare", "cost_summary", "exit_settings", "format_table", "score", "words_per_second", "asdict"]

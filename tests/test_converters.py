@@ -1,0 +1,273 @@
+"""Tests for project/scripts/convert.py: tiny fixtures, malformed input, real-corpus counts."""
+import importlib.util
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import List, Tuple
+
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "data" / "converters"
+# The public corpora (shared/ next to or inside the checkout); absent on most machines.
+DATA = next((p for p in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data") if p.exists()), ROOT / "shared")
+
+
+def load_convert() -> ModuleType:
+    """Import project/scripts/convert.py, which is a script, not a package module."""
+    spec = importlib.util.spec_from_file_location("convert_corpora", ROOT / "project" / "scripts" / "convert.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+convert = load_convert()
+
+
+def ents(doc: Doc) -> List[Tuple[str, str]]:
+    return [(ent.text, ent.label_) for ent in doc.ents]
+
+
+# ---------------------------------------------------------------- CoNLL-2003
+
+
+def test_conll2003_iob2():
+    docs = convert.read_conll2003(FIXTURES / "conll2003_iob2.txt")
+    assert len(docs) == 3  # -DOCSTART- lines are not sentences; last sentence unterminated
+    assert [len(doc) for doc in docs] == [5, 2, 6]
+    assert docs[0].text == "EU rejects German call ."
+    assert ents(docs[0]) == [("EU", "ORG"), ("German", "MISC")]
+    assert ents(docs[1]) == [("Peter Blackburn", "PER")]
+    assert ents(docs[2]) == [("John", "PER"), ("Mary Smith", "PER"), ("New York", "LOC")]
+    assert docs[0][1].ent_iob_ == "O"
+    assert docs[0].lang_ == "en"
+
+
+def test_conll2003_iob1_equals_iob2():
+    with pytest.warns(UserWarning, match="start with an I- tag"):
+        iob1 = convert.read_conll2003(FIXTURES / "conll2003_iob1.txt")
+    iob2 = convert.read_conll2003(FIXTURES / "conll2003_iob2.txt")
+    assert [ents(doc) for doc in iob1] == [ents(doc) for doc in iob2]
+    assert [doc.text for doc in iob1] == [doc.text for doc in iob2]
+
+
+# ---------------------------------------------------------------- UNER .iob2
+
+
+def test_iob2():
+    docs = convert.read_iob2(FIXTURES / "uner.iob2")
+    assert [doc.text for doc in docs] == ["join # audiobooks in Tampa Bay", "Google hired Ben"]
+    assert ents(docs[0]) == [("Tampa Bay", "LOC")]
+    assert ents(docs[1]) == [("Google", "ORG"), ("Ben", "PER")]
+
+
+# ---------------------------------------------------------------- CoNLL-U
+
+
+def test_conllu_pos_skips_multiword_and_empty_nodes():
+    docs = convert.read_conllu_pos(FIXTURES / "ud_en.conllu")
+    assert len(docs) == 2
+    assert [t.text for t in docs[0]] == ["I", "do", "n't", "like", "it", "!"]
+    assert docs[0].text == "I don't like it!"
+    assert docs[1].text == "Gonna go."
+    assert [t.pos_ for t in docs[0]] == ["PRON", "AUX", "PART", "VERB", "PRON", "PUNCT"]
+    assert [t.tag_ for t in docs[0]] == ["PRP", "VBP", "RB", "VB", "PRP", "."]
+    assert docs[1][-1].tag_ == ""  # XPOS "_"
+
+
+def test_conllu_seg_conllu_and_uner_layouts():
+    docs = convert.read_conllu_seg(FIXTURES / "ud_zh.conllu")
+    assert [[t.text for t in doc] for doc in docs] == [["我", "爱", "New", "York", "。"], ["看", "书"]]
+    assert all(not t.whitespace_ for doc in docs for t in doc)
+    assert docs[0].text == "我爱NewYork。" and docs[0].lang_ == "zh"
+    assert not docs[0].has_annotation("POS")
+    docs = convert.read_conllu_seg(FIXTURES / "uner_zh.iob2")
+    assert [[t.text for t in doc] for doc in docs] == [["看似", "简单", "，", "却是", "了不起"], ["北京"]]
+
+
+# ---------------------------------------------------------------- Weibo
+
+
+def test_weibo_strips_position_digits():
+    with pytest.warns(UserWarning, match="1 entities start with an I- tag"):
+        docs = convert.read_weibo(FIXTURES / "weibo.txt")
+    assert [t.text for t in docs[0]] == ["科", "技", "2", "1", "\ufffd\ufffd", "小", "王"]
+    assert docs[0].text == "科技21\ufffd\ufffd小王" and docs[0].lang_ == "zh"
+    assert ents(docs[0]) == [("科技", "ORG.NAM"), ("小王", "PER.NAM")]
+    assert ents(docs[1]) == [("女主", "PER.NOM")]
+
+
+# ---------------------------------------------------------------- CLUENER
+
+
+def test_cluener_inclusive_offsets_and_overlaps():
+    with pytest.warns(UserWarning, match="1 overlapping spans"):
+        docs = convert.read_cluener(FIXTURES / "cluener.json")
+    assert len(docs) == 4
+    assert all(len(doc) == len(doc.text) and not doc[0].whitespace_ for doc in docs)
+    assert ents(docs[0]) == [("浙商银行", "company"), ("叶老桂", "name")]
+    assert ents(docs[1]) == [("桑普", "organization"), ("热那亚", "organization"), ("桑普", "organization")]
+    # 北京 [0, 1] overlaps 北京大学 [0, 3]: all spans in doc.spans, the longest in doc.ents
+    assert ents(docs[2]) == [("北京大学", "organization"), ("北京", "address")]
+    assert len(docs[2].spans["sc"]) == 3
+    # no "label" (unlabeled test set): no entities, annotation left missing
+    assert docs[3].text == "尼日利亚 海军" and len(docs[3]) == 7
+    assert not docs[3].ents and not docs[3].has_annotation("ENT_IOB")
+
+
+# ---------------------------------------------------------------- malformed input
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MALFORMED = [
+    ("conll2003", "x.txt", "EU NNP B-NP B-ORG\nrejects VBZ B-VP\n", 2, "columns"),
+    ("conll2003", "x.txt", "EU NNP B-NP B-ORG\n\nrejects VBZ B-VP X-PER\n", 3, "bad IOB tag"),
+    ("conll2003", "x.txt", "EU NNP B-NP B-ORG\n-DOCSTART- -X- -X- O\n", 2, "DOCSTART"),
+    ("iob2", "x.iob2", "# c\n1\tA\tB-PER\t-\t-\n2\tB\tI-ORG\t-\t-\n", 3, "IOB2 tag 'I-ORG'"),
+    ("iob2", "x.iob2", "1\tA\tO\t-\t-\n\n1\tA\tI-PER\t-\t-\n", 3, "IOB2 tag 'I-PER' follows 'O'"),
+    ("iob2", "x.iob2", "1\tA\tO\t-\n", 1, "columns"),
+    ("weibo", "x.txt", "科0\tO\n技\tO\n", 2, "position digits"),
+    ("weibo", "x.txt", "科0\tB-PER.NAM\n技1\tBI-PER.NAM\n", 2, "bad IOB tag"),
+    ("conllu_pos", "x.conllu", "1\ta\t_\tDET\tDT\t_\t_\t_\t_\t_\n3\tb\t_\tNOUN\tNN\t_\t_\t_\t_\t_\n", 2, "ID '3'"),
+    ("conllu_pos", "x.conllu", "# t\n1\ta\t_\tDT\tDT\t_\t_\t_\t_\t_\n", 2, "UPOS"),
+    ("conllu_pos", "x.conllu", "1\ta\t_\tDET\tDT\t_\t_\t_\t_\n", 1, "columns"),
+    ("conllu_seg", "x.conllu", "1\ta\t_\tDET\tDT\t_\t_\t_\t_\t_\n\n1\tb\tO\t-\t-\n", 3, "expected 10 columns"),
+    ("conllu_seg", "x.iob2", "1\ta\tO\t-\t-\nx\tb\tO\t-\t-\n", 2, "ID 'x'"),
+    ("conllu_seg", "x.conllu", "# c\n1\ta\t_\t_\t_\t_\t_\t_\t_\t_\n\n1.1\tb\t_\t_\t_\t_\t_\t_\t_\t_\n", 4, "no word"),
+    ("cluener", "x.json", '{"text": "abc"}\n{"text": "abc", "label": {"name": {"bc": [[1, 1]]}}}\n', 2, "'bc'"),
+    ("cluener", "x.json", '{"text": "abc"}\n\n{"txt": "abc"}\n', 3, "'text'"),
+    ("cluener", "x.json", '{"text": "abc", "label": {"name": ["bc"]}}\n', 1, "'label'"),
+]
+
+
+@pytest.mark.parametrize("fmt,name,text,lineno,message", MALFORMED)
+def test_malformed_lines_raise_with_file_and_line(tmp_path, fmt, name, text, lineno, message):
+    path = write(tmp_path, name, text)
+    reader = convert.READERS[fmt][0]
+    with pytest.raises(ValueError) as err:
+        reader(path)
+    assert f"{path}, line {lineno}:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes("科0\tO\n".encode() + b"\xed\xa0\xbd0\tO\n")
+    with pytest.raises(ValueError, match=r"bad\.txt, line 2: not valid UTF-8"):
+        convert.read_weibo(path)
+
+
+def test_unterminated_last_sentence_is_kept(tmp_path):
+    path = write(tmp_path, "x.iob2", "1\tA\tO\t-\t-\n\n\n1\tB\tB-PER\t-\t-")
+    docs = convert.read_iob2(path)
+    assert [doc.text for doc in docs] == ["A", "B"]
+    assert ents(docs[1]) == [("B", "PER")]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_writes_docbin_and_prints_counts(tmp_path):
+    output = tmp_path / "out" / "uner.spacy"
+    args = ["iob2", str(FIXTURES / "uner.iob2"), str(output)]
+    result = CliRunner().invoke(convert.app, args)
+    assert result.exit_code == 0, result.output
+    assert "docs 2, tokens 9" in result.output
+    assert "entities (total 3): " in result.output and "LOC 1" in result.output
+    docs = list(DocBin().from_disk(output).get_docs(spacy.blank("en").vocab))
+    assert [ents(doc) for doc in docs] == [[("Tampa Bay", "LOC")], [("Google", "ORG"), ("Ben", "PER")]]
+
+
+def test_cli_chinese_default_lang(tmp_path):
+    output = tmp_path / "weibo.spacy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(convert.app, ["weibo", str(FIXTURES / "weibo.txt"), str(output)])
+    assert result.exit_code == 0, result.output
+    assert "PER.NAM 1" in result.output
+    docs = list(DocBin().from_disk(output).get_docs(spacy.blank("zh").vocab))
+    assert docs[0].text == "科技21\ufffd\ufffd小王"
+
+
+# ---------------------------------------------------------------- real corpora (skipped without the data)
+
+# (reader, file relative to shared/data, sentences, tokens) as stated in each SOURCES.md
+REAL_COUNTS = [
+    ("conll2003", "conll2003/train.txt", 14041, 203621),
+    ("conll2003", "conll2003/dev.txt", 3250, 51362),
+    ("conll2003", "conll2003/test.txt", 3453, 46435),
+    ("iob2", "uner_en_ewt/en_ewt-ud-dev.iob2", 2001, 25149),
+    ("iob2", "uner_en_ewt/en_ewt-ud-test.iob2", 2077, 25097),
+    ("conllu_pos", "ud_en_ewt/en_ewt-ud-train.conllu", 12544, 204577),
+    ("conllu_pos", "ud_en_ewt/en_ewt-ud-dev.conllu", 2001, 25147),
+    ("conllu_pos", "ud_en_ewt/en_ewt-ud-test.conllu", 2077, 25094),
+    ("conllu_seg", "ud_zh_gsd/zh_gsdsimp-ud-dev.conllu", 500, 12663),
+    ("conllu_seg", "ud_zh_gsd/zh_gsdsimp-ud-test.conllu", 500, 12012),
+    ("conllu_seg", "ud_zh_gsd/train_segmentation_from_UNER/zh_gsdsimp-ud-train.iob2", 3997, 98616),
+    ("conllu_seg", "ud_zh_gsd/train_segmentation_from_UNER/zh_gsdsimp-ud-dev.iob2", 500, 12663),
+    ("conllu_seg", "ud_zh_gsd/train_segmentation_from_UNER/zh_gsdsimp-ud-test.iob2", 500, 12012),
+    ("weibo", "weibo_ner/train.txt", 1350, 73778),
+    ("weibo", "weibo_ner/dev.txt", 270, 14509),
+    ("weibo", "weibo_ner/test.txt", 270, 14842),
+    ("cluener", "cluener/train.json", 10748, 401764),
+    ("cluener", "cluener/dev.json", 1343, 50260),
+    ("cluener", "cluener/test.json", 1345, 50972),
+]
+
+
+def read_real(fmt: str, relative: str) -> List[Doc]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert.READERS[fmt][0](DATA / relative)
+
+
+def needs(relative: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not (DATA / relative).exists(), reason=f"{relative} not available")
+
+
+@pytest.mark.parametrize(
+    "fmt,relative,n_sents,n_tokens", [pytest.param(*row, marks=needs(row[1]), id=row[1]) for row in REAL_COUNTS]
+)
+def test_real_counts(fmt, relative, n_sents, n_tokens):
+    docs = read_real(fmt, relative)
+    assert len(docs) == n_sents
+    assert sum(len(doc) for doc in docs) == n_tokens
+
+
+@needs("conll2003/train.txt")
+def test_real_conll2003_entity_types():
+    docs = read_real("conll2003", "conll2003/train.txt")
+    counts = Counter(ent.label_ for doc in docs for ent in doc.ents)
+    assert counts == {"LOC": 7140, "PER": 6600, "ORG": 6321, "MISC": 3438}  # = B- tag counts (IOB2)
+
+
+@needs("cluener/train.json")
+def test_real_cluener_span_counts():
+    docs = read_real("cluener", "cluener/train.json")
+    spans = Counter(span.label_ for doc in docs for span in doc.spans["sc"])
+    assert spans == {
+        "name": 3755, "organization": 3210, "position": 3141, "company": 2980, "address": 2891,
+        "game": 2376, "government": 1835, "scene": 1521, "book": 1139, "movie": 1123,
+    }  # fmt: skip
+    assert sum(len(doc.ents) for doc in docs) == 23971 - 2  # the 2 overlapping pairs
+
+
+@needs("ud_en_ewt/en_ewt-ud-dev.conllu")
+def test_real_conllu_text_is_faithful():
+    path = DATA / "ud_en_ewt/en_ewt-ud-dev.conllu"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    texts = [line[len("# text = ") :] for line in lines if line.startswith("# text = ")]
+    docs = read_real("conllu_pos", "ud_en_ewt/en_ewt-ud-dev.conllu")
+    assert [doc.text for doc in docs] == texts
+    assert {token.pos_ for doc in docs for token in doc} == convert.UD_UPOS
