@@ -10,6 +10,7 @@ attention is one batched call whatever the mix of lengths and exits, and the
 dense projections run on ``[n_active, hidden]`` rows with no padding at all.
 """
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ class PackedRows:
     cols: torch.Tensor
     slots: torch.Tensor
     width: int
+    grid: Optional[Tuple[int, int]] = None
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "PackedRows":
@@ -38,10 +40,15 @@ class PackedRows:
         slot_grid = torch.cumsum(mask, dim=1) - 1
         rows, cols = mask.nonzero(as_tuple=True)
         width = int(counts.max()) if mask.numel() else 0
-        return cls(rows=rows, cols=cols, slots=slot_grid[rows, cols], width=width)
+        return cls(rows=rows, cols=cols, slots=slot_grid[rows, cols], width=width, grid=tuple(mask.shape))
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
+
+    @property
+    def dense(self) -> bool:
+        """True when every position of the grid is selected (no padding, no exits)."""
+        return self.grid is not None and len(self) == self.grid[0] * self.grid[1]
 
 
 def halt_and_copy_layer(
@@ -68,38 +75,48 @@ def halt_and_copy_layer(
     if len(active) == 0:
         return hidden
     head_dim = width // num_heads
-    # Keys and values only for the rows that still run, and only up to their length.
-    live = present.any(dim=1)
-    live_rows = live.nonzero(as_tuple=True)[0]
-    span = int(present.sum(dim=1).max())
-    keys_in = hidden.index_select(0, live_rows)[:, :span]
-    key_mask = present.index_select(0, live_rows)[:, :span]
-    kv_rows = key_mask.nonzero(as_tuple=True)
-    kv_in = keys_in[kv_rows]
-    keys = torch.zeros(len(live_rows), span, width, dtype=hidden.dtype, device=hidden.device)
-    values = torch.zeros_like(keys)
-    keys = keys.index_put(kv_rows, parts.key(kv_in))
-    values = values.index_put(kv_rows, parts.value(kv_in))
+    if active.dense:
+        return _dense_layer(parts, hidden, num_heads, hidden_dropout, attention_dropout)
+    # Keys and values only for the rows that still run, and only up to their
+    # length. One host sync gives every size this needs.
+    counts = present.sum(dim=1).tolist()
+    live_list = [i for i, n in enumerate(counts) if n]
+    span = max(counts)
+    n_live = len(live_list)
+    if n_live == batch:
+        keys_in = hidden[:, :span]
+        key_mask = present[:, :span]
+    else:
+        live_rows = torch.tensor(live_list, device=hidden.device)
+        keys_in = hidden.index_select(0, live_rows)[:, :span]
+        key_mask = present.index_select(0, live_rows)[:, :span]
+    if all(counts[i] == span for i in live_list):
+        # No padding among the live rows: project them as they are.
+        keys, values, attn_mask = parts.key(keys_in), parts.value(keys_in), None
+    else:
+        kv_rows = key_mask.nonzero(as_tuple=True)
+        kv_in = keys_in[kv_rows]
+        keys = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.key(kv_in))
+        values = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.value(kv_in))
+        attn_mask = key_mask[:, None, None, :]
 
-    # Row index of each active piece among the live rows.
-    live_index = torch.cumsum(live, dim=0) - 1
-    q_rows = live_index[active.rows]
     x = hidden[active.rows, active.cols]
-    queries = torch.zeros(len(live_rows), active.width, width, dtype=hidden.dtype, device=hidden.device)
-    queries = queries.index_put((q_rows, active.slots), parts.query(x))
+    if n_live == 1:
+        # One sequence: its active pieces are already in slot order.
+        queries = parts.query(x)[None]
+    else:
+        live_index = torch.cumsum(present.any(dim=1), dim=0) - 1
+        q_rows = live_index[active.rows]
+        queries = x.new_zeros(n_live, active.width, width).index_put((q_rows, active.slots), parts.query(x))
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], num_heads, head_dim).transpose(1, 2)
 
     context = F.scaled_dot_product_attention(
-        heads(queries),
-        heads(keys),
-        heads(values),
-        attn_mask=key_mask[:, None, None, :],
-        dropout_p=attention_dropout,
+        heads(queries), heads(keys), heads(values), attn_mask=attn_mask, dropout_p=attention_dropout
     )
-    context = context.transpose(1, 2).reshape(len(live_rows), active.width, width)
-    context = context[q_rows, active.slots]
+    context = context.transpose(1, 2).reshape(n_live, active.width, width)
+    context = context[0] if n_live == 1 else context[q_rows, active.slots]
 
     attn = F.dropout(parts.attn_out(context), hidden_dropout, training=hidden_dropout > 0)
     attn = parts.attn_norm(attn + x)
@@ -108,3 +125,27 @@ def halt_and_copy_layer(
         ffn = F.dropout(ffn, hidden_dropout, training=hidden_dropout > 0)
     out = parts.ffn_norm(ffn + attn)
     return hidden.index_put((active.rows, active.cols), out)
+
+
+def _dense_layer(
+    parts: LayerParts, hidden: torch.Tensor, num_heads: int, hidden_dropout: float, attention_dropout: float
+) -> torch.Tensor:
+    """The same layer when every position is an active, real piece: no packing
+    or masks needed (batch size 1, or equal lengths at full depth)."""
+    batch, seq, width = hidden.shape
+    head_dim = width // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, seq, num_heads, head_dim).transpose(1, 2)
+
+    context = F.scaled_dot_product_attention(
+        heads(parts.query(hidden)), heads(parts.key(hidden)), heads(parts.value(hidden)),
+        dropout_p=attention_dropout,
+    )
+    context = context.transpose(1, 2).reshape(batch, seq, width)
+    attn = F.dropout(parts.attn_out(context), hidden_dropout, training=hidden_dropout > 0)
+    attn = parts.attn_norm(attn + hidden)
+    ffn = parts.ffn_out(parts.ffn_act(parts.ffn_in(attn)))
+    if parts.ffn_dropout:
+        ffn = F.dropout(ffn, hidden_dropout, training=hidden_dropout > 0)
+    return parts.ffn_norm(ffn + attn)

@@ -114,7 +114,10 @@ class EarlyExitEncoder(nn.Module):
         word_active = word_mask.clone()
         exit_layers = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
         logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
-        flops = torch.zeros(n_rows, dtype=torch.long, device=device)
+        # Per-layer counts, turned into FLOPs once at the end.
+        present_counts: List[torch.Tensor] = []
+        active_counts: List[torch.Tensor] = []
+        scored_counts: List[torch.Tensor] = []
         layer_logits: List[torch.Tensor] = []
         last = self.num_layers
         for layer, parts in enumerate(self.layers, start=1):
@@ -123,7 +126,8 @@ class EarlyExitEncoder(nn.Module):
                 break
             row_live = piece_active.any(dim=1)
             present = real & row_live[:, None]
-            flops += self.cost.layer_flops(present.sum(dim=1), piece_active.sum(dim=1))
+            present_counts.append(present.sum(dim=1))
+            active_counts.append(piece_active.sum(dim=1))
             hidden = halt_and_copy_layer(
                 parts, hidden, present, PackedRows.from_mask(piece_active),
                 self.spec.num_heads, train_dropout, attn_dropout,
@@ -132,7 +136,7 @@ class EarlyExitEncoder(nn.Module):
                 continue
             rows, cols = word_active.nonzero(as_tuple=True)
             logits = self.ramps[layer - 1](hidden[rows, safe_pieces[rows, cols]])
-            flops += self.cost.ramp_flops(word_active.sum(dim=1))
+            scored_counts.append(word_active.sum(dim=1))
             logits_out = logits_out.index_put((rows, cols), logits)
             if all_layers:
                 layer_logits.append(logits)
@@ -146,6 +150,8 @@ class EarlyExitEncoder(nn.Module):
             exit_layers = exit_layers.masked_fill(leaving, layer)
             word_active = word_active & ~leaving
         exit_layers = exit_layers.masked_fill(word_active, last)
+        flops = self.cost.layer_flops(torch.stack(present_counts), torch.stack(active_counts)).sum(dim=0)
+        flops = flops + self.cost.ramp_flops(torch.stack(scored_counts)).sum(dim=0)
         full = last * self.cost.layer_flops(batch.lengths, batch.lengths)
         full = full + self.cost.ramp_flops(word_mask.sum(dim=1))
         return EncoderOutput(

@@ -1,0 +1,80 @@
+"""Wall-clock vs FLOPs: full depth against TOKEE at a threshold that halves FLOPs.
+
+Runs a trained early-exit pipeline over the demo corpus test split at batch
+sizes 1 and 32, settings interleaved, median of the repetitions, and writes
+JSON + Markdown to benchmarks/results/. The threshold is chosen on the held-out
+dev tail, never on test.
+
+    python benchmarks/wallclock.py project/training/demo/model-best \
+        --test project/corpus/test.spacy --tune project/corpus/dev.spacy
+"""
+import json
+import platform
+import time
+from pathlib import Path
+from typing import List
+
+import spacy
+import torch
+import typer
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+from spacy_early_exit.evaluation import Setting, compare, format_table
+from spacy_early_exit.tuning import threshold_for_speedup
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def load(nlp, path: Path) -> List[Example]:
+    docs = DocBin().from_disk(path).get_docs(nlp.vocab)
+    return [Example(nlp.make_doc(doc.text), doc) for doc in docs]
+
+
+def main(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
+    test: Path = typer.Option(Path("project/corpus/test.spacy"), help="Evaluation data"),
+    tune: Path = typer.Option(Path("project/corpus/dev.spacy"), help="Held-out data for the threshold"),
+    target: float = typer.Option(2.0, help="FLOPs speed-up the TOKEE threshold must reach"),
+    window: int = typer.Option(2, help="TOKEE window k"),
+    repeats: int = typer.Option(5, help="Timing repetitions"),
+    name: str = typer.Option("wallclock_uner", help="Results file stem"),
+) -> None:
+    start = time.time()
+    nlp = spacy.load(pipeline)
+    test_examples = load(nlp, test)
+    tune_texts = [eg.reference.text for eg in load(nlp, tune)]
+    threshold = threshold_for_speedup(nlp, tune_texts, target, "tokee", window)
+    if threshold is None:
+        raise SystemExit(f"TOKEE cannot reach {target}x FLOPs speed-up on {tune}")
+    print(f"threshold for {target}x on {tune.name}: {threshold} (window {window})")
+    settings = [
+        Setting("full", {"exit_mode": "off"}),
+        Setting("tokee", {"exit_mode": "tokee", "window": window, "threshold": threshold}),
+    ]
+    rows = compare(nlp, test_examples, settings, "ents_f", None, (1, 32), repeats)
+    table = format_table(rows, "ents_f")
+    print(table)
+    tokee = rows[1]
+    for bs in ("1", "32"):
+        ratio = tokee["wall_speedup"][bs] / tokee["flops_speedup"]
+        print(f"batch {bs}: wall-clock speed-up / FLOPs speed-up = {ratio:.2f} (target >= 0.8)")
+    report = {
+        "pipeline": str(pipeline),
+        "test": str(test),
+        "tune": str(tune),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "repeats": repeats,
+        "words": sum(len(eg.reference) for eg in test_examples),
+        "seconds": round(time.time() - start, 1),
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    (RESULTS / f"{name}.md").write_text(table + "\n", encoding="utf8")
+    print(f"wrote {RESULTS / name}.json/.md")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,77 @@
+"""Tokens <-> wordpieces, and windows over long documents."""
+import numpy
+import pytest
+import spacy
+from spacy_transformers.align import get_alignment_via_offset_mapping
+
+from conftest import bert_tokenizer
+from spacy_early_exit.alignment import Aligner, align_pieces, collate
+
+TEXTS = [
+    "John Smith's car-sharing co-op (in New York) isn't cheap!!",
+    "  leading and trailing  spaces \n\n and new lines  ",
+    "emoji 😀🎉 café naïve ﬁne \u200b zero width \x07 bell",
+    "mixed 中文字符 and العربية text",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return bert_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_pairs_agree_with_spacy_transformers(tokenizer, text):
+    doc = spacy.blank("en")(text)
+    if not len(doc):
+        return
+    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    offsets = numpy.asarray(enc.offsets, dtype="int64").reshape(-1, 2)
+    tokens, pieces = align_pieces(doc, offsets)
+    ours = {(int(t), int(p)) for t, p in zip(tokens, pieces)}
+    ragged = get_alignment_via_offset_mapping([doc[:]], [offsets])
+    theirs = set()
+    start = 0
+    for token_i, length in enumerate(ragged.lengths.tolist()):
+        for piece in ragged.dataXd[start : start + length].tolist():
+            theirs.add((token_i, piece))
+        start += length
+    # spacy-transformers also maps a piece to the token whose trailing space it
+    # touches; with BERT's trimmed offsets no piece does, so the sets agree.
+    assert ours == theirs
+
+
+def test_every_token_is_owned_once_in_long_documents(tokenizer):
+    nlp = spacy.blank("en")
+    doc = nlp(" ".join(f"word{i % 10} the city of london ." for i in range(200)))
+    aligner = Aligner(tokenizer, max_length=32)
+    rows, (layout,) = aligner.layout([doc])
+    assert len(rows) > 10 and len(layout.rows) == len(rows)
+    assert (layout.token_rows >= 0).all()
+    for row in rows:
+        assert len(row.ids) <= 32
+        assert row.ids[0] == tokenizer.cls_token_id and row.ids[-1] == tokenizer.sep_token_id
+    # A token is read from a window where its first piece is not at a cut
+    # (except at the document's own ends).
+    for token_i in range(5, len(doc) - 5):
+        row = rows[layout.token_rows[token_i]]
+        col = row.word_cols[layout.token_slots[token_i]]
+        assert 1 < col < len(row.ids) - 2
+    batch = collate(rows, tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == len(rows)
+
+
+def test_tokens_without_pieces_are_marked(tokenizer):
+    doc = spacy.blank("en")("a \n\n b \x07 c")
+    rows, (layout,) = Aligner(tokenizer, 64).layout([doc])
+    unread = [doc[i].text for i in numpy.flatnonzero(layout.token_rows < 0)]
+    assert [t.text for t in doc] == ["a", "\n\n ", "b", "\x07", "c"]
+    assert unread == ["\n\n ", "\x07"]
+
+
+def test_truncation_set_elsewhere_is_ignored(tokenizer):
+    tokenizer.backend_tokenizer.enable_truncation(max_length=4)
+    doc = spacy.blank("en")("one two three four five six seven eight")
+    rows, (layout,) = Aligner(tokenizer, 64).layout([doc])
+    assert (layout.token_rows >= 0).all()
