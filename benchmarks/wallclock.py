@@ -21,7 +21,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from spacy_early_exit.evaluation import Setting, compare, format_table
-from spacy_early_exit.tuning import threshold_for_speedup
+from spacy_early_exit.training.tuning import threshold_for_speedup
 
 RESULTS = Path(__file__).parent / "results"
 

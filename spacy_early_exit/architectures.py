@@ -130,7 +130,7 @@ def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Call
     pad_id = aligner.tokenizer.pad_token_id or 0
     torch_layer = model.layers[0]
     if is_train:
-        return _train_forward(torch_layer, rows, layouts, pad_id)
+        return _all_layers_forward(torch_layer, rows, layouts, pad_id, is_train=True)
     outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"])
     n_labels = get_shim(model).encoder.n_labels
     return [_doc_prediction(doc, lay, outputs, n_labels) for doc, lay in zip(docs, layouts)], _no_backprop
@@ -140,8 +140,17 @@ def _no_backprop(d_output: Any) -> None:
     raise ValueError("Prediction output has no backward pass")
 
 
-def _train_forward(
-    torch_layer: Model, rows: List[SequenceRow], layouts: List[DocLayout], pad_id: int
+def full_depth_logits(model: Model, docs: Sequence[Doc]) -> TrainingOutput:
+    """Every off-ramp's logits at full depth, in inference mode (no dropout, no
+    gradients): what calibration and exit simulations read."""
+    aligner = get_aligner(model)
+    rows, layouts = aligner.layout(docs)
+    output, _ = _all_layers_forward(model.layers[0], rows, layouts, aligner.tokenizer.pad_token_id or 0, is_train=False)
+    return output
+
+
+def _all_layers_forward(
+    torch_layer: Model, rows: List[SequenceRow], layouts: List[DocLayout], pad_id: int, is_train: bool
 ) -> Tuple[TrainingOutput, Callable]:
     word_counts = numpy.asarray([len(r.word_cols) for r in rows], dtype="int64")
     row_offsets = numpy.concatenate([[0], numpy.cumsum(word_counts)])
@@ -155,7 +164,7 @@ def _train_forward(
         empty = torch_layer.ops.alloc3f(0, 0, 0)
         return TrainingOutput(empty, token_index), lambda d: None
     batch = collate(rows, pad_id)
-    layer_logits, backprop = torch_layer((batch, None, True), is_train=True)
+    layer_logits, backprop = torch_layer((batch, None, True), is_train=is_train)
     return TrainingOutput(layer_logits, token_index), backprop
 
 

@@ -39,7 +39,7 @@ def evaluate(
     import torch
 
     from .evaluation import Setting, compare, format_table
-    from .tuning import threshold_for_speedup
+    from .training.tuning import threshold_for_speedup
 
     nlp = spacy.load(pipeline)
     examples = _load_examples(nlp, data)

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_backbone
 from spacy_early_exit.encoder.backbone import BackboneNotFound, load_pretrained, resolve_source
 from spacy_early_exit.encoder.cost import CostModel
-from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy, window_max
+from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy, static_thresholds, window_max
 from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
 
@@ -220,3 +220,20 @@ def test_local_directory_loads_offline(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tokenizer = load_pretrained(str(tiny_model_dir))
     assert tokenizer.is_fast and model.config.num_hidden_layers == 4
+
+
+def test_static_thresholds_cut_the_model_after_one_layer():
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), N_LABELS).eval()
+    batch = make_batch(**BATCH)
+    with torch.no_grad():
+        out = encoder(batch, ExitPolicy(mode="tokee", thresholds=static_thresholds(2, 4)))
+        # Uniform logits (entropy exactly 1) still leave at threshold 1.0.
+        zero = EarlyExitEncoder(tiny_backbone("bert"), N_LABELS).eval()
+        for ramp in zero.ramps:
+            torch.nn.init.zeros_(ramp[1].weight)
+            torch.nn.init.zeros_(ramp[1].bias)
+        flat = zero(batch, ExitPolicy(mode="tokee", threshold=1.0))
+    assert (out.exit_layers[batch.word_mask] == 2).all()
+    assert (flat.exit_layers[batch.word_mask] == 1).all()
+    with pytest.raises(ValueError, match="static"):
+        static_thresholds(5, 4)

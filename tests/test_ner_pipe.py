@@ -1,6 +1,8 @@
 """tokee_ner as a spaCy component: training, batching, hostile text, serialization, config."""
 import shutil
 
+import numpy
+
 import pytest
 import spacy
 from spacy.training import Example
@@ -217,3 +219,19 @@ def test_missing_labels_and_late_labels(tiny_model_dir):
     ner.initialize(lambda: ner_examples(nlp), nlp=nlp)
     with pytest.raises(ValueError, match="after initialization"):
         ner.add_label("MISC")
+
+
+def test_layer_logits_at_full_depth(trained_ner):
+    ner = trained_ner.get_pipe("tokee_ner")
+    examples = ner_examples(trained_ner)
+    logits, gold = ner.layer_logits(examples, batch_size=3)
+    n_tokens = sum(len(eg.predicted) for eg in examples)
+    assert logits.shape == (4, n_tokens, len(ner.class_names)) and gold.shape == (n_tokens,)
+    # The last layer is what full-depth prediction reads.
+    ner.exit_mode = "off"
+    try:
+        predictions = ner.predict([eg.predicted for eg in examples])
+    finally:
+        ner.exit_mode = "tokee"
+    expected = numpy.concatenate([p.logits for p in predictions])
+    numpy.testing.assert_allclose(logits[-1], expected, rtol=1e-4, atol=1e-5)

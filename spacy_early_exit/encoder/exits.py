@@ -24,7 +24,9 @@ class ExitPolicy:
     """When tokens leave the encoder.
 
     mode (str): "tokee" (window rule), "sentee" (whole sequence), "off" (full depth).
-    threshold (float): exit when the (window) uncertainty is below this, in [0, 1].
+    threshold (float): exit when the (window) uncertainty is below this, in [0, 1];
+        0 never exits, 1 always exits (so per-layer `thresholds` of 0s then 1s
+        give a static model cut after a chosen layer).
     window (int): k of the +-k window for TOKEE, >= 0.
     thresholds (Optional[Tuple[float, ...]]): one threshold per layer; overrides
         `threshold` when given.
@@ -118,6 +120,14 @@ def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     return (entropy / math.log(n_classes)).clamp_(0.0, 1.0)
 
 
+def static_thresholds(layer: int, num_layers: int) -> Tuple[float, ...]:
+    """Per-layer thresholds that send every token out at `layer` (1-based):
+    the "static" baseline, a model cut after that layer."""
+    if not 1 <= layer <= num_layers:
+        raise ValueError(f"static exit layer must be in 1..{num_layers}; got {layer}")
+    return tuple(0.0 if l < layer else 1.0 for l in range(1, num_layers + 1))
+
+
 def window_max(values: torch.Tensor, window: Optional[int]) -> torch.Tensor:
     """Max over +-`window` neighbours along the last axis (None: whole row).
 
@@ -139,6 +149,11 @@ def exit_decisions(
     active (torch.Tensor): bool ``[batch, words]``, words still in the encoder.
     RETURNS (torch.Tensor): bool ``[batch, words]``.
     """
+    threshold = policy.layer_threshold(layer)
+    if threshold >= 1.0:
+        # 1.0 means "exit here": a uniform distribution has entropy exactly 1,
+        # which a strict comparison would keep running.
+        return active
     settled = torch.where(active, uncertainty, torch.zeros_like(uncertainty))
     window = None if policy.mode == "sentee" else policy.window
-    return active & (window_max(settled, window) < policy.layer_threshold(layer))
+    return active & (window_max(settled, window) < threshold)

@@ -16,7 +16,7 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
-from ..architectures import DocPrediction, TrainingOutput, get_shim
+from ..architectures import DocPrediction, TrainingOutput, full_depth_logits, get_shim
 from ..encoder.exits import (
     ExitPolicy,
     validate_mode,
@@ -25,6 +25,7 @@ from ..encoder.exits import (
     validate_window,
 )
 from ..shim import LearningRates
+from ..training.self_sampling import DEFAULT_TRAINING, TrainingSettings
 
 EXTENSION = "early_exit"
 if not Doc.has_extension(EXTENSION):
@@ -50,6 +51,8 @@ EXIT_DEFAULTS: Dict[str, Any] = {
     "learn_rate": 5e-4,
     "backbone_lr_factor": 0.1,
     "warmup_steps": 100,
+    "extend_vocab": False,
+    "training": DEFAULT_TRAINING,
 }
 
 
@@ -68,6 +71,12 @@ class EarlyExitPipe(TrainablePipe):
     learn_rate (Optional[float]): off-ramp learning rate; None = the optimizer's.
     backbone_lr_factor (float): backbone rate = off-ramp rate x this.
     warmup_steps (int): linear learning-rate warm-up, in updates.
+    extend_vocab (bool): at initialize, add the training texts' characters
+        that the backbone's tokenizer maps to its unknown token as new
+        wordpieces (new embedding rows, learned in fine-tuning). For Chinese
+        with an English backbone.
+    training (Dict[str, Any]): the `training` table: stage 1 ("joint") or
+        stage 2 ("self_sampling", "random"); see TrainingSettings.
     scorer (Optional[Callable]): the scoring method.
     """
 
@@ -85,6 +94,8 @@ class EarlyExitPipe(TrainablePipe):
         learn_rate: Optional[float],
         backbone_lr_factor: float,
         warmup_steps: int,
+        extend_vocab: bool = False,
+        training: Optional[Dict[str, Any]] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
         self.vocab = vocab
@@ -106,6 +117,8 @@ class EarlyExitPipe(TrainablePipe):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"'warmup_steps' must be an integer >= 0; got {warmup_steps!r}")
         get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps)
+        self.extend_vocab = bool(extend_vocab)
+        self.training = TrainingSettings.from_config(dict(training or {}))
 
     # -- exit settings: attributes that take effect on the next call -----------
 
@@ -319,6 +332,31 @@ class EarlyExitPipe(TrainablePipe):
         grad[:, numpy.arange(len(gold)), gold] -= 1.0
         d_logits[:, valid] = grad * (weights[:, None, None] / n_valid)
         return loss, ops.asarray(d_logits)
+
+    def layer_logits(self, examples: Iterable[Example], batch_size: int = 64) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """Every off-ramp's logits at full depth for the gold-labeled tokens.
+
+        The input of calibration (temperatures are fitted on these) and of
+        threshold studies that need no re-run per setting.
+        RETURNS (Tuple[numpy.ndarray, numpy.ndarray]): logits
+            ``[n_layers, n_tokens, n_classes]`` and gold class ids ``[n_tokens]``.
+        """
+        index_of = {name: i for i, name in enumerate(self.class_names)}
+        examples = list(examples)
+        all_logits, all_gold = [], []
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            output = full_depth_logits(self.model, [eg.predicted for eg in chunk])
+            logits = self.model.ops.to_numpy(output.layer_logits)
+            for example, token_index in zip(chunk, output.token_index):
+                for position, gold in zip(token_index.tolist(), self.gold_classes(example)):
+                    if position >= 0 and gold in index_of:
+                        all_logits.append(logits[:, position])
+                        all_gold.append(index_of[gold])
+        n_layers = self.num_layers
+        if not all_logits:
+            return numpy.zeros((n_layers, 0, len(self.class_names)), dtype="float32"), numpy.zeros(0, dtype="int64")
+        return numpy.stack(all_logits, axis=1), numpy.asarray(all_gold, dtype="int64")
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "EarlyExitPipe":
         super().from_bytes(bytes_data, exclude=exclude)

@@ -92,6 +92,8 @@ def make_tokee_ner(
     learn_rate: Optional[float],
     backbone_lr_factor: float,
     warmup_steps: int,
+    extend_vocab: bool,
+    training: Dict[str, Any],
     scorer: Optional[Callable],
 ) -> EarlyExitNER:
     """Create a `tokee_ner` component (see README for every field)."""
@@ -99,5 +101,6 @@ def make_tokee_ner(
         nlp.vocab, model, name,
         tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
         thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
-        backbone_lr_factor=backbone_lr_factor, warmup_steps=warmup_steps, scorer=scorer,
+        backbone_lr_factor=backbone_lr_factor, warmup_steps=warmup_steps,
+        extend_vocab=extend_vocab, training=training, scorer=scorer,
     )

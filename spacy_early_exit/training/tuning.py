@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .evaluation import cost_summary, exit_settings
+from ..evaluation import cost_summary, exit_settings
 
 
 def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size: int = 64) -> float:
