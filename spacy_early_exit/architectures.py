@@ -22,7 +22,9 @@ from .encoder.exits import ExitPolicy
 from .encoder.model import EncoderInput, EncoderOutput
 from .shim import EarlyExitShim
 
-ModelInput = Tuple[Sequence[Doc], Optional[ExitPolicy]]
+# (docs, exit policy for prediction) or, in training, (docs, None, planner):
+# the planner decides stage 2's forced exit layers for each batch.
+ModelInput = Tuple[Any, ...]
 
 
 @dataclass
@@ -44,10 +46,14 @@ class DocPrediction:
 @dataclass
 class TrainingOutput:
     """layer_logits: ``[n_layers, n_words, n_labels]`` for every word of every row;
-    token_index: per doc, each token's row in `n_words` (-1: not scored)."""
+    token_index: per doc, each token's row in `n_words` (-1: not scored);
+    reference_logits: stage 2 only, the frozen stage-1 model's logits, same shape;
+    exit_layers: stage 2 only, ``[n_words]`` forced exit layers."""
 
     layer_logits: Any
     token_index: List[numpy.ndarray]
+    reference_logits: Optional[numpy.ndarray] = None
+    exit_layers: Optional[numpy.ndarray] = None
 
 
 @registry.architectures("spacy-early-exit.EarlyExitTransformer.v1")
@@ -124,13 +130,14 @@ def get_aligner(model: Model) -> Aligner:
 
 
 def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
-    docs, policy = inputs
+    docs, policy, *rest = inputs
+    planner = rest[0] if rest else None
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
     pad_id = aligner.tokenizer.pad_token_id or 0
     torch_layer = model.layers[0]
     if is_train:
-        return _all_layers_forward(torch_layer, rows, layouts, pad_id, is_train=True)
+        return _all_layers_forward(torch_layer, rows, layouts, pad_id, is_train=True, planner=planner)
     outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"])
     n_labels = get_shim(model).encoder.n_labels
     return [_doc_prediction(doc, lay, outputs, n_labels) for doc, lay in zip(docs, layouts)], _no_backprop
@@ -150,7 +157,12 @@ def full_depth_logits(model: Model, docs: Sequence[Doc]) -> TrainingOutput:
 
 
 def _all_layers_forward(
-    torch_layer: Model, rows: List[SequenceRow], layouts: List[DocLayout], pad_id: int, is_train: bool
+    torch_layer: Model,
+    rows: List[SequenceRow],
+    layouts: List[DocLayout],
+    pad_id: int,
+    is_train: bool,
+    planner: Optional[Callable[[EncoderInput], Any]] = None,
 ) -> Tuple[TrainingOutput, Callable]:
     word_counts = numpy.asarray([len(r.word_cols) for r in rows], dtype="int64")
     row_offsets = numpy.concatenate([[0], numpy.cumsum(word_counts)])
@@ -163,9 +175,20 @@ def _all_layers_forward(
     if not rows:
         empty = torch_layer.ops.alloc3f(0, 0, 0)
         return TrainingOutput(empty, token_index), lambda d: None
-    batch = collate(rows, pad_id)
-    layer_logits, backprop = torch_layer((batch, None, True), is_train=is_train)
-    return TrainingOutput(layer_logits, token_index), backprop
+    batch = collate(rows, pad_id, torch_layer.shims[0].device)
+    if planner is None:
+        layer_logits, backprop = torch_layer((batch, None, True, None), is_train=is_train)
+        return TrainingOutput(layer_logits, token_index), backprop
+    plan = planner(batch)
+    layer_logits, backprop = torch_layer((batch, None, True, plan.exit_layers), is_train=is_train)
+    mask = batch.word_mask
+    reference = plan.reference_logits
+    return TrainingOutput(
+        layer_logits,
+        token_index,
+        reference_logits=reference.float().cpu().numpy() if reference is not None else None,
+        exit_layers=plan.exit_layers[mask].cpu().numpy(),
+    ), backprop
 
 
 def _predict_rows(
@@ -184,7 +207,8 @@ def _predict_rows(
         size = max(1, batch_pieces // longest)
         chunk = order[start:start + size]
         start += size
-        out: EncoderOutput = torch_layer.predict((collate([rows[i] for i in chunk], pad_id), policy, False))
+        batch = collate([rows[i] for i in chunk], pad_id)
+        out: EncoderOutput = torch_layer.predict((batch, policy, False, None))
         logits = out.logits.float().cpu().numpy()
         exits = out.exit_layers.cpu().numpy()
         flops = out.flops.tolist()
@@ -209,16 +233,17 @@ def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_labels: i
     return DocPrediction(logits, exit_layers, int(flops), int(full))
 
 
-def _convert_inputs(model: Model, inputs: Tuple[EncoderInput, Optional[ExitPolicy], bool], is_train: bool):
-    batch, policy, all_layers = inputs
+def _convert_inputs(model: Model, inputs: Tuple[Any, ...], is_train: bool):
+    batch, policy, all_layers, exit_layers = inputs
     device = model.shims[0].device
     if batch.input_ids.device != device:
         batch = EncoderInput(*(t.to(device) for t in vars(batch).values()))
-    return ArgsKwargs(args=(batch,), kwargs={"policy": policy, "all_layers": all_layers}), lambda d: None
+    kwargs = {"policy": policy, "all_layers": all_layers, "exit_layers": exit_layers}
+    return ArgsKwargs(args=(batch,), kwargs=kwargs), lambda d: None
 
 
 def _convert_outputs(model: Model, inputs_outputs: Tuple[Any, EncoderOutput], is_train: bool):
-    (_, _, all_layers), output = inputs_outputs
+    (_, _, all_layers, _), output = inputs_outputs
     if not all_layers:
         return output, lambda d: None
     stacked = torch.stack(output.layer_logits)

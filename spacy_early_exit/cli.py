@@ -75,5 +75,91 @@ def evaluate(
         typer.echo(f"Wrote {output}")
 
 
+@app.command()
+def calibrate(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
+    dev_data: Path = typer.Argument(..., help="Dev .spacy file with gold annotation (never the test set)"),
+    output: Path = typer.Option(..., "--output", help="Folder for the calibrated pipeline"),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write the JSON report here (e.g. metrics/calibration.json)"),
+    limit: int = typer.Option(0, "--limit", min=0, help="Use the first N dev docs only (0: all)"),
+    component: Optional[str] = typer.Option(None, "--component", help="Calibrate only this early-exit component (default: all)"),
+) -> None:
+    """Fit one temperature per layer on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
+    from .training.calibration import calibrate_pipeline, format_report
+
+    if not dev_data.exists():
+        raise typer.BadParameter(f"No such data file: {dev_data}")
+    report = calibrate_pipeline(pipeline, dev_data, output, component=component, limit=limit)
+    typer.echo(format_report(report))
+    typer.echo(f"Saved the calibrated pipeline to {output}")
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+        typer.echo(f"Wrote {metrics}")
+
+
+@app.command()
+def tune(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
+    dev_data: Path = typer.Argument(..., help="Dev .spacy file (never the test set)"),
+    targets: str = typer.Option("2,3,4", "--targets", help="Target FLOPs speed-ups, comma separated"),
+    windows: str = typer.Option("0,1,2,3,4", "--windows", help="TOKEE windows k to try, comma separated"),
+    output: Path = typer.Option(Path("metrics/tune.json"), "--output", help="JSON report"),
+    limit: int = typer.Option(0, "--limit", min=0, help="Tune on the first N dev docs only (0: all)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score)"),
+    steps: int = typer.Option(12, "--steps", min=1, help="Most bisection runs per window and target"),
+    write_configs: Optional[Path] = typer.Option(None, "--write-configs", help="Folder for <target>x.json config overrides"),
+    pipeline_out: Optional[Path] = typer.Option(None, "--pipeline-out", help="Folder for a <target>x/ pipeline copy per target"),
+) -> None:
+    """For each target FLOPs speed-up, find on dev the TOKEE window and threshold that score best."""
+    import spacy
+
+    from .training.tuning import format_tune_report, parse_numbers, tune as tune_pipeline, write_tuned
+
+    try:
+        target_list = parse_numbers(targets, float, "--targets")
+        window_list = parse_numbers(windows, int, "--windows")
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    nlp = spacy.load(pipeline)
+    examples = _load_examples(nlp, dev_data, limit)
+    report = tune_pipeline(nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True)
+    write_tuned(nlp, report, write_configs, pipeline_out)
+    report = {"pipeline": str(pipeline), "dev_data": str(dev_data), "limit": limit, **report}
+    typer.echo(format_tune_report(report))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    typer.echo(f"Wrote {output}")
+
+
+@app.command()
+def sweep(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
+    data: Path = typer.Argument(..., help=".spacy file to score"),
+    output_dir: Path = typer.Option(Path("metrics/sweep"), "--output-dir", help="Folder for sweep.csv, sweep.json, sweep.png"),
+    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Thresholds, comma separated (default: a 0.01-1.0 grid)"),
+    window: int = typer.Option(2, "--window", min=0, help="TOKEE window k"),
+    limit: int = typer.Option(0, "--limit", min=0, help="Use the first N docs only (0: all)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Score to report (default: the component's main score)"),
+) -> None:
+    """Score and FLOPs speed-up of SENTEE/TOKEE over a threshold grid, full depth and static-k; CSV, JSON, PNG."""
+    import spacy
+
+    from .training.sweep import DEFAULT_THRESHOLDS, run_sweep, write_sweep
+    from .training.tuning import main_metric, parse_numbers
+
+    try:
+        grid = parse_numbers(thresholds, float, "--thresholds") if thresholds else list(DEFAULT_THRESHOLDS)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    nlp = spacy.load(pipeline)
+    examples = _load_examples(nlp, data, limit)
+    metric = metric or main_metric(nlp)
+    rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True)
+    meta = {"pipeline": str(pipeline), "data": str(data), "limit": limit, "n_docs": len(examples), "window": window}
+    for path in write_sweep(rows, output_dir, metric, meta).values():
+        typer.echo(f"Wrote {path}")
+
+
 if __name__ == "__main__":
     app()

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import srsly
 import torch
@@ -71,6 +71,26 @@ class EarlyExitShim(PyTorchShim):
         self.aligner = None
         self._model.encoder = EarlyExitEncoder(backbone, n_labels, ramp_dropout)
         self._model.to(self.device_for_build())
+
+    def extend_vocabulary(self, texts: Iterable[str]) -> List[str]:
+        """Add every character of `texts` that the tokenizer can only map to its
+        unknown token as a new wordpiece, with a new embedding row (initialized
+        from the old rows' mean by transformers, then learned).
+
+        RETURNS (List[str]): the characters added, in sorted order.
+        """
+        tokenizer, encoder = self.tokenizer, self.encoder
+        unk = tokenizer.unk_token_id
+        chars = sorted({c for text in texts for c in text if not c.isspace()})
+        if unk is None or not chars:
+            return []
+        encoded = tokenizer.backend_tokenizer.encode_batch(chars, add_special_tokens=False)
+        unknown = [c for c, enc in zip(chars, encoded) if enc.ids == [unk]]
+        if unknown:
+            tokenizer.add_tokens(unknown)
+            encoder.backbone.resize_token_embeddings(len(tokenizer))
+            self.aligner = None
+        return unknown
 
     def device_for_build(self) -> torch.device:
         from thinc.util import get_torch_default_device

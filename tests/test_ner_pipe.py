@@ -235,3 +235,23 @@ def test_layer_logits_at_full_depth(trained_ner):
         ner.exit_mode = "tokee"
     expected = numpy.concatenate([p.logits for p in predictions])
     numpy.testing.assert_allclose(logits[-1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_extend_vocab_adds_unknown_characters(tiny_model_dir, tmp_path):
+    from spacy.training import Example as Ex
+
+    nlp = spacy.blank("zh")
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}, "extend_vocab": True})
+    texts = [("张三在北京", [(0, 2, "PER"), (3, 5, "LOC")]), ("李四去上海了", [(0, 2, "PER"), (3, 5, "LOC")])]
+    examples = [Ex.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in texts]
+    nlp.initialize(lambda: examples)
+    shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]
+    encoding = shim.tokenizer.backend_tokenizer.encode("张三到北京", add_special_tokens=False)
+    assert encoding.offsets == [(i, i + 1) for i in range(5)]
+    unk = shim.tokenizer.unk_token_id
+    assert encoding.ids[2] == unk and unk not in encoding.ids[:2] + encoding.ids[3:]  # 到 was not in training
+    assert shim.encoder.backbone.get_input_embeddings().num_embeddings == len(shim.tokenizer)
+    nlp.update(examples, sgd=nlp.create_optimizer())
+    expected = [(e.text, e.label_) for e in nlp("张三在上海").ents]
+    nlp.to_disk(tmp_path / "zh")
+    assert [(e.text, e.label_) for e in spacy.load(tmp_path / "zh")("张三在上海").ents] == expected

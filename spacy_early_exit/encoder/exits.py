@@ -157,3 +157,34 @@ def exit_decisions(
     settled = torch.where(active, uncertainty, torch.zeros_like(uncertainty))
     window = None if policy.mode == "sentee" else policy.window
     return active & (window_max(settled, window) < threshold)
+
+
+def simulate_exit_layers(
+    uncertainty: torch.Tensor, word_mask: torch.Tensor, thresholds: torch.Tensor, windows: torch.Tensor
+) -> torch.Tensor:
+    """Exit layers the TOKEE rule would give, from precomputed uncertainties.
+
+    Used in stage 2: the uncertainties come from the frozen stage-1 model at
+    full depth, and each row has its own sampled threshold(s) and window.
+
+    uncertainty (torch.Tensor): ``[layers, batch, words]``.
+    word_mask (torch.Tensor): bool ``[batch, words]``.
+    thresholds (torch.Tensor): ``[batch, layers]``; >= 1 always exits.
+    windows (torch.Tensor): long ``[batch]``, window k per row.
+    RETURNS (torch.Tensor): long ``[batch, words]``, 1-based, 0 on padding.
+    """
+    n_layers = uncertainty.shape[0]
+    active = word_mask.clone()
+    exits = torch.zeros(word_mask.shape, dtype=torch.long, device=word_mask.device)
+    distinct = sorted(set(windows.tolist()))
+    for index in range(n_layers - 1):
+        settled = torch.where(active, uncertainty[index], torch.zeros_like(uncertainty[index]))
+        peak = torch.zeros_like(settled)
+        for k in distinct:
+            rows = windows == k
+            peak[rows] = window_max(settled[rows], k)
+        limit = thresholds[:, index : index + 1]
+        leaving = active & ((peak < limit) | (limit >= 1.0))
+        exits = exits.masked_fill(leaving, index + 1)
+        active = active & ~leaving
+    return exits.masked_fill(active, n_layers)

@@ -84,14 +84,23 @@ class EarlyExitEncoder(nn.Module):
         return len(self.layers)
 
     def forward(
-        self, batch: EncoderInput, policy: Optional[ExitPolicy] = None, all_layers: bool = False
+        self,
+        batch: EncoderInput,
+        policy: Optional[ExitPolicy] = None,
+        all_layers: bool = False,
+        exit_layers: Optional[torch.Tensor] = None,
     ) -> EncoderOutput:
         """Run the batch.
 
         policy (Optional[ExitPolicy]): exit settings; None or mode "off" = full depth.
-        all_layers (bool): run every layer for every piece and return every
-            off-ramp's logits (the stage-1 training pass).
+        all_layers (bool): return every off-ramp's logits for every word (the
+            training pass; stage 1 runs every layer for every piece).
+        exit_layers (Optional[torch.Tensor]): long ``[batch, words]``, forced
+            exit layers (stage 2): each word halts after its layer, is copied
+            upwards, and every off-ramp reads its (copied) state.
         """
+        if exit_layers is not None and not all_layers:
+            raise ValueError("Forced exit layers are a training pass: pass all_layers=True")
         policy = policy or ExitPolicy(mode="off")
         policy.check_depth(self.num_layers)
         exits_on = policy.mode != "off" and not all_layers
@@ -112,7 +121,7 @@ class EarlyExitEncoder(nn.Module):
         attn_dropout = self.spec.attention_dropout if self.training else 0.0
 
         word_active = word_mask.clone()
-        exit_layers = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
+        exits = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
         logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
         # Per-layer counts, turned into FLOPs once at the end.
         present_counts: List[torch.Tensor] = []
@@ -121,6 +130,8 @@ class EarlyExitEncoder(nn.Module):
         layer_logits: List[torch.Tensor] = []
         last = self.num_layers
         for layer, parts in enumerate(self.layers, start=1):
+            if exit_layers is not None:
+                word_active = word_mask & (exit_layers >= layer)
             piece_active = self._active_pieces(batch, word_active, real, loose)
             if exits_on and layer > 1 and not bool(piece_active.any()):
                 break
@@ -134,9 +145,10 @@ class EarlyExitEncoder(nn.Module):
             )
             if not (exits_on or all_layers or layer == last):
                 continue
-            rows, cols = word_active.nonzero(as_tuple=True)
+            scored = word_mask if exit_layers is not None else word_active
+            rows, cols = scored.nonzero(as_tuple=True)
             logits = self.ramps[layer - 1](hidden[rows, safe_pieces[rows, cols]])
-            scored_counts.append(word_active.sum(dim=1))
+            scored_counts.append(scored.sum(dim=1))
             logits_out = logits_out.index_put((rows, cols), logits)
             if all_layers:
                 layer_logits.append(logits)
@@ -147,16 +159,19 @@ class EarlyExitEncoder(nn.Module):
                 (rows, cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
             )
             leaving = exit_decisions(uncertainty, word_active, policy, layer)
-            exit_layers = exit_layers.masked_fill(leaving, layer)
+            exits = exits.masked_fill(leaving, layer)
             word_active = word_active & ~leaving
-        exit_layers = exit_layers.masked_fill(word_active, last)
+        if exit_layers is not None:
+            exits = exit_layers.masked_fill(~word_mask, 0)
+        else:
+            exits = exits.masked_fill(word_active, last)
         flops = self.cost.layer_flops(torch.stack(present_counts), torch.stack(active_counts)).sum(dim=0)
         flops = flops + self.cost.ramp_flops(torch.stack(scored_counts)).sum(dim=0)
         full = last * self.cost.layer_flops(batch.lengths, batch.lengths)
         full = full + self.cost.ramp_flops(word_mask.sum(dim=1))
         return EncoderOutput(
             logits=logits_out,
-            exit_layers=exit_layers,
+            exit_layers=exits,
             flops=flops,
             full_flops=full,
             layer_logits=layer_logits if all_layers else None,

@@ -4,6 +4,7 @@ Subclasses say only how labels map to output classes and how predicted classes
 become annotations; the encoder, the exit settings, the stage-1 loss and the
 ``doc._.early_exit`` record live here once.
 """
+import copy
 import dataclasses
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -25,7 +26,7 @@ from ..encoder.exits import (
     validate_window,
 )
 from ..shim import LearningRates
-from ..training.self_sampling import DEFAULT_TRAINING, TrainingSettings
+from ..training.self_sampling import DEFAULT_TRAINING, ExitPlanner, TrainingSettings
 
 EXTENSION = "early_exit"
 if not Doc.has_extension(EXTENSION):
@@ -119,6 +120,7 @@ class EarlyExitPipe(TrainablePipe):
         get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps)
         self.extend_vocab = bool(extend_vocab)
         self.training = TrainingSettings.from_config(dict(training or {}))
+        self._planner: Optional[ExitPlanner] = None  # stage 2: made at the first update
 
     # -- exit settings: attributes that take effect on the next call -----------
 
@@ -229,8 +231,21 @@ class EarlyExitPipe(TrainablePipe):
         *,
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
+        init_from: Optional[str] = None,
     ) -> None:
+        """Set up labels and weights.
+
+        labels (Optional[Sequence[str]]): the label set; None = read it from the examples.
+        init_from (Optional[str]): a trained pipeline whose component of the
+            same name (or only early-exit component) provides labels and
+            weights: how stage 2 starts from stage 1. (A sourced component
+            would keep its source's config, so stage 2's `training` switch
+            could not be set on it.)
+        """
         validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
+        if init_from is not None:
+            self._initialize_from(init_from)
+            return
         found = set(labels) if labels is not None else set()
         if labels is None:
             for example in get_examples():
@@ -245,7 +260,28 @@ class EarlyExitPipe(TrainablePipe):
             )
         self.model.attrs["n_labels"] = len(self.class_names)
         self.model.initialize()
+        if self.extend_vocab:
+            added = get_shim(self.model).extend_vocabulary(eg.reference.text for eg in get_examples())
+            print(
+                f"[{self.name}] extend_vocab: added {len(added)} characters to the backbone's "
+                "vocabulary; their embeddings are learned in fine-tuning"
+            )
         self._policy.check_depth(self.num_layers)
+        self._planner = None
+
+    def _initialize_from(self, path: str) -> None:
+        import spacy
+
+        source = spacy.load(path)
+        candidates = [p for n, p in source.pipeline if isinstance(p, type(self)) and n == self.name]
+        candidates = candidates or [p for _, p in source.pipeline if isinstance(p, type(self))]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"init_from {path!r}: expected one {type(self).__name__} component "
+                f"(named '{self.name}' or the only one); found {source.pipe_names}"
+            )
+        self.from_bytes(candidates[0].to_bytes(exclude=["vocab"]), exclude=["vocab"])
+        self._planner = None
 
     def predict(self, docs: Iterable[Doc]) -> List[DocPrediction]:
         docs = list(docs)
@@ -285,7 +321,7 @@ class EarlyExitPipe(TrainablePipe):
         if not examples:
             return losses
         docs = [eg.predicted for eg in examples]
-        output, backprop = self.model.begin_update((docs, None))
+        output, backprop = self.model.begin_update((docs, None, self._exit_planner()))
         loss, d_logits = self.get_loss(examples, output)
         if output.layer_logits.size:
             backprop(d_logits)
@@ -293,6 +329,17 @@ class EarlyExitPipe(TrainablePipe):
                 self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def _exit_planner(self) -> Optional[ExitPlanner]:
+        """Stage 2's planner, holding a frozen copy of the weights at its first update."""
+        if self.training.mode == "joint":
+            return None
+        if self._planner is None or self._planner.settings != self.training:
+            reference = copy.deepcopy(get_shim(self.model).encoder)
+            for param in reference.parameters():
+                param.requires_grad_(False)
+            self._planner = ExitPlanner(self.training, reference)
+        return self._planner
 
     def get_loss(self, examples: Iterable[Example], output: TrainingOutput) -> Tuple[float, Any]:
         """Weighted cross-entropy over all layers: sum_l l * CE_l / sum_l l."""
@@ -327,10 +374,22 @@ class EarlyExitPipe(TrainablePipe):
         gold = targets[valid]
         picked = numpy.take_along_axis(log_probs, gold[None, :, None].repeat(n_layers, 0), axis=-1)[..., 0]
         n_valid = float(valid.sum())
-        loss = float(-(weights[:, None] * picked).sum() / n_valid)
         grad = numpy.exp(log_probs)
         grad[:, numpy.arange(len(gold)), gold] -= 1.0
-        d_logits[:, valid] = grad * (weights[:, None, None] / n_valid)
+        scale = numpy.broadcast_to(weights[:, None], picked.shape) / n_valid
+        if self.training.loss == "flooding" and output.reference_logits is not None:
+            # Stage 2's |CE - CE_stage1|: push each token's loss towards what
+            # the stage-1 model reached, from either side.
+            reference = output.reference_logits[:, valid]
+            ref_shift = reference - reference.max(axis=-1, keepdims=True)
+            ref_log = ref_shift - numpy.log(numpy.exp(ref_shift).sum(axis=-1, keepdims=True))
+            ref_ce = -numpy.take_along_axis(ref_log, gold[None, :, None].repeat(n_layers, 0), axis=-1)[..., 0]
+            gap = -picked - ref_ce
+            loss = float((scale * numpy.abs(gap)).sum())
+            scale = scale * numpy.sign(gap)
+        else:
+            loss = float(-(scale * picked).sum())
+        d_logits[:, valid] = grad * scale[..., None]
         return loss, ops.asarray(d_logits)
 
     def layer_logits(self, examples: Iterable[Example], batch_size: int = 64) -> Tuple[numpy.ndarray, numpy.ndarray]:

@@ -5,8 +5,13 @@ come from running the exit rule on the frozen stage-1 model's predictions; the
 model is then trained with halt-and-copy at those layers, which closes the gap
 between joint training (every token at every layer) and early-exit inference.
 """
-from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ..encoder.exits import normalized_entropy, simulate_exit_layers
+from ..encoder.model import EarlyExitEncoder, EncoderInput
 
 TRAINING_MODES = ("joint", "self_sampling", "random")
 LOSSES = ("ce", "flooding")
@@ -23,6 +28,8 @@ class TrainingSettings:
     thresholds (Tuple[float, ...]): thresholds to draw from.
     double_upper (bool): double the threshold in the upper half of the layers
         (capped at 0.5), as the reference code does in training and inference.
+        Off by default: with calibrated temperatures one threshold means the
+        same at every layer, and inference uses one threshold.
     sandwich (Tuple[float, float]): share of each batch at the most aggressive
         setting (largest threshold, smallest window) and at full depth.
     loss (str): "ce", or "flooding": per token and layer |CE - CE_stage1|.
@@ -32,7 +39,7 @@ class TrainingSettings:
     mode: str = "joint"
     windows: Tuple[int, ...] = (2, 3, 4, 5, 6, 7)
     thresholds: Tuple[float, ...] = (0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25)
-    double_upper: bool = True
+    double_upper: bool = False
     sandwich: Tuple[float, float] = (0.2, 0.4)
     loss: str = "ce"
     seed: int = 0
@@ -74,3 +81,80 @@ class TrainingSettings:
 
 
 DEFAULT_TRAINING: Dict[str, Any] = TrainingSettings().to_config()
+
+
+@dataclass
+class ExitPlan:
+    """Forced exit layers for one training batch.
+
+    exit_layers (torch.Tensor): long ``[batch, words]``.
+    reference_logits (Optional[torch.Tensor]): the frozen stage-1 model's
+        ``[layers, n_words, labels]`` (row-major words), for the flooding loss.
+    """
+
+    exit_layers: torch.Tensor
+    reference_logits: Optional[torch.Tensor] = None
+
+
+class ExitPlanner:
+    """Draws each row's exit setting and turns it into per-word exit layers.
+
+    settings (TrainingSettings): the stage-2 settings.
+    reference (EarlyExitEncoder): frozen stage-1 encoder whose full-depth
+        predictions decide the exits (and give the flooding loss its floor).
+    """
+
+    def __init__(self, settings: TrainingSettings, reference: EarlyExitEncoder) -> None:
+        if settings.mode == "joint":
+            raise ValueError("An exit planner is for stage 2 ('self_sampling' or 'random')")
+        if reference is None:
+            raise ValueError("Stage 2 needs the stage-1 encoder (frozen) to plan exits")
+        self.settings = settings
+        self.reference = reference.eval() if reference is not None else None
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def __call__(self, batch: EncoderInput) -> ExitPlan:
+        reference_logits = None
+        uncertainty = None
+        needed = self.settings.mode == "self_sampling" or self.settings.loss == "flooding"
+        if needed and self.reference is not None:
+            with torch.inference_mode():
+                layer_logits = self.reference(batch, all_layers=True).layer_logits
+            reference_logits = torch.stack(layer_logits).clone()
+            uncertainty = self._per_word(normalized_entropy(reference_logits), batch.word_mask)
+        mask = batch.word_mask
+        n_layers = self.reference.num_layers
+        if self.settings.mode == "random":
+            layers = torch.randint(1, n_layers + 1, mask.shape, generator=self.generator)
+            return ExitPlan(layers.to(mask.device).masked_fill(~mask, 0), reference_logits)
+        thresholds, windows = self._draw(mask.shape[0], n_layers)
+        exits = simulate_exit_layers(uncertainty, mask, thresholds.to(mask.device), windows.to(mask.device))
+        return ExitPlan(exits, reference_logits)
+
+    @staticmethod
+    def _per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[layers, n_words]`` in row-major word order -> ``[layers, batch, words]``."""
+        grid = values.new_zeros(values.shape[0], *mask.shape)
+        rows, cols = mask.nonzero(as_tuple=True)
+        grid[:, rows, cols] = values
+        return grid
+
+    def _draw(self, n_rows: int, n_layers: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-row thresholds ``[rows, layers]`` and windows ``[rows]``, sandwich rule included."""
+        s = self.settings
+        pick_t = torch.randint(len(s.thresholds), (n_rows,), generator=self.generator)
+        pick_w = torch.randint(len(s.windows), (n_rows,), generator=self.generator)
+        base = torch.tensor(s.thresholds)[pick_t]
+        windows = torch.tensor(s.windows)[pick_w]
+        order = torch.randperm(n_rows, generator=self.generator)
+        n_aggressive = int(round(s.sandwich[0] * n_rows))
+        n_full = int(round(s.sandwich[1] * n_rows))
+        aggressive, full = order[:n_aggressive], order[n_aggressive:n_aggressive + n_full]
+        base[aggressive] = max(s.thresholds)
+        windows[aggressive] = min(s.windows)
+        base[full] = 0.0  # nothing exits: full depth
+        per_layer = base[:, None].repeat(1, n_layers)
+        if s.double_upper:
+            upper = torch.arange(1, n_layers + 1) > n_layers // 2
+            per_layer[:, upper] = torch.clamp(per_layer[:, upper] * 2, max=0.5)
+        return per_layer, windows

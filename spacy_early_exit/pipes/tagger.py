@@ -1,0 +1,136 @@
+"""tokee_tagger: part-of-speech tags (`token.tag_` or `token.pos_`), one class per tag."""
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from spacy.attrs import POS, TAG
+from spacy.language import Language
+from spacy.parts_of_speech import IDS as POS_IDS
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.vocab import Vocab
+from thinc.api import Config, Model
+
+from ..scorers import TAGGER_ATTRIBUTES
+from .base import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, EarlyExitPipe
+
+# What `token.pos_` accepts: the 17 UD UPOS tags plus spaCy's own (SPACE,
+# the legacy CONJ, EOL). "" is spaCy's "no tag", not a tag.
+POS_NAMES = frozenset(name for name in POS_IDS if name)
+
+
+class EarlyExitTagger(EarlyExitPipe):
+    """Tagger on the early-exit encoder; see :class:`EarlyExitPipe`.
+
+    Each label is one off-ramp class. With ``attribute="tag"`` the component
+    learns and writes `token.tag_`; when every label is also a valid
+    `token.pos_` value (a UPOS tag set stored as tags), it writes `token.pos_`
+    too. With ``attribute="pos"`` it learns and writes `token.pos_` only.
+
+    Whitespace tokens (and other tokens the backbone gives no wordpiece, such
+    as stripped control characters) are never predicted: their exit layer is 0
+    and their tag is left as it was (empty on a fresh doc). spaCy's
+    `Scorer.score_token_attr` skips predicted whitespace tokens, so they cost
+    accuracy only where the reference itself tags a whitespace token (spaCy's
+    "_SP"/"SPACE" convention). UD treebanks have no whitespace tokens (spaces
+    are `SpaceAfter`), so there this costs nothing.
+
+    attribute (str): "tag" (`token.tag_`) or "pos" (`token.pos_`, UPOS).
+    """
+
+    def __init__(self, vocab: Vocab, model: Model, name: str, *, attribute: str, **kwargs: Any) -> None:
+        if attribute not in TAGGER_ATTRIBUTES:
+            raise ValueError(f"'attribute' must be one of {list(TAGGER_ATTRIBUTES)}; got {attribute!r}")
+        super().__init__(vocab, model, name, **kwargs)
+        # In cfg, so it is saved with the labels and handed to the scorer
+        # (spaCy passes a pipe's cfg to its scorer as keyword arguments).
+        self.cfg["attribute"] = attribute
+
+    @property
+    def attribute(self) -> str:
+        return self.cfg["attribute"]
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def writes_pos(self) -> bool:
+        """Whether predictions also go to `token.pos_`."""
+        return self.attribute == "pos" or (bool(self.labels) and all(label in POS_NAMES for label in self.labels))
+
+    def add_label(self, label: str) -> int:
+        if self.attribute == "pos" and label not in POS_NAMES:
+            raise ValueError(
+                f"Label {label!r} of '{self.name}' is not a valid token.pos_ value "
+                f"(attribute 'pos' needs UPOS tags); use attribute 'tag' for other tag sets"
+            )
+        return super().add_label(label)
+
+    def labels_in(self, example: Example) -> Iterable[str]:
+        field = self.attribute + "_"
+        return {getattr(token, field) for token in example.reference} - {""}
+
+    def gold_classes(self, example: Example) -> List[Optional[str]]:
+        # spaCy's alignment: a predicted token gets the tag of the one reference
+        # token it lies in, None when it spans several. "" is a missing tag.
+        values = example.get_aligned(self.attribute.upper(), as_string=True)
+        return [value or None for value in values]
+
+    def annotate(self, doc: Doc, classes: List[Optional[str]]) -> None:
+        # One array write instead of a Token object per token; tokens with no
+        # prediction keep the values read back here.
+        scored = [i for i, cls in enumerate(classes) if cls is not None]
+        if not scored:
+            return
+        values = doc.to_array([TAG, POS])
+        if self.attribute == "tag":
+            strings = doc.vocab.strings
+            values[scored, 0] = [strings.add(classes[i]) for i in scored]
+        if self.writes_pos:
+            values[scored, 1] = [POS_IDS[classes[i]] for i in scored]
+        doc.from_array([TAG, POS], values)
+
+
+@Language.factory(
+    "tokee_tagger",
+    assigns=["token.tag", "token.pos", "doc._.early_exit"],
+    default_config={
+        "model": Config().from_str(DEFAULT_MODEL_CONFIG)["model"],
+        "attribute": "tag",
+        **EXIT_DEFAULTS,
+        "scorer": {"@scorers": "spacy-early-exit.tagger_scorer.v1"},
+    },
+    # The scorer reports tag_acc or pos_acc, whichever `attribute` is; only
+    # that one is present, so the training score is half of it (the ranking
+    # of checkpoints is unchanged). Set [training.score_weights] to
+    # {"tag_acc": 1.0, "pos_acc": null} (or the reverse) for the plain value.
+    default_score_weights={"tag_acc": 0.5, "pos_acc": 0.5},
+)
+def make_tokee_tagger(
+    nlp: Language,
+    name: str,
+    model: Model,
+    attribute: str,
+    exit_mode: str,
+    threshold: float,
+    window: int,
+    thresholds: Optional[List[float]],
+    temperatures: Optional[List[float]],
+    learn_rate: Optional[float],
+    backbone_lr_factor: float,
+    warmup_steps: int,
+    extend_vocab: bool,
+    training: Dict[str, Any],
+    scorer: Optional[Callable],
+) -> EarlyExitTagger:
+    """Create a `tokee_tagger` component.
+
+    attribute (str): "tag" (learn and write `token.tag_`) or "pos" (`token.pos_`).
+    The other fields are the shared ones of `tokee_ner` (see README).
+    """
+    return EarlyExitTagger(
+        nlp.vocab, model, name,
+        attribute=attribute, exit_mode=exit_mode, threshold=threshold, window=window,
+        thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
+        backbone_lr_factor=backbone_lr_factor, warmup_steps=warmup_steps,
+        extend_vocab=extend_vocab, training=training, scorer=scorer,
+    )

@@ -1,0 +1,304 @@
+"""Per-layer temperature calibration of the off-ramps (Schwartz et al., ACL 2020).
+
+Each off-ramp l gets one scalar temperature T_l, fitted on dev data with every
+token running to full depth, by minimizing the token-level negative
+log-likelihood of ``softmax(logits / T_l)``. With calibrated temperatures one
+exit threshold means the same confidence at every layer.
+
+The fit is a 1-D convex problem: the mean NLL is convex in the inverse
+temperature b = 1/T, with derivative ``mean(E_p[z] - z_gold)`` (p = softmax(b z)),
+which is monotone in b. The minimizer is found by bisection on that derivative
+inside [MIN_TEMPERATURE, MAX_TEMPERATURE]: deterministic, no learning rate, no
+line search, exact to float64 precision.
+"""
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy
+
+MIN_TEMPERATURE = 1e-2
+MAX_TEMPERATURE = 1e2
+DEFAULT_BINS = 15
+_BISECTION_TOLERANCE = 1e-10  # in log(1 / T)
+
+
+def _check_inputs(logits: numpy.ndarray, gold: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """Validate and convert to float64 logits ``[N, C]`` and int64 gold ``[N]``.
+
+    logits (numpy.ndarray): ``[N, C]`` off-ramp logits.
+    gold (numpy.ndarray): ``[N]`` gold class ids in ``[0, C)``.
+    RETURNS (Tuple[numpy.ndarray, numpy.ndarray]): the checked arrays.
+    """
+    logits = numpy.asarray(logits, dtype="float64")
+    gold = numpy.asarray(gold)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [n_tokens, n_classes]; got shape {logits.shape}")
+    if gold.ndim != 1 or gold.shape[0] != logits.shape[0]:
+        raise ValueError(f"gold must be [n_tokens] = [{logits.shape[0]}]; got shape {gold.shape}")
+    if gold.size and not numpy.issubdtype(gold.dtype, numpy.integer):
+        raise ValueError(f"gold must hold integer class ids; got dtype {gold.dtype}")
+    gold = gold.astype("int64")
+    if gold.size and (gold.min() < 0 or gold.max() >= logits.shape[1]):
+        raise ValueError(f"gold class ids must be in [0, {logits.shape[1]}); got [{gold.min()}, {gold.max()}]")
+    if not numpy.isfinite(logits).all():
+        raise ValueError("logits must be finite")
+    return logits, gold
+
+
+def _check_temperature(temperature: float) -> float:
+    """temperature (float): must be positive and finite. RETURNS (float): it."""
+    if isinstance(temperature, bool) or not (float(temperature) > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
+    return float(temperature)
+
+
+def _log_softmax(scaled: numpy.ndarray) -> numpy.ndarray:
+    """scaled (numpy.ndarray): ``[N, C]``. RETURNS (numpy.ndarray): row-wise log-softmax."""
+    shifted = scaled - scaled.max(axis=-1, keepdims=True)
+    return shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def negative_log_likelihood(logits: numpy.ndarray, gold: numpy.ndarray, temperature: float = 1.0) -> float:
+    """Mean token NLL of ``softmax(logits / temperature)``.
+
+    logits (numpy.ndarray): ``[N, C]``.
+    gold (numpy.ndarray): ``[N]`` gold class ids.
+    temperature (float): T > 0.
+    RETURNS (float): the mean NLL in nats; 0.0 when N == 0.
+    """
+    logits, gold = _check_inputs(logits, gold)
+    temperature = _check_temperature(temperature)
+    if gold.size == 0:
+        return 0.0
+    log_p = _log_softmax(logits / temperature)
+    return float(-log_p[numpy.arange(gold.size), gold].mean())
+
+
+def _nll_slope(logits: numpy.ndarray, gold_logit: numpy.ndarray, inverse: float) -> float:
+    """d NLL / d b at inverse temperature b: ``mean(E_p[z] - z_gold)``, p = softmax(b z).
+
+    logits (numpy.ndarray): ``[N, C]`` float64.
+    gold_logit (numpy.ndarray): ``[N]``, each token's gold logit.
+    inverse (float): b = 1 / T.
+    RETURNS (float): the slope (non-decreasing in b: the NLL is convex in b).
+    """
+    probs = numpy.exp(_log_softmax(logits * inverse))
+    return float(((probs * logits).sum(axis=-1) - gold_logit).mean())
+
+
+def fit_temperature(logits: numpy.ndarray, gold: numpy.ndarray) -> float:
+    """The temperature T > 0 that minimizes the mean NLL of ``softmax(logits / T)``.
+
+    Deterministic. The answer is clipped to [MIN_TEMPERATURE, MAX_TEMPERATURE]
+    (separable data has its optimum at T -> 0, pure noise at T -> inf), and is
+    never worse than T = 1 on the data it was fitted on.
+
+    logits (numpy.ndarray): ``[N, C]`` uncalibrated off-ramp logits.
+    gold (numpy.ndarray): ``[N]`` gold class ids.
+    RETURNS (float): the fitted temperature; 1.0 when N == 0 or when the
+        temperature cannot change the NLL (every row's logits are equal).
+    """
+    logits, gold = _check_inputs(logits, gold)
+    if gold.size == 0 or logits.shape[1] < 2:
+        return 1.0
+    logits = logits - logits.mean(axis=-1, keepdims=True)  # softmax-invariant; better conditioned
+    if not numpy.abs(logits).max() > 0:
+        return 1.0
+    gold_logit = logits[numpy.arange(gold.size), gold]
+    low, high = math.log(1.0 / MAX_TEMPERATURE), math.log(1.0 / MIN_TEMPERATURE)  # log b
+    if _nll_slope(logits, gold_logit, math.exp(low)) >= 0.0:
+        best = MAX_TEMPERATURE
+    elif _nll_slope(logits, gold_logit, math.exp(high)) <= 0.0:
+        best = MIN_TEMPERATURE
+    else:
+        while high - low > _BISECTION_TOLERANCE:
+            middle = 0.5 * (low + high)
+            if _nll_slope(logits, gold_logit, math.exp(middle)) < 0.0:
+                low = middle
+            else:
+                high = middle
+        best = 1.0 / math.exp(0.5 * (low + high))
+    if negative_log_likelihood(logits, gold, best) > negative_log_likelihood(logits, gold, 1.0):
+        return 1.0
+    return float(best)
+
+
+def expected_calibration_error(
+    logits: numpy.ndarray,
+    gold: numpy.ndarray,
+    temperature: float = 1.0,
+    n_bins: int = DEFAULT_BINS,
+) -> float:
+    """Expected calibration error of the max-probability confidence.
+
+    Tokens are put in ``n_bins`` equal-width confidence bins, ``(i/n, (i+1)/n]``;
+    ECE = sum over bins of (bin share of tokens) x |accuracy - mean confidence|.
+
+    logits (numpy.ndarray): ``[N, C]``.
+    gold (numpy.ndarray): ``[N]`` gold class ids.
+    temperature (float): T > 0; confidences come from ``softmax(logits / T)``.
+    n_bins (int): number of equal-width bins over [0, 1], >= 1.
+    RETURNS (float): the ECE in [0, 1]; 0.0 when N == 0.
+    """
+    logits, gold = _check_inputs(logits, gold)
+    temperature = _check_temperature(temperature)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, numpy.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1; got {n_bins!r}")
+    if gold.size == 0:
+        return 0.0
+    probs = numpy.exp(_log_softmax(logits / temperature))
+    confidence = probs.max(axis=-1)
+    correct = (probs.argmax(axis=-1) == gold).astype("float64")
+    bins = numpy.clip(numpy.ceil(confidence * n_bins).astype("int64") - 1, 0, n_bins - 1)
+    counts = numpy.bincount(bins, minlength=n_bins)
+    gaps = numpy.bincount(bins, weights=correct, minlength=n_bins) - numpy.bincount(
+        bins, weights=confidence, minlength=n_bins
+    )
+    return float(numpy.abs(gaps)[counts > 0].sum() / gold.size)
+
+
+def calibrate_layers(
+    layer_logits: numpy.ndarray,
+    gold: numpy.ndarray,
+    n_bins: int = DEFAULT_BINS,
+) -> Dict[str, Any]:
+    """Fit one temperature per layer and measure NLL and ECE before (T = 1) and after.
+
+    layer_logits (numpy.ndarray): ``[L, N, C]`` full-depth logits of every off-ramp.
+    gold (numpy.ndarray): ``[N]`` gold class ids.
+    n_bins (int): ECE bins.
+    RETURNS (Dict[str, Any]): ``temperatures`` (one per layer, 6 significant
+        digits), ``n_tokens``, ``n_classes`` and ``layers``: one dict per layer
+        with ``layer`` (1-based), ``temperature``, ``nll_before``, ``nll_after``,
+        ``ece_before``, ``ece_after``.
+    """
+    layer_logits = numpy.asarray(layer_logits)
+    if layer_logits.ndim != 3:
+        raise ValueError(f"layer_logits must be [n_layers, n_tokens, n_classes]; got shape {layer_logits.shape}")
+    layers: List[Dict[str, Any]] = []
+    for index, logits in enumerate(layer_logits):
+        temperature = float(f"{fit_temperature(logits, gold):.6g}")
+        layers.append(
+            {
+                "layer": index + 1,
+                "temperature": temperature,
+                "nll_before": negative_log_likelihood(logits, gold, 1.0),
+                "nll_after": negative_log_likelihood(logits, gold, temperature),
+                "ece_before": expected_calibration_error(logits, gold, 1.0, n_bins),
+                "ece_after": expected_calibration_error(logits, gold, temperature, n_bins),
+            }
+        )
+    return {
+        "n_tokens": int(layer_logits.shape[1]),
+        "n_classes": int(layer_logits.shape[2]),
+        "temperatures": [row["temperature"] for row in layers],
+        "layers": layers,
+    }
+
+
+def calibrate_pipeline(
+    pipeline_dir: Union[str, Path],
+    dev_path: Union[str, Path],
+    output_dir: Union[str, Path],
+    component: Optional[str] = None,
+    limit: int = 0,
+    n_bins: int = DEFAULT_BINS,
+) -> Dict[str, Any]:
+    """Calibrate a saved pipeline's early-exit components and save the result.
+
+    Every early-exit component is calibrated (or only `component`): its
+    full-depth per-layer logits on the dev docs are fitted, the temperatures are
+    set on the pipe, the pipeline is saved to `output_dir`, and the temperatures
+    are written into the saved ``config.cfg`` so ``spacy.load(output_dir)``
+    uses them.
+
+    pipeline_dir (Union[str, Path]): the trained pipeline folder.
+    dev_path (Union[str, Path]): a .spacy DocBin with gold annotation (never test).
+    output_dir (Union[str, Path]): where the calibrated pipeline is written.
+    component (Optional[str]): the one component to calibrate; None = all.
+    limit (int): use the first `limit` dev docs only (0: all).
+    n_bins (int): ECE bins.
+    RETURNS (Dict[str, Any]): ``pipeline``, ``dev_data``, ``output``, ``n_docs``
+        and ``components``: per component name, the `calibrate_layers` report
+        plus ``previous_temperatures`` (what the pipe had before).
+    """
+    import spacy
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+    from thinc.api import Config
+
+    from ..evaluation import early_exit_pipes
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be an integer >= 0; got {limit!r}")
+    dev_path, output_dir = Path(dev_path), Path(output_dir)
+    if not dev_path.exists():
+        raise ValueError(f"No such dev data file: {dev_path}")
+    nlp = spacy.load(pipeline_dir)
+    pipes = early_exit_pipes(nlp)
+    if component is not None:
+        names = [name for name, _ in pipes]
+        if component not in names:
+            raise ValueError(f"No early-exit component named {component!r}; the pipeline has {names}")
+        pipes = [(name, pipe) for name, pipe in pipes if name == component]
+    refs = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
+    if limit:
+        refs = refs[:limit]
+    examples = [Example(nlp.make_doc(ref.text), ref) for ref in refs]
+    reports: Dict[str, Dict[str, Any]] = {}
+    for name, pipe in pipes:
+        logits, gold = pipe.layer_logits(examples)
+        if gold.size == 0:
+            raise ValueError(f"Component '{name}': the dev data {dev_path} has no gold-labeled tokens to calibrate on")
+        report = calibrate_layers(logits, gold, n_bins)
+        report["previous_temperatures"] = pipe.temperatures
+        pipe.temperatures = report["temperatures"]
+        reports[name] = report
+    nlp.to_disk(output_dir)
+    config_path = output_dir / "config.cfg"
+    config = Config().from_disk(config_path, interpolate=False)
+    for name, report in reports.items():
+        config["components"][name]["temperatures"] = list(report["temperatures"])
+    config.to_disk(config_path)
+    return {
+        "pipeline": str(pipeline_dir),
+        "dev_data": str(dev_path),
+        "output": str(output_dir),
+        "n_docs": len(examples),
+        "components": reports,
+    }
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """A Markdown table per component of a `calibrate_pipeline` report.
+
+    report (Dict[str, Any]): what `calibrate_pipeline` returned.
+    RETURNS (str): the tables.
+    """
+    blocks = []
+    for name, component in report["components"].items():
+        lines = [
+            f"{name}: {component['n_tokens']} tokens, {component['n_classes']} classes",
+            "| layer | T | NLL before | NLL after | ECE before | ECE after |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in component["layers"]:
+            lines.append(
+                f"| {row['layer']} | {row['temperature']:.4g} | {row['nll_before']:.4f} | {row['nll_after']:.4f} "
+                f"| {row['ece_before']:.4f} | {row['ece_after']:.4f} |"
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+__all__ = [
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "calibrate_layers",
+    "calibrate_pipeline",
+    "expected_calibration_error",
+    "fit_temperature",
+    "format_report",
+    "negative_log_likelihood",
+]

@@ -1,0 +1,82 @@
+"""sweep: score vs FLOPs speed-up for SENTEE/TOKEE, full depth and static-k; CSV, JSON, PNG."""
+import csv
+import json
+
+import pytest
+from spacy.tokens import DocBin
+from typer.testing import CliRunner
+
+from conftest import ner_examples
+from spacy_early_exit.cli import app
+from spacy_early_exit.plotting import plot_sweep
+from spacy_early_exit.training.sweep import COLUMNS, run_sweep, write_sweep
+
+THRESHOLDS = [0.1, 0.5, 1.0]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rows(trained_ner):
+    policy = trained_ner.get_pipe("tokee_ner").policy
+    result = run_sweep(trained_ner, ner_examples(trained_ner), THRESHOLDS, window=1, progress=False)
+    assert trained_ner.get_pipe("tokee_ner").policy == policy  # settings restored
+    return result
+
+
+def by_method(rows, method):
+    return [r for r in rows if r["method"] == method]
+
+
+def test_rows_cover_every_method_and_layer(rows):
+    assert all(set(r) == set(COLUMNS) for r in rows)
+    assert [r["threshold"] for r in by_method(rows, "sentee")] == THRESHOLDS
+    assert [r["threshold"] for r in by_method(rows, "tokee")] == THRESHOLDS
+    assert all(r["window"] == 1 for r in by_method(rows, "tokee"))
+    static = [r for r in rows if r["method"].startswith("static-")]
+    assert [r["method"] for r in static] == ["static-1", "static-2", "static-3", "static-4"]
+    (full,) = by_method(rows, "full")
+    assert full["flops_speedup"] == 1.0 and full["mean_exit_layer"] == 4.0
+
+
+def test_static_k_exits_at_layer_k(rows):
+    static = [r for r in rows if r["method"].startswith("static-")]
+    assert [r["mean_exit_layer"] for r in static] == [1.0, 2.0, 3.0, 4.0]
+    assert [r["layer"] for r in static] == [1, 2, 3, 4]
+    speedups = [r["flops_speedup"] for r in static]
+    assert speedups == sorted(speedups, reverse=True)
+    # Threshold 1.0 sends every token out after layer 1, whatever the rule.
+    assert by_method(rows, "tokee")[-1]["flops_speedup"] == speedups[0]
+    assert by_method(rows, "sentee")[-1]["mean_exit_layer"] == 1.0
+
+
+def test_write_sweep_files(rows, tmp_path):
+    paths = write_sweep(rows, tmp_path / "out", "ents_f", {"data": "dev.spacy"})
+    with paths["csv"].open(encoding="utf8") as file:
+        table = list(csv.DictReader(file))
+    assert list(table[0]) == list(COLUMNS) and len(table) == len(rows)
+    assert table[0]["method"] == "full" and float(table[0]["flops_speedup"]) == 1.0 and table[0]["layer"] == ""
+    report = json.loads(paths["json"].read_text(encoding="utf8"))
+    assert report["metric"] == "ents_f" and report["data"] == "dev.spacy" and report["rows"] == rows
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_skips_rows_without_a_score(tmp_path):
+    rows = [
+        {"method": "full", "layer": None, "score": None, "flops_speedup": 1.0},
+        {"method": "tokee", "layer": None, "score": 50.0, "flops_speedup": 2.0},
+    ]
+    assert plot_sweep(rows, tmp_path / "p.png", "ents_f").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_sweep(trained_ner, tmp_path):
+    trained_ner.to_disk(tmp_path / "pipeline")
+    data = tmp_path / "dev.spacy"
+    DocBin(docs=[eg.reference for eg in ner_examples(trained_ner)]).to_disk(data)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(tmp_path / "pipeline"), str(data), "--output-dir", str(out), "--thresholds", "0.2,1.0", "--window", "0", "--limit", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+    report = json.loads((out / "sweep.json").read_text(encoding="utf8"))
+    assert report["n_docs"] == 2 and report["window"] == 0 and report["metric"] == "ents_f"
+    assert len(report["rows"]) == 1 + 2 + 2 + 4
