@@ -50,7 +50,7 @@ def main(
     print(f"threshold for {target}x on {tune.name}: {threshold} (window {window})")
     settings = [
         Setting("full", {"exit_mode": "off"}),
-        Setting("tokee", {"exit_mode": "tokee", "window": window, "threshold": threshold}),
+        Setting("tokee", {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}),
     ]
     rows = compare(nlp, test_examples, settings, "ents_f", None, (1, 32), repeats)
     table = format_table(rows, "ents_f")

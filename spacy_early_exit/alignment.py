@@ -53,13 +53,19 @@ class Aligner:
     tokenizer (PreTrainedTokenizerFast): the backbone's fast tokenizer.
     max_length (int): the longest row, specials included.
     overlap (float): share of a window repeated in the next one.
+    pretokenized (bool): give the tokenizer the spaCy tokens as words, so that
+        no wordpiece spans two tokens. For character-level tasks (Chinese
+        segmentation and NER): the digits of "1998" or the letters of "New"
+        then get a wordpiece each, as in the paper's character-level input,
+        instead of all reading one shared piece.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, overlap: float = 0.25) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, overlap: float = 0.25, pretokenized: bool = False) -> None:
         probe = list(tokenizer.build_inputs_with_special_tokens([-7]))
         cut = probe.index(-7)
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
+        self.pretokenized = pretokenized
         self.prefix = numpy.asarray(probe[:cut], dtype="int64")
         self.suffix = numpy.asarray(probe[cut + 1:], dtype="int64")
         self.content = max_length - len(self.prefix) - len(self.suffix)
@@ -75,13 +81,19 @@ class Aligner:
             self.backend.no_truncation()
         if self.backend.padding is not None:
             self.backend.no_padding()
-        encodings = self.backend.encode_batch([doc.text for doc in docs], add_special_tokens=False)
         rows: List[SequenceRow] = []
-        layouts = [self._layout_doc(doc, enc.ids, enc.offsets, rows) for doc, enc in zip(docs, encodings)]
+        if self.pretokenized:
+            words = [[token.text for token in doc] for doc in docs]
+            encodings = self.backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+            pairs = [_word_pairs(enc.word_ids) for enc in encodings]
+        else:
+            encodings = self.backend.encode_batch([doc.text for doc in docs], add_special_tokens=False)
+            pairs = [align_pieces(doc, numpy.asarray(enc.offsets, dtype="int64").reshape(-1, 2)) for doc, enc in zip(docs, encodings)]
+        layouts = [self._layout_doc(doc, enc.ids, pair, rows) for doc, enc, pair in zip(docs, encodings, pairs)]
         return rows, layouts
 
     def _layout_doc(
-        self, doc: Doc, ids: List[int], offsets: List[Tuple[int, int]], rows: List[SequenceRow]
+        self, doc: Doc, ids: List[int], pairs: Tuple[numpy.ndarray, numpy.ndarray], rows: List[SequenceRow]
     ) -> DocLayout:
         n_tokens = len(doc)
         token_rows = numpy.full(n_tokens, -1, dtype="int64")
@@ -89,7 +101,7 @@ class Aligner:
         if n_tokens == 0 or len(ids) == 0:
             return DocLayout(token_rows, token_slots, [])
         ids = numpy.asarray(ids, dtype="int64")
-        pair_token, pair_piece = align_pieces(doc, numpy.asarray(offsets, dtype="int64").reshape(-1, 2))
+        pair_token, pair_piece = pairs
         first = numpy.full(n_tokens, len(ids), dtype="int64")
         numpy.minimum.at(first, pair_token, pair_piece)
         words = numpy.flatnonzero(first < len(ids))
@@ -133,6 +145,13 @@ class Aligner:
         last = n_pieces - self.content
         starts = list(range(0, last, self.stride)) + [last]
         return numpy.asarray(starts, dtype="int64")
+
+
+def _word_pairs(word_ids: List[Optional[int]]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """(token, piece) pairs from a pretokenized encoding's word ids."""
+    word = numpy.asarray([-1 if w is None else w for w in word_ids], dtype="int64")
+    pieces = numpy.flatnonzero(word >= 0)
+    return word[pieces], pieces
 
 
 def align_pieces(doc: Doc, offsets: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:

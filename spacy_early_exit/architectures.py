@@ -62,6 +62,7 @@ def build_early_exit_transformer(
     max_length: Optional[int] = None,
     ramp_dropout: float = 0.1,
     batch_pieces: int = 8192,
+    pretokenized: bool = False,
 ) -> Model[ModelInput, Any]:
     """Build the early-exit encoder model (weights load at initialize).
 
@@ -71,6 +72,8 @@ def build_early_exit_transformer(
     ramp_dropout (float): dropout before each off-ramp during training.
     batch_pieces (int): at inference, the padded wordpieces in one forward pass;
         larger batches are split (sorted by length, so little padding).
+    pretokenized (bool): tokenize each spaCy token on its own (no wordpiece
+        spans two tokens); for character-level tasks such as Chinese.
     """
     if max_length is not None and (not isinstance(max_length, int) or max_length < 4):
         raise ValueError(f"'max_length' must be an integer >= 4 or null; got {max_length!r}")
@@ -94,6 +97,7 @@ def build_early_exit_transformer(
             "max_length": max_length,
             "ramp_dropout": ramp_dropout,
             "batch_pieces": batch_pieces,
+            "pretokenized": pretokenized,
             "n_labels": None,
         },
     )
@@ -124,7 +128,7 @@ def get_aligner(model: Model) -> Aligner:
         wanted = model.attrs["max_length"] or limit
         if wanted > limit:
             raise ValueError(f"'max_length' {wanted} exceeds the backbone's position limit {limit}")
-        cached = Aligner(shim.tokenizer, wanted)
+        cached = Aligner(shim.tokenizer, wanted, pretokenized=model.attrs.get("pretokenized", False))
         shim.aligner = cached
     return cached
 

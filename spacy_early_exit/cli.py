@@ -25,26 +25,36 @@ def _load_examples(nlp, path: Path, limit: int = 0):
 def evaluate(
     pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
     data: Path = typer.Argument(..., help="Evaluation .spacy file (e.g. test)"),
-    tune_data: Optional[Path] = typer.Option(None, help="Held-out .spacy file on which TOKEE thresholds are chosen (never the test set)"),
+    tuned: Optional[Path] = typer.Option(None, help="A `tune` report (chosen on dev): evaluate each reachable target's setting"),
+    tune_data: Optional[Path] = typer.Option(None, help="Without --tuned: held-out .spacy file on which a TOKEE threshold is chosen per --speedup (never the test set)"),
     speedup: List[float] = typer.Option([2.0], help="Target FLOPs speed-ups for TOKEE (with --tune-data)"),
-    window: int = typer.Option(2, help="TOKEE window k"),
-    metric: str = typer.Option("ents_f", help="Score to report"),
+    window: int = typer.Option(2, help="TOKEE window k (with --tune-data)"),
+    metric: Optional[str] = typer.Option(None, help="Score to report (default: the component's main score)"),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes to time, comma separated"),
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
     timing_docs: int = typer.Option(0, help="Time on the first N docs only (0: all)"),
     output: Optional[Path] = typer.Option(None, help="Write the rows as JSON here"),
 ) -> None:
-    """Score a pipeline at full depth and with TOKEE; time both side by side."""
+    """Score a pipeline at full depth and with TOKEE on test; time them side by side."""
     import spacy
     import torch
 
     from .evaluation import Setting, compare, format_table
-    from .training.tuning import threshold_for_speedup
+    from .training.tuning import main_metric, threshold_for_speedup
 
     nlp = spacy.load(pipeline)
+    metric = metric or main_metric(nlp)
     examples = _load_examples(nlp, data)
     settings = [Setting("full", {"exit_mode": "off"})]
-    if tune_data is not None:
+    if tuned is not None:
+        report = json.loads(tuned.read_text(encoding="utf8"))
+        for entry in report["targets"]:
+            if not entry["reachable"]:
+                typer.echo(f"target {entry['target']}x was not reachable on dev: {entry.get('reason', '')}")
+                continue
+            fields = {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
+            settings.append(Setting(f"tokee-{entry['target']:g}x", fields))
+    elif tune_data is not None:
         tune_texts = [eg.reference.text for eg in _load_examples(nlp, tune_data)]
         for target in speedup:
             threshold = threshold_for_speedup(nlp, tune_texts, target, "tokee", window)
@@ -52,7 +62,8 @@ def evaluate(
                 typer.echo(f"TOKEE cannot reach {target}x on {tune_data}; skipped")
                 continue
             typer.echo(f"TOKEE {target}x on {tune_data.name}: window {window}, threshold {threshold}")
-            settings.append(Setting(f"tokee-{target:g}x", {"exit_mode": "tokee", "window": window, "threshold": threshold}))
+            fields = {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}
+            settings.append(Setting(f"tokee-{target:g}x", fields))
     else:
         settings.append(Setting("tokee", {"exit_mode": "tokee"}))
     timing = [eg.reference.text for eg in examples[: timing_docs or len(examples)]]
@@ -64,6 +75,7 @@ def evaluate(
         report = {
             "pipeline": str(pipeline),
             "data": str(data),
+            "tuned": str(tuned) if tuned else None,
             "tune_data": str(tune_data) if tune_data else None,
             "metric": metric,
             "threads": torch.get_num_threads(),

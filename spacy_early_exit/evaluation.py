@@ -7,7 +7,7 @@ median kept; speed-ups are ratios against the full-depth setting.
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
@@ -172,4 +172,4 @@ def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Setting", "compare", "cost_summary", "exit_settings", "format_table", "score", "words_per_second", "asdict"]
+__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "score", "words_per_second"]

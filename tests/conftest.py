@@ -73,6 +73,16 @@ def save_tiny_backbone(directory: Path, family: str = "bert", **kwargs) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run faster on one thread; two threads also fight any other
+    process on a 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))

@@ -75,3 +75,16 @@ def test_truncation_set_elsewhere_is_ignored(tokenizer):
     doc = spacy.blank("en")("one two three four five six seven eight")
     rows, (layout,) = Aligner(tokenizer, 64).layout([doc])
     assert (layout.token_rows >= 0).all()
+
+
+def test_pretokenized_gives_every_token_its_own_pieces(tokenizer):
+    from spacy.tokens import Doc
+
+    words = list("张三the")  # "the" is one wordpiece of the test vocabulary
+    doc = Doc(spacy.blank("zh").vocab, words=words, spaces=[False] * len(words))
+    rows, (layout,) = Aligner(tokenizer, 64, pretokenized=True).layout([doc])
+    cols = [rows[0].word_cols[s] for s in layout.token_slots]
+    assert len(set(cols)) == len(doc)  # no two tokens read the same piece
+    shared_rows, (shared,) = Aligner(tokenizer, 64).layout([doc])
+    shared_cols = [shared_rows[0].word_cols[s] for s in shared.token_slots]
+    assert len(set(shared_cols)) == 3  # by text, t, h and e share the piece "the"

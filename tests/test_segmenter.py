@@ -8,7 +8,6 @@ import numpy
 import pytest
 import regex
 import spacy
-import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
@@ -33,16 +32,6 @@ HOSTILE = [
     "\u3000中国 ",
     "北京是中国的首都。" * 30,  # longer than the tiny backbone's 64 positions
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny models are latency-bound: a second intra-op thread only adds
-    # synchronization, which costs seconds per update on a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def save_cjk_backbone(directory: Path) -> Path:

@@ -4,7 +4,7 @@ import spacy
 import torch
 
 from conftest import make_ner_nlp, ner_examples, tiny_backbone
-from spacy_early_exit.encoder.exits import simulate_exit_layers, window_max
+from spacy_early_exit.encoder.exits import simulate_exit_layers
 from spacy_early_exit.encoder.model import EarlyExitEncoder
 from spacy_early_exit.training.self_sampling import ExitPlanner, TrainingSettings
 from test_encoder import BATCH, make_batch

@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 import spacy
-import torch
 from spacy.training import Example
 from spacy.util import registry
 from thinc.api import fix_random_seed
@@ -23,16 +22,6 @@ TAG_DATA = [
     ("she has a new city", "PRP VBZ DT JJ NN", "PRON VERB DET ADJ NOUN"),
 ]
 TEXTS = [text for text, _, _ in TAG_DATA] + ["London", "the city said one two three", "John  and\n\nMary ."]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny models are latency-bound: a second intra-op thread only adds
-    # synchronization, which costs seconds per update on a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tag_examples(nlp, gold="tags"):

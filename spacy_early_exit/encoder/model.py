@@ -143,8 +143,11 @@ class EarlyExitEncoder(nn.Module):
                 parts, hidden, present, PackedRows.from_mask(piece_active),
                 self.spec.num_heads, train_dropout, attn_dropout,
             )
-            if not (exits_on or all_layers or layer == last):
-                continue
+            if not (all_layers or layer == last):
+                # An off-ramp is only worth running where a token may leave:
+                # a threshold of 0 lets nobody out (static baselines, "off").
+                if not exits_on or policy.layer_threshold(layer) <= 0.0:
+                    continue
             scored = word_mask if exit_layers is not None else word_active
             rows, cols = scored.nonzero(as_tuple=True)
             logits = self.ramps[layer - 1](hidden[rows, safe_pieces[rows, cols]])

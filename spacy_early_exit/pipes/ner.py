@@ -4,7 +4,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
-from spacy.util import registry
 from thinc.api import Config, Model
 
 from .base import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, EarlyExitPipe

@@ -125,7 +125,8 @@ class EarlyExitSegmenter(EarlyExitPipe):
     assigns=["doc._.early_exit"],
     retokenizes=True,
     default_config={
-        "model": Config().from_str(DEFAULT_MODEL_CONFIG)["model"],
+        # Characters are the tokens: each gets its own wordpieces.
+        "model": {**Config().from_str(DEFAULT_MODEL_CONFIG)["model"], "pretokenized": True},
         "tag_scheme": "BMES",
         **EXIT_DEFAULTS,
         "scorer": {"@scorers": "spacy-early-exit.segmentation_scorer.v1"},

@@ -13,7 +13,7 @@ line search, exact to float64 precision.
 """
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy
 

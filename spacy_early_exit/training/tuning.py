@@ -56,7 +56,7 @@ def threshold_for_speedup(
     RETURNS (Optional[float]): the threshold (rounded up to 4 decimals), or
         None when even threshold 1.0 does not reach the target.
     """
-    fields = {"exit_mode": exit_mode, "window": window}
+    fields = {"exit_mode": exit_mode, "window": window, "thresholds": None}
     if flops_speedup(nlp, texts, {**fields, "threshold": 1.0}) < target:
         return None
     low, high = 0.0, 1.0

