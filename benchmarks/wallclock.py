@@ -5,8 +5,8 @@ sizes 1 and 32, settings interleaved, median of the repetitions, and writes
 JSON + Markdown to benchmarks/results/. The threshold is chosen on the held-out
 dev tail, never on test.
 
-    python benchmarks/wallclock.py project/training/demo/model-best \
-        --test project/corpus/test.spacy --tune project/corpus/dev.spacy
+    python benchmarks/wallclock.py project/training/uner_en_ewt/final \
+        --test project/corpus/uner_en_ewt/test.spacy --tune project/corpus/uner_en_ewt/dev.spacy
 """
 import json
 import platform
@@ -33,8 +33,8 @@ def load(nlp, path: Path) -> List[Example]:
 
 def main(
     pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
-    test: Path = typer.Option(Path("project/corpus/test.spacy"), help="Evaluation data"),
-    tune: Path = typer.Option(Path("project/corpus/dev.spacy"), help="Held-out data for the threshold"),
+    test: Path = typer.Option(Path("project/corpus/uner_en_ewt/test.spacy"), help="Evaluation data"),
+    tune: Path = typer.Option(Path("project/corpus/uner_en_ewt/dev.spacy"), help="Held-out data for the threshold"),
     target: float = typer.Option(2.0, help="FLOPs speed-up the TOKEE threshold must reach"),
     window: int = typer.Option(2, help="TOKEE window k"),
     repeats: int = typer.Option(5, help="Timing repetitions"),

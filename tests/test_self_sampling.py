@@ -123,3 +123,19 @@ def test_init_from_rejects_a_pipeline_without_the_component(tiny_model_dir, tmp_
     ner = nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}})
     with pytest.raises(ValueError, match="init_from"):
         ner.initialize(lambda: ner_examples(nlp), nlp=nlp, init_from=str(tmp_path / "empty"))
+
+
+def test_reference_logits_are_cached_per_row_and_match_a_fresh_forward():
+    from spacy_early_exit.training.self_sampling import select_rows
+
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    batch = make_batch(**BATCH)
+    planner = ExitPlanner(TrainingSettings.from_config({"mode": "self_sampling", "loss": "flooding"}), encoder)
+    first = planner(select_rows(batch, [1]))
+    assert len(planner.cache) == 1
+    plan = planner(batch)  # row 1 from the cache, rows 0 and 2 computed
+    assert len(planner.cache) == 3
+    with torch.no_grad():
+        fresh = torch.stack(encoder(batch, all_layers=True).layer_logits)
+    torch.testing.assert_close(plan.reference_logits, fresh)
+    torch.testing.assert_close(first.reference_logits, fresh[:, 6:9])

@@ -6,7 +6,7 @@ model is then trained with halt-and-copy at those layers, which closes the gap
 between joint training (every token at every layer) and early-exit inference.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -110,17 +110,17 @@ class ExitPlanner:
         if reference is None:
             raise ValueError("Stage 2 needs the stage-1 encoder (frozen) to plan exits")
         self.settings = settings
-        self.reference = reference.eval() if reference is not None else None
+        self.reference = reference.eval()
         self.generator = torch.Generator().manual_seed(settings.seed)
+        # The frozen model's logits per row, computed once as in the reference
+        # code: after the first epoch stage 2 costs no extra forward pass.
+        self.cache: Dict[bytes, torch.Tensor] = {}
 
     def __call__(self, batch: EncoderInput) -> ExitPlan:
         reference_logits = None
         uncertainty = None
-        needed = self.settings.mode == "self_sampling" or self.settings.loss == "flooding"
-        if needed and self.reference is not None:
-            with torch.inference_mode():
-                layer_logits = self.reference(batch, all_layers=True).layer_logits
-            reference_logits = torch.stack(layer_logits).clone()
+        if self.settings.mode == "self_sampling" or self.settings.loss == "flooding":
+            reference_logits = self._reference_logits(batch)
             uncertainty = self._per_word(normalized_entropy(reference_logits), batch.word_mask)
         mask = batch.word_mask
         n_layers = self.reference.num_layers
@@ -130,6 +130,19 @@ class ExitPlanner:
         thresholds, windows = self._draw(mask.shape[0], n_layers)
         exits = simulate_exit_layers(uncertainty, mask, thresholds.to(mask.device), windows.to(mask.device))
         return ExitPlan(exits, reference_logits)
+
+    def _reference_logits(self, batch: EncoderInput) -> torch.Tensor:
+        """``[layers, n_words, labels]`` of the frozen model, rows from the cache when seen."""
+        keys = [_row_key(batch, i) for i in range(batch.input_ids.shape[0])]
+        missing = sorted({i for i, key in enumerate(keys) if key not in self.cache})
+        if missing:
+            subset = select_rows(batch, missing)
+            with torch.inference_mode():
+                logits = torch.stack(self.reference(subset, all_layers=True).layer_logits)
+            counts = subset.word_mask.sum(dim=1).tolist()
+            for i, part in zip(missing, torch.split(logits, counts, dim=1)):
+                self.cache[keys[i]] = part.clone()
+        return torch.cat([self.cache[key] for key in keys], dim=1)
 
     @staticmethod
     def _per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,3 +171,28 @@ class ExitPlanner:
             upper = torch.arange(1, n_layers + 1) > n_layers // 2
             per_layer[:, upper] = torch.clamp(per_layer[:, upper] * 2, max=0.5)
         return per_layer, windows
+
+
+def _row_key(batch: EncoderInput, row: int) -> bytes:
+    """A row is identified by its wordpieces and its words' first pieces."""
+    length = int(batch.lengths[row])
+    words = batch.word_pieces[row]
+    return batch.input_ids[row, :length].cpu().numpy().tobytes() + b"|" + words[words >= 0].cpu().numpy().tobytes()
+
+
+def select_rows(batch: EncoderInput, rows: List[int]) -> EncoderInput:
+    """The sub-batch of `rows` (in that order), trimmed to its own longest row."""
+    index = torch.tensor(rows, device=batch.input_ids.device)
+    lengths = batch.lengths[index]
+    n_words = int(batch.word_mask[index].sum(dim=1).max())
+    new_row = torch.full((batch.input_ids.shape[0],), -1, dtype=torch.long, device=index.device)
+    new_row[index] = torch.arange(len(rows), device=index.device)
+    keep = new_row[batch.piece_rows] >= 0
+    return EncoderInput(
+        input_ids=batch.input_ids[index, : int(lengths.max())],
+        lengths=lengths,
+        word_pieces=batch.word_pieces[index, :n_words],
+        piece_rows=new_row[batch.piece_rows[keep]],
+        piece_cols=batch.piece_cols[keep],
+        piece_words=batch.piece_words[keep],
+    )
