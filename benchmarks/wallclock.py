@@ -39,8 +39,11 @@ def main(
     window: int = typer.Option(2, help="TOKEE window k"),
     repeats: int = typer.Option(5, help="Timing repetitions"),
     name: str = typer.Option("wallclock_uner", help="Results file stem"),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
 ) -> None:
     start = time.time()
+    if threads:
+        torch.set_num_threads(threads)
     nlp = spacy.load(pipeline)
     test_examples = load(nlp, test)
     tune_texts = [eg.reference.text for eg in load(nlp, tune)]
