@@ -122,6 +122,10 @@ class Aligner:
         for w_index, start in enumerate(starts.tolist()):
             end = min(start + self.content, len(ids))
             in_window = words[inside[w_index]]
+            if len(in_window) == 0:
+                # Only the tail of a very long token (a URL): nothing to read
+                # here, so the window is not encoded at all.
+                continue
             slot_of_token = numpy.full(n_tokens, -1, dtype="int64")
             slot_of_token[in_window] = numpy.arange(len(in_window))
             keep = (pair_piece >= start) & (pair_piece < end) & (slot_of_token[pair_token] >= 0)

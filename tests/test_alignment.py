@@ -88,3 +88,12 @@ def test_pretokenized_gives_every_token_its_own_pieces(tokenizer):
     shared_rows, (shared,) = Aligner(tokenizer, 64).layout([doc])
     shared_cols = [shared_rows[0].word_cols[s] for s in shared.token_slots]
     assert len(set(shared_cols)) == 3  # by text, t, h and e share the piece "the"
+
+
+def test_windows_without_words_are_not_encoded(tokenizer):
+    # One token of 90 wordpieces (under BERT's 100-character word limit).
+    doc = spacy.blank("en")("see " + "abcdefghij" * 9 + " now")
+    assert len(doc) == 3
+    rows, (layout,) = Aligner(tokenizer, 32).layout([doc])
+    assert all(len(row.word_cols) > 0 for row in rows)
+    assert (layout.token_rows >= 0).all() and len(layout.rows) == len(rows)

@@ -26,6 +26,7 @@ TEXTS = [t for t, _ in NER_DATA] + [
     "London",
     "the company said new york will have three one two",
     "John and Mary and Google and Apple in Paris, London and New York were named by Smith .",
+    "see http://" + "/".join(["abc"] * 60) + " now",  # a URL longer than the position limit
 ]
 
 
