@@ -108,40 +108,68 @@ class Aligner:
         if len(words) == 0:
             return DocLayout(token_rows, token_slots, [])
         starts = self._window_starts(len(ids))
+        ends = numpy.minimum(starts + self.content, len(ids))
         word_first = first[words]
-        # Centrality of each word's first piece in each window: distance to the
-        # nearest cut (document ends are not cuts).
-        s = starts[:, None]
-        e = s + self.content
-        inside = (word_first[None, :] >= s) & (word_first[None, :] < e)
-        left = numpy.where(s > 0, word_first[None, :] - s, len(ids))
-        right = numpy.where(e < len(ids), e - 1 - word_first[None, :], len(ids))
-        owner = numpy.where(inside, numpy.minimum(left, right), -1).argmax(axis=0)
+        # Window starts and ends both increase, so each window's words and
+        # pairs are found by binary search: time and memory stay linear in
+        # the document's length (a windows x words table takes gigabytes at
+        # 100k words).
+        owner = self._owners(starts, word_first, len(ids))
+        by_first = numpy.argsort(word_first, kind="stable")
+        word_lo = numpy.searchsorted(word_first[by_first], starts, side="left")
+        word_hi = numpy.searchsorted(word_first[by_first], ends, side="left")
+        # Pairs are ordered by piece (align_pieces, _word_pairs).
+        pair_lo = numpy.searchsorted(pair_piece, starts, side="left")
+        pair_hi = numpy.searchsorted(pair_piece, ends, side="left")
+        by_owner = numpy.argsort(owner, kind="stable")
+        owner_bounds = numpy.searchsorted(owner[by_owner], numpy.arange(len(starts) + 1), side="left")
         offset = len(self.prefix)
         doc_rows = []
-        for w_index, start in enumerate(starts.tolist()):
-            end = min(start + self.content, len(ids))
-            in_window = words[inside[w_index]]
+        slot_of_token = numpy.full(n_tokens, -1, dtype="int64")
+        for w_index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            in_window = numpy.sort(words[by_first[word_lo[w_index]:word_hi[w_index]]])
             if len(in_window) == 0:
                 # Only the tail of a very long token (a URL): nothing to read
                 # here, so the window is not encoded at all.
                 continue
-            slot_of_token = numpy.full(n_tokens, -1, dtype="int64")
             slot_of_token[in_window] = numpy.arange(len(in_window))
-            keep = (pair_piece >= start) & (pair_piece < end) & (slot_of_token[pair_token] >= 0)
+            window_tokens = pair_token[pair_lo[w_index]:pair_hi[w_index]]
+            window_pieces = pair_piece[pair_lo[w_index]:pair_hi[w_index]]
+            keep = slot_of_token[window_tokens] >= 0
             rows.append(
                 SequenceRow(
                     ids=numpy.concatenate([self.prefix, ids[start:end], self.suffix]),
                     word_cols=first[in_window] - start + offset,
-                    pair_cols=pair_piece[keep] - start + offset,
-                    pair_words=slot_of_token[pair_token[keep]],
+                    pair_cols=window_pieces[keep] - start + offset,
+                    pair_words=slot_of_token[window_tokens[keep]],
                 )
             )
-            owned = words[(owner == w_index) & inside[w_index]]
+            owned = words[by_owner[owner_bounds[w_index]:owner_bounds[w_index + 1]]]
             token_rows[owned] = len(rows) - 1
             token_slots[owned] = slot_of_token[owned]
             doc_rows.append(len(rows) - 1)
+            slot_of_token[in_window] = -1
         return DocLayout(token_rows, token_slots, doc_rows)
+
+    def _owners(self, starts: numpy.ndarray, word_first: numpy.ndarray, n_pieces: int) -> numpy.ndarray:
+        """The window each word is read from: the first of those in which its
+        first piece is farthest from a cut (document ends are not cuts)."""
+        # The windows holding a piece are a run [lo, hi) of at most a few.
+        lo = numpy.searchsorted(starts + self.content, word_first, side="right")
+        hi = numpy.searchsorted(starts, word_first, side="right")
+        owner = lo.copy()
+        best = numpy.full(len(word_first), -1, dtype="int64")
+        for step in range(int((hi - lo).max())):
+            window = numpy.minimum(lo + step, len(starts) - 1)
+            s = starts[window]
+            e = s + self.content
+            left = numpy.where(s > 0, word_first - s, n_pieces)
+            right = numpy.where(e < n_pieces, e - 1 - word_first, n_pieces)
+            centrality = numpy.where(lo + step < hi, numpy.minimum(left, right), -1)
+            better = centrality > best
+            owner[better] = window[better]
+            best[better] = centrality[better]
+        return owner
 
     def _window_starts(self, n_pieces: int) -> numpy.ndarray:
         if n_pieces <= self.content:

@@ -6,6 +6,7 @@ rebuilds the encoder from those alone. The shim also applies the component's
 own learning rates (off-ramps, and a lower rate for the backbone) on top of
 whatever optimizer spaCy passes in.
 """
+import os
 import tempfile
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,6 +22,35 @@ from .encoder.backbone import build_from_config, check_tokenizer, load_pretraine
 from .encoder.model import EarlyExitEncoder
 
 RAMP_PREFIX = "encoder.ramps."
+PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
+_saved_parallelism: List[Optional[str]] = []
+
+
+def _before_fork() -> None:
+    # A forked child (spaCy's nlp.pipe(n_process=...) forks on Linux) has
+    # none of the parent's threads: the tokenizers' Rust pool and torch's
+    # OpenMP pool would deadlock there. The child tokenizes serially, and
+    # setting the variable before the fork also silences tokenizers' warning.
+    _saved_parallelism.append(os.environ.get(PARALLELISM_ENV))
+    os.environ[PARALLELISM_ENV] = "false"
+
+
+def _after_fork_in_parent() -> None:
+    saved = _saved_parallelism.pop() if _saved_parallelism else None
+    if saved is None:
+        os.environ.pop(PARALLELISM_ENV, None)
+    else:
+        os.environ[PARALLELISM_ENV] = saved
+
+
+def _after_fork_in_child() -> None:
+    _saved_parallelism.clear()
+    # One intra-op thread per worker: libgomp's pool does not survive a fork
+    # (the first parallel op hangs), and n workers x n threads oversubscribe.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 class EncoderHolder(nn.Module):

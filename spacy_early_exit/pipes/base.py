@@ -7,6 +7,7 @@ become annotations; the encoder, the exit settings, the stage-1 loss and the
 import copy
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
@@ -419,14 +420,34 @@ class EarlyExitPipe(TrainablePipe):
         return numpy.stack(all_logits, axis=1), numpy.asarray(all_gold, dtype="int64")
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "EarlyExitPipe":
-        super().from_bytes(bytes_data, exclude=exclude)
+        try:
+            super().from_bytes(bytes_data, exclude=exclude)
+        except Exception as err:
+            raise ValueError(self._load_error("its serialized bytes", err)) from err
         self._check_loaded()
         return self
 
     def from_disk(self, path: Any, *, exclude: Iterable[str] = tuple()) -> "EarlyExitPipe":
-        super().from_disk(path, exclude=exclude)
+        # spaCy reads a missing cfg as {} and TrainablePipe fails on a missing
+        # weights file with a bare FileNotFoundError: name what is missing.
+        for part, holds in (("model", "weights"), ("cfg", "labels")):
+            if part not in exclude and not (Path(path) / part).is_file():
+                raise ValueError(
+                    f"Component '{self.name}': the file {Path(path) / part} (its {holds}) is "
+                    "missing; the pipeline folder is incomplete"
+                )
+        try:
+            super().from_disk(path, exclude=exclude)
+        except Exception as err:
+            raise ValueError(self._load_error(str(path), err)) from err
         self._check_loaded()
         return self
+
+    def _load_error(self, source: str, err: Exception) -> str:
+        return (
+            f"Component '{self.name}' could not be loaded from {source}: a file is truncated, "
+            f"corrupt or from another version ({type(err).__name__}: {err})"
+        )
 
     def _check_loaded(self) -> None:
         encoder = get_shim(self.model).encoder
