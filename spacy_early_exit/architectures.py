@@ -227,15 +227,8 @@ def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_labels: i
     n_tokens = len(doc)
     logits = numpy.zeros((n_tokens, n_labels), dtype="float32")
     exit_layers = numpy.zeros(n_tokens, dtype="int64")
-    scored = numpy.flatnonzero(layout.token_rows >= 0)
-    if len(layout.rows) > 1:
-        # Group tokens by row once: a scan per row is quadratic in a long doc.
-        scored = scored[numpy.argsort(layout.token_rows[scored], kind="stable")]
-        bounds = numpy.searchsorted(layout.token_rows[scored], layout.rows + [layout.rows[-1] + 1])
-    else:
-        bounds = [0, len(scored)]
-    for index, row in enumerate(layout.rows):
-        owned = scored[bounds[index]:bounds[index + 1]]
+    for row in layout.rows:
+        owned = numpy.flatnonzero(layout.token_rows == row)
         row_logits, row_exits, _, _ = outputs[row]
         logits[owned] = row_logits[layout.token_slots[owned]]
         exit_layers[owned] = row_exits[layout.token_slots[owned]]

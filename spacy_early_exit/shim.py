@@ -50,7 +50,8 @@ def _after_fork_in_child() -> None:
     torch.set_num_threads(1)
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 class EncoderHolder(nn.Module):
