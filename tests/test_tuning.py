@@ -158,3 +158,17 @@ def test_cli_tune(trained_ner, tmp_path):
     assert spacy.load(tmp_path / "pipes" / "1.5x").get_pipe("tokee_ner").threshold == chosen["threshold"]
     bad = CliRunner().invoke(app, ["tune", str(tmp_path / "pipeline"), str(data), "--windows", "a"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("factory, config, expected", [
+    ("tokee_ner", {}, "ents_f"),
+    ("tokee_tagger", {"attribute": "pos"}, "pos_acc"),
+    ("tokee_tagger", {"attribute": "tag"}, "tag_acc"),
+])
+def test_main_metric_is_a_key_the_component_reports(tiny_model_dir, factory, config, expected):
+    import spacy
+    from spacy_early_exit.training.tuning import main_metric
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory, config={"model": {"name": str(tiny_model_dir)}, **config})
+    assert main_metric(nlp) == expected

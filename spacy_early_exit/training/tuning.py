@@ -105,13 +105,18 @@ class Measurement:
 
 
 def main_metric(nlp: Language) -> str:
-    """The first early-exit component's main score key (its highest default score weight).
+    """The first early-exit component's main score key: the highest default
+    score weight among the keys its scorer reports.
 
     nlp (Language): the pipeline.
     RETURNS (str): e.g. "ents_f" for `tokee_ner`.
     """
-    name = early_exit_pipes(nlp)[0][0]
-    weights = {k: w for k, w in nlp.get_pipe_meta(name).default_score_weights.items() if w is not None}
+    name, pipe = early_exit_pipes(nlp)[0]
+    # Only keys the component's scorer really reports: a tagger with
+    # attribute "pos" declares weights for tag_acc and pos_acc but reports one.
+    reported = set(pipe.score([]))
+    defaults = nlp.get_pipe_meta(name).default_score_weights
+    weights = {k: w for k, w in defaults.items() if w is not None and k in reported}
     if not weights:
         raise ValueError(f"Component '{name}' declares no score weights; pass a metric explicitly")
     return max(weights, key=lambda key: weights[key])
