@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import typer  # noqa: E402
 from spacy.language import Language  # noqa: E402
 from spacy.tokens import Doc  # noqa: E402
+from spacy_early_exit.memory import HeapTrimmer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CANDIDATES = [
@@ -256,6 +257,7 @@ def main(
     mp_docs: int = typer.Option(4000, help="Documents for the n_process comparison"),
     jemalloc: Optional[Path] = typer.Option(None, help="libjemalloc.so: also stream under it, in a child process"),
     stream_only: bool = typer.Option(False, "--stream-only", help="Only the streaming part"),
+    heap_trim_interval: Optional[int] = typer.Option(None, help="Set every early-exit component's heap_trim_interval (default: the pipeline's own)"),
     output: Path = typer.Option(RESULTS / "stress.json", help="JSON report"),
 ) -> None:
     begin = time.time()
@@ -263,12 +265,19 @@ def main(
         nlp, source = load_pipeline(pipeline, tiny, Path(tmp))
         texts = corpus_texts()
         names = early_exit_names(nlp)
+        if heap_trim_interval is not None:
+            for name in names:
+                nlp.get_pipe(name).heap_trimmer = HeapTrimmer(heap_trim_interval)
+        trim = {n: nlp.get_pipe(n).heap_trimmer.interval for n in names}
         policies = {n: vars(nlp.get_pipe(n).policy) for n in names}
         print(f"pipeline {source}: {names}, {policies}; {len(texts)} corpus texts; torch threads {torch.get_num_threads()}", flush=True)
         checkpoints = sorted({c for c in (1000, 10_000, 25_000, 50_000, 75_000, 100_000, docs) if c <= docs})
         print(f"streaming {docs} docs, batch size {batch_size}, malloc: {allocator()}", flush=True)
         streamed = stream(nlp, texts, docs, batch_size, checkpoints)
+        streamed["heap_trim_interval"] = trim
         if stream_only:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            print(json.dumps(streamed, indent=2))
             output.write_text(json.dumps({"stream": streamed}, indent=2) + "\n", encoding="utf8")
             return
         print("long documents", flush=True)

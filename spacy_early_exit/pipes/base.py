@@ -26,6 +26,7 @@ from ..encoder.exits import (
     validate_threshold,
     validate_window,
 )
+from ..memory import HeapTrimmer
 from ..shim import LearningRates
 from ..training.self_sampling import DEFAULT_TRAINING, ExitPlanner, TrainingSettings
 
@@ -55,6 +56,7 @@ EXIT_DEFAULTS: Dict[str, Any] = {
     "backbone_lr_factor": 0.1,
     "warmup_steps": 100,
     "extend_vocab": False,
+    "heap_trim_interval": 2000,
     "training": DEFAULT_TRAINING,
 }
 
@@ -78,6 +80,9 @@ class EarlyExitPipe(TrainablePipe):
         that the backbone's tokenizer maps to its unknown token as new
         wordpieces (new embedding rows, learned in fine-tuning). For Chinese
         with an English backbone.
+    heap_trim_interval (int): hand freed heap memory back to the OS every
+        this many predicted docs, so long streams keep a flat resident size
+        under glibc (see memory.py); 0 = never.
     training (Dict[str, Any]): the `training` table: stage 1 ("joint") or
         stage 2 ("self_sampling", "random"); see TrainingSettings.
     scorer (Optional[Callable]): the scoring method.
@@ -98,6 +103,7 @@ class EarlyExitPipe(TrainablePipe):
         backbone_lr_factor: float,
         warmup_steps: int,
         extend_vocab: bool = False,
+        heap_trim_interval: int = 2000,
         training: Optional[Dict[str, Any]] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
@@ -121,6 +127,7 @@ class EarlyExitPipe(TrainablePipe):
             raise ValueError(f"'warmup_steps' must be an integer >= 0; got {warmup_steps!r}")
         get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps)
         self.extend_vocab = bool(extend_vocab)
+        self.heap_trimmer = HeapTrimmer(heap_trim_interval)
         self.training = TrainingSettings.from_config(dict(training or {}))
         self._planner: Optional[ExitPlanner] = None  # stage 2: made at the first update
 
@@ -289,7 +296,9 @@ class EarlyExitPipe(TrainablePipe):
         docs = list(docs)
         if not docs:
             return []
-        return self.model.predict((docs, self._policy))
+        predictions = self.model.predict((docs, self._policy))
+        self.heap_trimmer.count(len(docs))
+        return predictions
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
         names = self.class_names

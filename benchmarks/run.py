@@ -1,0 +1,357 @@
+"""The paper's speed/accuracy table for one corpus, in FLOPs and wall-clock.
+
+From the two trained pipelines of the project workflow (stage 2 calibrated,
+`training/<dataset>/final`; stage 1 calibrated, `training/<dataset>/stage1-final`):
+
+1. choose on dev: TOKEE (window, threshold) per target for both stages,
+   SENTEE thresholds for ~2x/~3x (no window), static-k layers 3 and 2;
+2. score every row on the whole test split (score, FLOPs speed-up, mean exit layer);
+3. time every row side by side in this process on the same test docs, at
+   batch sizes 1 and 32, repetitions interleaved across rows, median kept;
+   `hf-full` (the same weights run as a plain transformers model, see
+   hf_full.py) is timed in the same loop;
+4. write benchmarks/results/<dataset>.json, .md and .png.
+
+    python benchmarks/run.py conll2003                 # everything
+    python benchmarks/run.py conll2003 --phase score   # steps 1-2 only (JSON without timing)
+    python benchmarks/run.py conll2003 --phase time    # step 3 on the scored rows, then outputs
+
+Scoring does not need a quiet machine; timing does (ratios are side by side,
+but other load adds noise), hence the two phases. Progress goes to stdout.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import spacy
+import torch
+import typer
+from spacy.language import Language
+from spacy.scorer import Scorer
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hf_full import HFFullDepth  # noqa: E402
+
+from spacy_early_exit.encoder.exits import static_thresholds  # noqa: E402
+from spacy_early_exit.evaluation import early_exit_pipes, exit_settings  # noqa: E402
+from spacy_early_exit.training.tuning import (  # noqa: E402
+    main_metric,
+    measure,
+    metric_value,
+    parse_numbers,
+    threshold_for_speedup,
+    tune,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PROJECT = ROOT / "project"
+
+
+@dataclass
+class Row:
+    """One line of the table.
+
+    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | hf-full.
+    target (int): the FLOPs speed-up aimed at (1 for full depth).
+    model (str): "stage2" or "stage1": which trained pipeline runs it.
+    fields (Dict[str, Any]): exit fields (empty for hf-full).
+    window, threshold: as chosen on dev (None where they do not apply).
+    """
+
+    method: str
+    target: int
+    model: str
+    fields: Dict[str, Any] = field(default_factory=dict)
+    window: Optional[int] = None
+    threshold: Optional[float] = None
+    result: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}@{self.target}"
+
+
+def load_examples(nlp: Language, path: Path, limit: int = 0) -> List[Example]:
+    refs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
+    refs = refs[:limit] if limit else refs
+    return [Example(nlp.make_doc(doc.text), doc) for doc in refs]
+
+
+def choose_rows(
+    nlp2: Language,
+    nlp1: Language,
+    dev: List[Example],
+    dev1: List[Example],
+    targets: Sequence[float],
+    sentee_targets: Sequence[float],
+    static_layers: Sequence[int],
+    windows: Sequence[int],
+    steps: int,
+    metric: str,
+) -> Dict[str, Any]:
+    """Every row's exit settings, all chosen on dev."""
+    num_layers = early_exit_pipes(nlp2)[0][1].num_layers
+    rows = [Row("full", 1, "stage2", {"exit_mode": "off"})]
+    for layer in static_layers:
+        fields = {"exit_mode": "tokee", "window": 0, "threshold": 1.0, "thresholds": list(static_thresholds(layer, num_layers))}
+        rows.append(Row(f"static-{layer}", round(num_layers / layer), "stage2", fields))
+    unreachable: List[str] = []
+    dev_texts = [eg.reference.text for eg in dev]
+    for target in sentee_targets:
+        print(f"[tune] SENTEE {target:g}x on {len(dev)} dev docs", flush=True)
+        threshold = threshold_for_speedup(nlp2, dev_texts, target, "sentee", steps=steps)
+        if threshold is None:
+            unreachable.append(f"sentee {target:g}x")
+            continue
+        fields = {"exit_mode": "sentee", "threshold": threshold, "thresholds": None}
+        rows.append(Row("sentee", int(target), "stage2", fields, None, threshold))
+    reports = {}
+    for model, nlp, examples, method in (("stage2", nlp2, dev, "tokee"), ("stage1", nlp1, dev1, "tokee-stage1")):
+        print(f"[tune] TOKEE {model}: windows {list(windows)}, targets {list(targets)} on {len(examples)} dev docs", flush=True)
+        report = tune(nlp, examples, targets, windows, metric=metric, steps=steps, progress=True)
+        reports[model] = {k: v for k, v in report.items() if k != "runs"}
+        for entry in report["targets"]:
+            if not entry["reachable"]:
+                unreachable.append(f"{method} {entry['target']:g}x: {entry['reason']}")
+                continue
+            fields = {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
+            rows.append(Row(method, int(entry["target"]), model, fields, entry["window"], entry["threshold"]))
+    rows.append(Row("hf-full", 1, "stage2"))
+    return {"rows": rows, "unreachable": unreachable, "tune_reports": reports}
+
+
+def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example], metric: str, hf: HFFullDepth) -> None:
+    """Score, FLOPs speed-up and mean exit layer of every row on the whole test split."""
+    for row in rows:
+        if row.method == "hf-full":
+            docs = hf.annotate([eg.predicted for eg in test])
+            scores = Scorer(models["stage2"]).score([Example(d, eg.reference) for d, eg in zip(docs, test)])
+            value = metric_value(scores, metric)
+            row.result = {"score": round(100 * value, 2) if value is not None else None, "flops_speedup": 1.0, "mean_exit_layer": float(len(hf.encoder.layers))}
+        else:
+            row.result = measure(models[row.model], test, row.fields, metric).as_row()
+        print(f"[score] {row.key:18s} {metric}={row.result['score']} FLOPs x{row.result['flops_speedup']:.2f}", flush=True)
+
+
+def runner(row: Row, models: Dict[str, Language], hf: HFFullDepth, texts: List[str], words: List[List[str]]) -> Callable[[int], None]:
+    """A callable that processes the timing docs once at a batch size."""
+    if row.method == "hf-full":
+        return lambda batch_size: hf.run(words, batch_size) and None
+    nlp = models[row.model]
+
+    def run(batch_size: int) -> None:
+        with exit_settings(nlp, row.fields):
+            for _ in nlp.pipe(texts, batch_size=batch_size):
+                pass
+
+    return run
+
+
+def time_rows(
+    rows: List[Row], models: Dict[str, Language], hf: HFFullDepth, texts: List[str], batch_sizes: Sequence[int], repeats: int
+) -> None:
+    """Median words/second per row and batch size; repetitions interleaved across rows."""
+    words = [[t.text for t in doc] for doc in models["stage2"].tokenizer.pipe(texts)]
+    n_words = sum(len(w) for w in words)
+    runs = {row.key: runner(row, models, hf, texts, words) for row in rows}
+    for run in runs.values():  # warm-up: first-call allocations, lazy imports
+        run(max(batch_sizes))
+    times: Dict[str, Dict[int, List[float]]] = {row.key: {b: [] for b in batch_sizes} for row in rows}
+    for rep in range(repeats):
+        started = time.perf_counter()
+        for row in rows:
+            for batch_size in batch_sizes:
+                start = time.perf_counter()
+                runs[row.key](batch_size)
+                times[row.key][batch_size].append(time.perf_counter() - start)
+        print(f"[time] repetition {rep + 1}/{repeats}: {time.perf_counter() - started:.0f} s", flush=True)
+    full = {b: statistics.median(times["full@1"][b]) for b in batch_sizes}
+    for row in rows:
+        median = {b: statistics.median(times[row.key][b]) for b in batch_sizes}
+        row.result["words_per_second"] = {str(b): round(n_words / median[b], 1) for b in batch_sizes}
+        row.result["wall_speedup"] = {str(b): round(full[b] / median[b], 3) for b in batch_sizes}
+        row.result["seconds"] = {str(b): [round(t, 3) for t in times[row.key][b]] for b in batch_sizes}
+
+
+def spread_sample(items: Sequence[Any], n: int) -> List[Any]:
+    """`n` items evenly spaced through `items` (all when n is 0 or too large)."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The table for README.md."""
+    sizes = [str(b) for b in report["batch_sizes"]]
+    head = ["method", "target", report["metric"], "Δ vs full", "FLOPs x"]
+    head += [f"wall x b{b}" for b in sizes] + [f"words/s b{b}" for b in sizes] + ["mean exit layer", "window", "threshold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    full = next(r for r in report["rows"] if r["method"] == "full")["score"]
+    for r in report["rows"]:
+        delta = f"{r['score'] - full:+.2f}" if r["score"] is not None and full is not None else "–"
+        cells = [r["method"], f"{r['target']}x", f"{r['score']:.2f}", delta, f"{r['flops_speedup']:.2f}"]
+        cells += [f"{r['wall_speedup'][b]:.2f}" for b in sizes] + [f"{r['words_per_second'][b]:.0f}" for b in sizes]
+        cells += [f"{r['mean_exit_layer']:.2f}", "–" if r["window"] is None else str(r["window"])]
+        cells += ["–" if r["threshold"] is None else f"{r['threshold']:g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: Dict[str, Any], path: Path) -> Path:
+    """Score against FLOPs speed-up and against wall-clock speed-up (batch 32)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    styles = {
+        "tokee": ("tab:blue", "o-", "TOKEE (stage 2)"),
+        "tokee-stage1": ("tab:cyan", "s--", "TOKEE (stage 1 only)"),
+        "sentee": ("tab:orange", "^-", "SENTEE"),
+        "static": ("tab:gray", "D:", "static-k"),
+    }
+    rows = report["rows"]
+    full = next(r for r in rows if r["method"] == "full")
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    for i, (xkey, xlabel) in enumerate((("flops", "FLOPs speed-up"), ("wall", "wall-clock speed-up, batch 32"))):
+        axes = figure.add_subplot(1, 2, i + 1)
+        for method, (color, style, label) in styles.items():
+            chosen = [r for r in rows if r["method"] == method or (method == "static" and r["method"].startswith("static-"))]
+            points = sorted((r["flops_speedup"] if xkey == "flops" else r["wall_speedup"]["32"], r["score"]) for r in [full] + chosen)
+            axes.plot([x for x, _ in points], [y for _, y in points], style, color=color, label=label)
+        axes.plot([1.0], [full["score"]], "k*", markersize=12, label="full depth")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(report["metric"])
+        axes.grid(alpha=0.3)
+        if i == 0:
+            axes.legend(fontsize=8)
+    figure.suptitle(f"{report['corpus']} ({report['split']}), {report['backbone_name']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def to_report_row(row: Row) -> Dict[str, Any]:
+    """A row in the results layout, plus the exit fields that reproduce it."""
+    return {"method": row.method, "target": row.target, **row.result, "window": row.window, "threshold": row.threshold,
+            "model": row.model, "fields": row.fields}
+
+
+def from_report_row(data: Dict[str, Any]) -> Row:
+    result = {k: v for k, v in data.items() if k not in ("method", "target", "window", "threshold", "model", "fields")}
+    return Row(data["method"], data["target"], data["model"], data["fields"], data["window"], data["threshold"], result)
+
+
+def write_outputs(report: Dict[str, Any], output_dir: Path) -> None:
+    """<dataset>.json always; the table and plot once the rows are timed."""
+    dataset = report["corpus"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{dataset}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    if "wall_speedup" not in report["rows"][0]:
+        print(f"Wrote {output_dir / dataset}.json (scores only; run --phase time next)")
+        return
+    table = markdown(report)
+    note = " Chinese: MiniLM with the vocabulary extension (training-set characters added)." if report["vocabulary_extension"] else ""
+    header = (
+        f"{dataset}, test split ({report['test_docs']} docs), {report['metric']}; settings chosen on {report['tune_docs']} dev docs; "
+        f"timing on {report['timing_docs']} evenly spaced test docs, {report['repeats']} interleaved repetitions, median, "
+        f"{report['threads']} threads.{note}\n\n"
+    )
+    (output_dir / f"{dataset}.md").write_text(header + table + "\n", encoding="utf8")
+    plot(report, output_dir / f"{dataset}.png")
+    print(table)
+    print(f"Wrote {output_dir / dataset}.json/.md/.png")
+
+
+def main(
+    dataset: str = typer.Argument(..., help="Corpus name (project/corpus/<dataset>, project/training/<dataset>)"),
+    phase: str = typer.Option("all", help="all | score (tune on dev, score on test) | time (time the scored rows)"),
+    project: Path = typer.Option(PROJECT, help="The project folder"),
+    targets: str = typer.Option("2,3,4", help="TOKEE target FLOPs speed-ups"),
+    sentee_targets: str = typer.Option("2,3", help="SENTEE target FLOPs speed-ups"),
+    static_layers: str = typer.Option("3,2", help="Static exit layers (the efficient baseline)"),
+    windows: str = typer.Option("0,1,2", help="TOKEE windows tried on dev"),
+    tune_limit: int = typer.Option(500, help="Dev docs used for tuning (0: all)"),
+    steps: int = typer.Option(9, help="Most bisection runs per window and target"),
+    timing_docs: int = typer.Option(500, help="Test docs timed, evenly spaced (0: all); every score uses all"),
+    batch_sizes: str = typer.Option("1,32", help="Batch sizes timed"),
+    repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
+    output_dir: Path = typer.Option(RESULTS, help="Where <dataset>.json/.md/.png go"),
+) -> None:
+    if phase not in ("all", "score", "time"):
+        raise typer.BadParameter(f"--phase must be all, score or time; got {phase!r}")
+    started = time.time()
+    if threads:
+        torch.set_num_threads(threads)
+    corpus = project / "corpus" / dataset
+    training = project / "training" / dataset
+    meta = json.loads((corpus / "meta.json").read_text(encoding="utf8"))
+    paths = {"stage2": training / "final", "stage1": training / "stage1-final"}
+    for name, path in paths.items():
+        if not path.exists():
+            raise typer.BadParameter(f"No {name} pipeline at {path}: run benchmarks/train_corpus.sh {dataset} first")
+    models = {name: spacy.load(path) for name, path in paths.items()}
+    hf = HFFullDepth(models["stage2"])
+    test = load_examples(models["stage2"], corpus / "test.spacy")
+    if phase == "time":
+        report = json.loads((output_dir / f"{dataset}.json").read_text(encoding="utf8"))
+        rows = [from_report_row(r) for r in report["rows"]]
+    else:
+        metric = main_metric(models["stage2"])
+        dev = load_examples(models["stage2"], corpus / "dev.spacy", tune_limit)
+        dev1 = load_examples(models["stage1"], corpus / "dev.spacy", tune_limit)
+        print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
+        chosen = choose_rows(
+            models["stage2"], models["stage1"], dev, dev1,
+            parse_numbers(targets, float, "--targets"), parse_numbers(sentee_targets, float, "--sentee-targets"),
+            parse_numbers(static_layers, int, "--static-layers"), parse_numbers(windows, int, "--windows"), steps, metric,
+        )
+        rows = chosen["rows"]
+        score_rows(rows, models, test, metric, hf)
+        backbone = models["stage2"].config.interpolate()["components"][early_exit_pipes(models["stage2"])[0][0]]["model"]["name"]
+        training_time = project / "metrics" / dataset / "training_time.json"
+        report = {
+            "corpus": dataset,
+            "split": "test",
+            "metric": metric,
+            "backbone": backbone,
+            "backbone_name": "all-MiniLM-L6-v2" if "minilm" in backbone.lower() else backbone,
+            "vocabulary_extension": bool(meta["lang"] == "zh"),
+            "test_docs": len(test),
+            "tune_docs": len(dev),
+            "windows_tried": parse_numbers(windows, int, "--windows"),
+            "unreachable": chosen["unreachable"],
+            "tuning": chosen["tune_reports"],
+            "training": json.loads(training_time.read_text(encoding="utf8")) if training_time.exists() else None,
+            "score_command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "score_seconds": round(time.time() - started),
+        }
+    if phase != "score":
+        texts = spread_sample([eg.reference.text for eg in test], timing_docs)
+        sizes = parse_numbers(batch_sizes, int, "--batch-sizes")
+        print(f"[time] {len(rows)} rows, {len(texts)} test docs, batch sizes {sizes}, {repeats} repetitions, {torch.get_num_threads()} threads", flush=True)
+        time_rows(rows, models, hf, texts, sizes, repeats)
+        report.update(
+            threads=torch.get_num_threads(),
+            machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            batch_sizes=sizes,
+            repeats=repeats,
+            timing_docs=len(texts),
+            time_command="python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            time_seconds=round(time.time() - started),
+        )
+    report["rows"] = [to_report_row(r) for r in rows]
+    write_outputs(report, output_dir)
+
+
+if __name__ == "__main__":
+    typer.run(main)
