@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 vars=(--vars.dataset "$dataset" --vars.stage1_steps "$s1" --vars.stage2_steps "$s2" --vars.eval_frequency 500)
 mkdir -p "metrics/$dataset"
 out="metrics/$dataset/training_time.json"
-echo "{\"dataset\": \"$dataset\", \"threads\": $threads, \"machine\": \"$(nproc) CPU cores, $(uname -m)\", \"steps\": {\"stage1\": $s1, \"stage2\": $s2}, \"batch_size\": 16, \"seconds\": {" > "$out.tmp"
+echo "{\"dataset\": \"$dataset\", \"threads\": $threads, \"machine\": \"$(nproc --all) CPU cores, $(uname -m)\", \"steps\": {\"stage1\": $s1, \"stage2\": $s2}, \"batch_size\": 16, \"seconds\": {" > "$out.tmp"
 sep=""
 for cmd in convert train-stage1 train-stage2 calibrate calibrate-stage1; do
   start=$SECONDS

@@ -74,11 +74,14 @@ class EncoderHolder(nn.Module):
 class LearningRates:
     """learn_rate (Optional[float]): off-ramp rate; None keeps the optimizer's own.
     backbone_factor (float): backbone rate = off-ramp rate x this.
-    warmup_steps (int): linear warm-up over this many updates."""
+    warmup_steps (int): linear warm-up over this many updates.
+    embedding_factor (Optional[float]): the input word embeddings' rate =
+        off-ramp rate x this; None = the backbone's factor."""
 
     learn_rate: Optional[float] = None
     backbone_factor: float = 1.0
     warmup_steps: int = 0
+    embedding_factor: Optional[float] = None
 
 
 class EarlyExitShim(PyTorchShim):
@@ -142,13 +145,16 @@ class EarlyExitShim(PyTorchShim):
         rates = self.rates
         warm = min(1.0, self.n_updates / rates.warmup_steps) if rates.warmup_steps else 1.0
         base = float(optimizer.learn_rate) if optimizer.learn_rate else 1.0
+        embeddings = self.encoder.backbone.get_input_embeddings().weight if self.encoder is not None else None
         for name, param in self._model.named_parameters():
             if param.grad is None:
                 continue
             scale = warm
             if rates.learn_rate is not None:
                 scale *= rates.learn_rate / base
-            if not name.startswith(RAMP_PREFIX):
+            if param is embeddings and rates.embedding_factor is not None:
+                scale *= rates.embedding_factor
+            elif not name.startswith(RAMP_PREFIX):
                 scale *= rates.backbone_factor
             weights, _ = optimizer(
                 (self.id, name), torch2xp(param.data), torch2xp(param.grad), lr_scale=scale

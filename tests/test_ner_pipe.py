@@ -49,6 +49,23 @@ def test_learning_rates_split_backbone_and_ramps(tiny_model_dir):
     assert changed and all(n.startswith("encoder.ramps.") for n in changed)
 
 
+def test_embedding_rate_can_differ_from_the_backbone(tiny_model_dir):
+    # Backbone frozen, embeddings at the ramp rate: only ramps and word embeddings move.
+    nlp = make_ner_nlp(tiny_model_dir, backbone_lr_factor=0.0, embedding_lr_factor=1.0)
+    shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]
+    before = {n: p.detach().clone() for n, p in shim._model.named_parameters()}
+    nlp.update(ner_examples(nlp), sgd=nlp.create_optimizer())
+    changed = {n for n, p in shim._model.named_parameters() if not p.detach().equal(before[n])}
+    moved = {n for n in changed if not n.startswith("encoder.ramps.")}
+    assert moved == {"encoder.backbone.embeddings.word_embeddings.weight"}
+
+
+@pytest.mark.parametrize("bad", [-0.5, True, "fast"])
+def test_bad_embedding_rate_is_a_clear_error(tiny_model_dir, bad):
+    with pytest.raises((ValueError, Exception), match="embedding_lr_factor"):
+        make_ner_nlp(tiny_model_dir, embedding_lr_factor=bad)
+
+
 def test_annotations_and_record(trained_ner):
     doc = trained_ner("John Smith lives in London .")
     rec = record(doc)

@@ -50,3 +50,30 @@ def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
     # Stage 2 started from stage 1 and the final pipeline carries the temperatures.
     config = (project / "training" / "uner_en_ewt" / "final" / "config.cfg").read_text()
     assert "self_sampling" in config and "temperatures = [" in config
+    # The benchmark table (issue 4) from the same trained pipelines.
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "project", "run", "calibrate-stage1", str(project), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    bench = [
+        sys.executable, str(PROJECT.parent / "benchmarks" / "run.py"), "uner_en_ewt", "--project", str(project),
+        "--tune-limit", "15", "--steps", "3", "--windows", "0,1", "--timing-docs", "6", "--repeats", "1",
+        "--output-dir", str(results),
+    ]
+    result = subprocess.run(bench, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((results / "uner_en_ewt.json").read_text())
+    assert report["split"] == "test" and report["metric"] == "ents_f"
+    methods = [row["method"] for row in report["rows"]]
+    assert methods[0] == "full" and methods[-1] == "hf-full"
+    assert {"static-3", "static-2"} <= set(methods)
+    for row in report["rows"]:
+        assert set(row["wall_speedup"]) == set(row["words_per_second"]) == {"1", "32"}
+    full = report["rows"][0]
+    assert full["wall_speedup"] == {"1": 1.0, "32": 1.0}
+    # The same weights at full depth outside spaCy label the words identically.
+    assert report["rows"][-1]["score"] == full["score"]
+    assert (results / "uner_en_ewt.md").read_text().count("\n|") >= len(methods) + 1
+    assert (results / "uner_en_ewt.png").stat().st_size > 0

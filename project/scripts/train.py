@@ -4,7 +4,8 @@ Stage 1 trains every off-ramp jointly. Stage 2 starts from stage 1's weights
 (`init_from`) and switches the component's `training.mode` to self-sampling
 (or "random", the ablation). The task in corpus/<dataset>/meta.json picks the
 config; Chinese corpora get the vocabulary extension (the training set's
-characters that the backbone does not know become new wordpieces).
+characters that the backbone does not know become new wordpieces, and the
+word embeddings learn at the off-ramp rate so the new rows can move).
 """
 import json
 from pathlib import Path
@@ -44,6 +45,9 @@ def main(
         "training.batcher.size": batch_size,
         "training.optimizer.learn_rate.initial_rate": learn_rate,
         f"components.{name}.extend_vocab": meta["lang"] == "zh",
+        # Added rows start as copies of the mean row: they learn at the
+        # off-ramp rate, not the backbone's 10x lower one (both stages).
+        f"components.{name}.embedding_lr_factor": 1.0 if meta["lang"] == "zh" else None,
         # Chinese corpora are character-level: each character its own wordpiece.
         f"components.{name}.model.pretokenized": meta["lang"] == "zh",
     }

@@ -54,6 +54,7 @@ EXIT_DEFAULTS: Dict[str, Any] = {
     "temperatures": None,
     "learn_rate": 5e-4,
     "backbone_lr_factor": 0.1,
+    "embedding_lr_factor": None,
     "warmup_steps": 100,
     "extend_vocab": False,
     "heap_trim_interval": 2000,
@@ -75,6 +76,10 @@ class EarlyExitPipe(TrainablePipe):
     temperatures (Optional[List[float]]): one calibration temperature per layer.
     learn_rate (Optional[float]): off-ramp learning rate; None = the optimizer's.
     backbone_lr_factor (float): backbone rate = off-ramp rate x this.
+    embedding_lr_factor (Optional[float]): the input word embeddings' rate =
+        off-ramp rate x this; None = `backbone_lr_factor`. Rows added by
+        `extend_vocab` start as copies of the mean row and must move far:
+        give them the off-ramp rate (1.0).
     warmup_steps (int): linear learning-rate warm-up, in updates.
     extend_vocab (bool): at initialize, add the training texts' characters
         that the backbone's tokenizer maps to its unknown token as new
@@ -102,6 +107,7 @@ class EarlyExitPipe(TrainablePipe):
         learn_rate: Optional[float],
         backbone_lr_factor: float,
         warmup_steps: int,
+        embedding_lr_factor: Optional[float] = None,
         extend_vocab: bool = False,
         heap_trim_interval: int = 2000,
         training: Optional[Dict[str, Any]] = None,
@@ -125,7 +131,9 @@ class EarlyExitPipe(TrainablePipe):
             raise ValueError(f"'backbone_lr_factor' must be >= 0; got {backbone_lr_factor!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"'warmup_steps' must be an integer >= 0; got {warmup_steps!r}")
-        get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps)
+        if embedding_lr_factor is not None and (isinstance(embedding_lr_factor, bool) or not embedding_lr_factor >= 0):
+            raise ValueError(f"'embedding_lr_factor' must be >= 0 or null; got {embedding_lr_factor!r}")
+        get_shim(model).rates = LearningRates(learn_rate, backbone_lr_factor, warmup_steps, embedding_lr_factor)
         self.extend_vocab = bool(extend_vocab)
         self.heap_trimmer = HeapTrimmer(heap_trim_interval)
         self.training = TrainingSettings.from_config(dict(training or {}))

@@ -145,6 +145,7 @@ def make_tokee_segmenter(
     temperatures: Optional[List[float]],
     learn_rate: Optional[float],
     backbone_lr_factor: float,
+    embedding_lr_factor: Optional[float],
     warmup_steps: int,
     extend_vocab: bool,
     heap_trim_interval: int,
@@ -161,6 +162,6 @@ def make_tokee_segmenter(
         nlp.vocab, model, name,
         tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
         thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
-        backbone_lr_factor=backbone_lr_factor, warmup_steps=warmup_steps,
+        backbone_lr_factor=backbone_lr_factor, embedding_lr_factor=embedding_lr_factor, warmup_steps=warmup_steps,
         extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, training=training, scorer=scorer,
     )
