@@ -81,8 +81,9 @@ class Row:
 
 
 def load_examples(nlp: Language, path: Path, limit: int = 0) -> List[Example]:
-    refs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
-    refs = refs[:limit] if limit else refs
+    """Gold examples; with a limit, `limit` docs evenly spaced through the file
+    (corpora are ordered by document: the first N would be a few articles)."""
+    refs = spread_sample(list(DocBin().from_disk(path).get_docs(nlp.vocab)), limit)
     return [Example(nlp.make_doc(doc.text), doc) for doc in refs]
 
 
@@ -279,7 +280,7 @@ def main(
     sentee_targets: str = typer.Option("2,3", help="SENTEE target FLOPs speed-ups"),
     static_layers: str = typer.Option("3,2", help="Static exit layers (the efficient baseline)"),
     windows: str = typer.Option("0,1,2", help="TOKEE windows tried on dev"),
-    tune_limit: int = typer.Option(500, help="Dev docs used for tuning (0: all)"),
+    tune_limit: int = typer.Option(1000, help="Dev docs used for tuning, evenly spaced (0: all)"),
     steps: int = typer.Option(9, help="Most bisection runs per window and target"),
     timing_docs: int = typer.Option(500, help="Test docs timed, evenly spaced (0: all); every score uses all"),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes timed"),

@@ -60,12 +60,34 @@ def checks(report: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def headline(reports: List[Dict[str, Any]]) -> str:
+    """One line per corpus: full depth, then each TOKEE target as score change,
+    FLOPs speed-up and wall-clock speed-up at batch 1 / 32."""
+    head = ["corpus", "metric", "full", "TOKEE ~2x", "TOKEE ~3x", "TOKEE ~4x", "stage 1 only ~3x", "SENTEE ~2x", "static-3 (2x)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(r: Optional[Dict[str, Any]], full: float) -> str:
+        if r is None:
+            return "–"
+        wall = "/".join(f"{r['wall_speedup'][b]:.2f}" for b in ("1", "32"))
+        return f"{r['score'] - full:+.2f} at {r['flops_speedup']:.2f}x (wall {wall})"
+
+    for report in reports:
+        full = row(report, "full", 1)["score"]
+        cells = [report["corpus"], report["metric"], f"{full:.2f}"]
+        cells += [cell(row(report, "tokee", t), full) for t in (2, 3, 4)]
+        cells += [cell(row(report, "tokee-stage1", 3), full), cell(row(report, "sentee", 2), full), cell(row(report, "static-3", 2), full)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(
     corpora: List[str] = typer.Argument(..., help="Corpus names with a results JSON"),
     results: Path = typer.Option(RESULTS, help="Folder of <corpus>.json/.md"),
 ) -> None:
-    for corpus in corpora:
-        report = json.loads((results / f"{corpus}.json").read_text(encoding="utf8"))
+    reports = [json.loads((results / f"{corpus}.json").read_text(encoding="utf8")) for corpus in corpora]
+    print(headline(reports) + "\n")
+    for corpus, report in zip(corpora, reports):
         print(f"### {corpus}\n")
         print((results / f"{corpus}.md").read_text(encoding="utf8"))
         print(f"![{corpus}](benchmarks/results/{corpus}.png)\n")

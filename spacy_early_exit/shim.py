@@ -118,8 +118,10 @@ class EarlyExitShim(PyTorchShim):
         chars = sorted({c for text in texts for c in text if not c.isspace()})
         if unk is None or not chars:
             return []
-        encoded = tokenizer.backend_tokenizer.encode_batch(chars, add_special_tokens=False)
-        unknown = [c for c, enc in zip(chars, encoded) if enc.ids == [unk]]
+        # Through the Python wrapper: a backend set to pad (all-MiniLM-L6-v2's
+        # pads to 128) would hide the lone unknown id among padding.
+        encoded = tokenizer(chars, add_special_tokens=False, padding=False, truncation=False)["input_ids"]
+        unknown = [c for c, ids in zip(chars, encoded) if ids == [unk]]
         if unknown:
             tokenizer.add_tokens(unknown)
             encoder.backbone.resize_token_embeddings(len(tokenizer))

@@ -273,3 +273,26 @@ def test_extend_vocab_adds_unknown_characters(tiny_model_dir, tmp_path):
     expected = [(e.text, e.label_) for e in nlp("张三在上海").ents]
     nlp.to_disk(tmp_path / "zh")
     assert [(e.text, e.label_) for e in spacy.load(tmp_path / "zh")("张三在上海").ents] == expected
+
+
+def test_extend_vocab_with_a_padding_tokenizer(tiny_model_dir, tmp_path):
+    # all-MiniLM-L6-v2's tokenizer.json pads every encoding to 128: unknown
+    # characters must still be found (they once were not: 0 added).
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    padded = tmp_path / "padded"
+    shutil.copytree(tiny_model_dir, padded)
+    tokenizer = AutoTokenizer.from_pretrained(padded)
+    tokenizer.backend_tokenizer.enable_padding(length=32, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+    tokenizer.save_pretrained(padded)
+    assert AutoTokenizer.from_pretrained(padded).backend_tokenizer.padding is not None
+    nlp = spacy.blank("zh")
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(padded)}, "extend_vocab": True})
+    examples = [Example.from_dict(nlp.make_doc("张三在北京"), {"entities": [(0, 2, "PER"), (3, 5, "LOC")]})]
+    nlp.initialize(lambda: examples)
+    shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]
+    assert len(shim.tokenizer) > len(tokenizer)
+    ids = shim.tokenizer(list("张三在北京"), is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    assert shim.tokenizer.unk_token_id not in ids
