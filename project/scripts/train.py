@@ -45,7 +45,7 @@ def main(
         "training.batcher.size": batch_size,
         "training.optimizer.learn_rate.initial_rate": learn_rate,
         f"components.{name}.extend_vocab": meta["lang"] == "zh",
-        # Added rows start as copies of the mean row: they learn at the
+        # Added rows start as random draws around the old mean: they learn at the
         # off-ramp rate, not the backbone's 10x lower one (both stages).
         f"components.{name}.embedding_lr_factor": 1.0 if meta["lang"] == "zh" else None,
         # Chinese corpora are character-level: each character its own wordpiece.

@@ -78,7 +78,8 @@ class EarlyExitPipe(TrainablePipe):
     backbone_lr_factor (float): backbone rate = off-ramp rate x this.
     embedding_lr_factor (Optional[float]): the input word embeddings' rate =
         off-ramp rate x this; None = `backbone_lr_factor`. Rows added by
-        `extend_vocab` start as copies of the mean row and must move far:
+        `extend_vocab` start as random draws around the old rows' mean
+        and have everything to learn:
         give them the off-ramp rate (1.0).
     warmup_steps (int): linear learning-rate warm-up, in updates.
     extend_vocab (bool): at initialize, add the training texts' characters
