@@ -51,7 +51,10 @@ def main(
         # Chinese corpora are character-level: each character its own wordpiece.
         f"components.{name}.model.pretokenized": meta["lang"] == "zh",
     }
-    if task == "segmenter":
+    if task == "segmenter" or meta["lang"] == "zh":
+        # The segmenter labels characters, and the Chinese corpora are
+        # annotated per character: spaCy's rule tokenizer would make a whole
+        # unspaced sentence one token, and no gold entity would align.
         overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
     if stage == 2:
         if init_from is None:
