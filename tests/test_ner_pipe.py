@@ -296,3 +296,22 @@ def test_extend_vocab_with_a_padding_tokenizer(tiny_model_dir, tmp_path):
     assert len(shim.tokenizer) > len(tokenizer)
     ids = shim.tokenizer(list("张三在北京"), is_split_into_words=True, add_special_tokens=False)["input_ids"]
     assert shim.tokenizer.unk_token_id not in ids
+
+
+def test_initialize_warns_when_gold_does_not_align(tiny_model_dir):
+    # Characters annotated, but the English rule tokenizer makes one token of
+    # the unspaced sentence: nothing would be learned.
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}})
+    text = "张三在北京工作了很多年"
+    example = Example.from_dict(nlp.make_doc(text), {"words": list(text), "entities": ["B-PER", "L-PER", "O", "B-LOC", "L-LOC"] + ["O"] * 6})
+    assert len(example.predicted) == 1
+    with pytest.warns(UserWarning, match="do not match"):
+        nlp.initialize(lambda: [example])
+
+
+def test_initialize_is_quiet_on_aligned_data(tiny_model_dir, recwarn):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}})
+    nlp.initialize(lambda: ner_examples(nlp))
+    assert not [w for w in recwarn if "do not match" in str(w.message)]

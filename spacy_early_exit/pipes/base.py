@@ -46,6 +46,9 @@ batch_pieces = 8192
 pretokenized = false
 """
 
+# Above this share of tokens without a gold class, initialize warns.
+UNALIGNED_WARNING_SHARE = 0.5
+
 EXIT_DEFAULTS: Dict[str, Any] = {
     "exit_mode": "tokee",
     "threshold": 0.1,
@@ -276,6 +279,7 @@ class EarlyExitPipe(TrainablePipe):
                 f"Component '{self.name}' found no labels in the training examples; "
                 "pass labels=[...] or check the training data"
             )
+        self._warn_if_unaligned(get_examples())
         self.model.attrs["n_labels"] = len(self.class_names)
         self.model.initialize()
         if self.extend_vocab:
@@ -286,6 +290,25 @@ class EarlyExitPipe(TrainablePipe):
             )
         self._policy.check_depth(self.num_layers)
         self._planner = None
+
+    def _warn_if_unaligned(self, examples: Iterable[Example]) -> None:
+        """Warn when most predicted tokens do not match exactly one gold token:
+        the pipeline's tokenizer does not fit the annotation (e.g. a corpus
+        annotated per character, tokenized by spaCy's rule tokenizer into one
+        token per unspaced sentence). spaCy then drops the gold spans that no
+        longer align, and training would learn from almost nothing."""
+        total = off = 0
+        for example in examples:
+            lengths = numpy.asarray(example.alignment.x2y.lengths)
+            total += len(lengths)
+            off += int((lengths != 1).sum())
+        if total and off / total > UNALIGNED_WARNING_SHARE:
+            warnings.warn(
+                f"[{self.name}] {off} of {total} predicted tokens ({off / total:.0%}) do not match "
+                "exactly one gold token, so their gold annotation is lost. For text annotated "
+                "per character, use the character tokenizer "
+                '([nlp.tokenizer] @tokenizers = "spacy-early-exit.CharacterTokenizer.v1").'
+            )
 
     def _initialize_from(self, path: str) -> None:
         import spacy
