@@ -10,7 +10,9 @@ set -euo pipefail
 dataset=$1; s1=$2; s2=$3; threads=${4:-2}
 cd "$(dirname "$0")/../project"
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-vars=(--vars.dataset "$dataset" --vars.stage1_steps "$s1" --vars.stage2_steps "$s2" --vars.eval_frequency 500)
+# Evaluate at least once inside stage 2, so model-best can be a stage-2 model.
+every=$(( s2 < 500 ? s2 : 500 ))
+vars=(--vars.dataset "$dataset" --vars.stage1_steps "$s1" --vars.stage2_steps "$s2" --vars.eval_frequency "$every")
 mkdir -p "metrics/$dataset"
 out="metrics/$dataset/training_time.json"
 echo "{\"dataset\": \"$dataset\", \"threads\": $threads, \"machine\": \"$(nproc --all) CPU cores, $(uname -m)\", \"steps\": {\"stage1\": $s1, \"stage2\": $s2}, \"batch_size\": 16, \"seconds\": {" > "$out.tmp"
