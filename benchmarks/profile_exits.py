@@ -1,0 +1,92 @@
+"""Why wall-clock falls short of FLOPs for TOKEE: layers run per batch and
+where the time goes, for each row of a benchmark result.
+
+At batch 1 a layer costs nearly the same on 3 active tokens as on 30 (its
+matrix products are bound by reading the weights), so the time follows the
+number of layers a document runs: its deepest token's exit layer. This
+script measures that count next to the mean exit layer (what FLOPs follow),
+and a torch profile of one setting by operator.
+
+    python benchmarks/profile_exits.py ud_en_ewt --docs 300
+"""
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import spacy
+import torch
+import typer
+from spacy.tokens import DocBin
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import PROJECT, RESULTS, spread_sample  # noqa: E402
+
+from spacy_early_exit.evaluation import early_exit_pipes, exit_settings  # noqa: E402
+from spacy_early_exit.pipes.base import EXTENSION  # noqa: E402
+
+
+def layers_run(nlp, texts: List[str], fields: Dict[str, Any], batch_size: int) -> Dict[str, float]:
+    """Mean exit layer over words, and mean layers run per batch (its deepest word)."""
+    name = early_exit_pipes(nlp)[0][0]
+    words = deepest = 0.0
+    n_words = n_batches = 0
+    with exit_settings(nlp, fields):
+        docs = list(nlp.pipe(texts, batch_size=batch_size))
+    for start in range(0, len(docs), batch_size):
+        batch = [doc._.get(EXTENSION)[name]["exit_layers"] for doc in docs[start : start + batch_size]]
+        layers = [layer for doc in batch for layer in doc]
+        if layers:
+            words += sum(layers)
+            n_words += len(layers)
+            deepest += max(layers)
+            n_batches += 1
+    return {"mean_exit_layer": round(words / n_words, 2), "layers_run_per_batch": round(deepest / n_batches, 2)}
+
+
+def operator_profile(nlp, texts: List[str], fields: Dict[str, Any], batch_size: int, top: int) -> List[Dict[str, Any]]:
+    """Self CPU time by torch operator, as a share of the profiled time."""
+    with exit_settings(nlp, fields):
+        list(nlp.pipe(texts[:20], batch_size=batch_size))  # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            list(nlp.pipe(texts, batch_size=batch_size))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in rows]
+
+
+def main(
+    dataset: str = typer.Argument(..., help="Corpus with a benchmarks/results/<dataset>.json"),
+    docs: int = typer.Option(300, help="Test docs, evenly spaced"),
+    profile_method: str = typer.Option("tokee@2", help="Row (method@target) to profile by operator"),
+    top: int = typer.Option(12, help="Operators listed"),
+) -> None:
+    report = json.loads((RESULTS / f"{dataset}.json").read_text(encoding="utf8"))
+    nlp = spacy.load(PROJECT / "training" / dataset / "final")
+    refs = list(DocBin().from_disk(PROJECT / "corpus" / dataset / "test.spacy").get_docs(nlp.vocab))
+    texts = [doc.text for doc in spread_sample(refs, docs)]
+    out: Dict[str, Any] = {"corpus": dataset, "docs": len(texts), "threads": torch.get_num_threads(), "rows": []}
+    for row in report["rows"]:
+        if row["model"] != "stage2" or row["method"] == "hf-full":
+            continue
+        entry = {"method": row["method"], "target": row["target"], "flops_speedup": row["flops_speedup"], "wall_speedup": row["wall_speedup"]}
+        for batch_size in (1, 32):
+            entry[f"b{batch_size}"] = layers_run(nlp, texts, row["fields"], batch_size)
+        out["rows"].append(entry)
+        print(entry, flush=True)
+    method, target = profile_method.split("@")
+    chosen = next(r for r in report["rows"] if r["method"] == method and r["target"] == int(target))
+    out["profile"] = {
+        "row": profile_method,
+        "b1": operator_profile(nlp, texts, chosen["fields"], 1, top),
+        "b1_full_depth": operator_profile(nlp, texts, {"exit_mode": "off"}, 1, top),
+    }
+    path = RESULTS / f"profile_{dataset}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf8")
+    print(json.dumps(out["profile"], indent=1))
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
