@@ -5,7 +5,9 @@ and glibc's malloc keeps what they free in its arenas' free lists rather than
 returning it. Streaming 100,000 docs through a pipeline grew the resident size
 from 1.2 GiB at 10k docs to 2.1 GiB at 100k (benchmarks/stress.py) although
 nearly all of it was free: one `malloc_trim(0)` brought it back to 0.6 GiB.
-The components therefore call it every `heap_trim_interval` docs.
+The components therefore call it every `heap_trim_interval` docs. That lowers
+the curve (1.8 GiB at 100k docs) but does not flatten it: live tensors keep
+the arenas fragmented between trims. jemalloc, preloaded, keeps it flat.
 
 Elsewhere (macOS, Windows, musl, or jemalloc preloaded) the allocator returns
 memory on its own or has no trim call, and this is a no-op.
