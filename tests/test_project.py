@@ -77,3 +77,30 @@ def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
     assert report["rows"][-1]["score"] == full["score"]
     assert (results / "uner_en_ewt.md").read_text().count("\n|") >= len(methods) + 1
     assert (results / "uner_en_ewt.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "task,lang,chars",
+    [("ner", "zh", True), ("segmenter", "zh", True), ("ner", "en", False), ("tagger", "en", False)],
+)
+def test_corpus_overrides_build_the_right_pipeline(task, lang, chars, tiny_model_dir):
+    # Chinese corpora are annotated per character: their pipelines must
+    # tokenize into characters (Weibo once trained on unaligned gold).
+    import importlib.util
+
+    import spacy
+    from spacy.util import load_config, load_model_from_config
+
+    spec = importlib.util.spec_from_file_location("train_script", PROJECT / "scripts" / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    overrides = train_script.corpus_overrides({"task": task, "lang": lang})
+    overrides.update({"nlp.lang": lang, "paths.backbone": str(tiny_model_dir)})
+    config = load_config(PROJECT / "configs" / f"{task}.cfg", overrides=overrides)
+    nlp = load_model_from_config(config, auto_fill=True)
+    name = nlp.pipe_names[0]
+    assert nlp.get_pipe(name).extend_vocab is (lang == "zh")
+    text = "张三在北京" if lang == "zh" else "Ada lives in London"
+    expected = list(text) if chars else text.split()
+    assert [t.text for t in nlp.make_doc(text)] == expected
+    assert isinstance(nlp, spacy.language.Language)

@@ -17,6 +17,30 @@ from spacy.cli.train import train
 COMPONENTS = {"ner": "tokee_ner", "tagger": "tokee_tagger", "segmenter": "tokee_segmenter"}
 
 
+def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """Config overrides that follow from the corpus (its task and language).
+
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    RETURNS (Dict[str, Any]): dotted overrides for the task's config.
+    """
+    name = COMPONENTS[meta["task"]]
+    chinese = meta["lang"] == "zh"
+    overrides: Dict[str, Any] = {
+        f"components.{name}.extend_vocab": chinese,
+        # Added rows start as random draws around the old mean: they learn at the
+        # off-ramp rate, not the backbone's 10x lower one (both stages).
+        f"components.{name}.embedding_lr_factor": 1.0 if chinese else None,
+        # Chinese corpora are character-level: each character its own wordpiece.
+        f"components.{name}.model.pretokenized": chinese,
+    }
+    if meta["task"] == "segmenter" or chinese:
+        # The segmenter labels characters, and the Chinese corpora are
+        # annotated per character: spaCy's rule tokenizer would make a whole
+        # unspaced sentence one token, and no gold entity would align.
+        overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
+    return overrides
+
+
 def main(
     corpus: Path = typer.Argument(..., help="corpus/<dataset> folder written by prepare.py"),
     output: Path = typer.Argument(..., help="Training output folder"),
@@ -44,18 +68,8 @@ def main(
         "training.eval_frequency": eval_frequency,
         "training.batcher.size": batch_size,
         "training.optimizer.learn_rate.initial_rate": learn_rate,
-        f"components.{name}.extend_vocab": meta["lang"] == "zh",
-        # Added rows start as random draws around the old mean: they learn at the
-        # off-ramp rate, not the backbone's 10x lower one (both stages).
-        f"components.{name}.embedding_lr_factor": 1.0 if meta["lang"] == "zh" else None,
-        # Chinese corpora are character-level: each character its own wordpiece.
-        f"components.{name}.model.pretokenized": meta["lang"] == "zh",
     }
-    if task == "segmenter" or meta["lang"] == "zh":
-        # The segmenter labels characters, and the Chinese corpora are
-        # annotated per character: spaCy's rule tokenizer would make a whole
-        # unspaced sentence one token, and no gold entity would align.
-        overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
+    overrides.update(corpus_overrides(meta))
     if stage == 2:
         if init_from is None:
             raise typer.BadParameter("stage 2 needs --init-from (the stage-1 pipeline)")
