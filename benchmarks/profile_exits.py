@@ -11,6 +11,7 @@ and a torch profile of one setting by operator.
 """
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -56,6 +57,26 @@ def operator_profile(nlp, texts: List[str], fields: Dict[str, Any], batch_size: 
     return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in rows]
 
 
+def ffn_milliseconds(nlp, rows: List[int], repeats: int = 500) -> Dict[str, float]:
+    """Time of the first layer's feed-forward block on `rows` tokens: how far
+    below proportional the cost of a few active tokens falls."""
+    from spacy_early_exit.architectures import get_shim
+
+    parts = get_shim(early_exit_pipes(nlp)[0][1].model).encoder.layers[0]
+    width = parts.ffn_in.in_features
+    times = {}
+    with torch.inference_mode():
+        for n in rows:
+            x = torch.randn(n, width)
+            for _ in range(50):
+                parts.ffn_out(parts.ffn_act(parts.ffn_in(x)))
+            start = time.perf_counter()
+            for _ in range(repeats):
+                parts.ffn_out(parts.ffn_act(parts.ffn_in(x)))
+            times[str(n)] = round((time.perf_counter() - start) / repeats * 1e3, 3)
+    return times
+
+
 def main(
     dataset: str = typer.Argument(..., help="Corpus with a benchmarks/results/<dataset>.json"),
     docs: int = typer.Option(300, help="Test docs, evenly spaced"),
@@ -75,6 +96,8 @@ def main(
             entry[f"b{batch_size}"] = layers_run(nlp, texts, row["fields"], batch_size)
         out["rows"].append(entry)
         print(entry, flush=True)
+    out["ffn_ms_by_tokens"] = ffn_milliseconds(nlp, [2, 17, 512])
+    print("FFN ms by active tokens:", out["ffn_ms_by_tokens"], flush=True)
     method, target = profile_method.split("@")
     chosen = next(r for r in report["rows"] if r["method"] == method and r["target"] == int(target))
     out["profile"] = {
