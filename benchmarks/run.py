@@ -41,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from hf_full import HFFullDepth  # noqa: E402
 
 from spacy_early_exit.encoder.exits import static_thresholds  # noqa: E402
-from spacy_early_exit.evaluation import early_exit_pipes, exit_settings  # noqa: E402
+from spacy_early_exit.evaluation import (  # noqa: E402
+    Setting,
+    early_exit_pipes,
+    interleaved_seconds,
+    setting_runner,
+)
 from spacy_early_exit.training.tuning import (  # noqa: E402
     main_metric,
     measure,
@@ -143,38 +148,20 @@ def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example]
         print(f"[score] {row.key:18s} {metric}={row.result['score']} FLOPs x{row.result['flops_speedup']:.2f}", flush=True)
 
 
-def runner(row: Row, models: Dict[str, Language], hf: HFFullDepth, texts: List[str], words: List[List[str]]) -> Callable[[int], None]:
-    """A callable that processes the timing docs once at a batch size."""
-    if row.method == "hf-full":
-        return lambda batch_size: hf.run(words, batch_size) and None
-    nlp = models[row.model]
-
-    def run(batch_size: int) -> None:
-        with exit_settings(nlp, row.fields):
-            for _ in nlp.pipe(texts, batch_size=batch_size):
-                pass
-
-    return run
-
-
 def time_rows(
     rows: List[Row], models: Dict[str, Language], hf: HFFullDepth, texts: List[str], batch_sizes: Sequence[int], repeats: int
 ) -> None:
     """Median words/second per row and batch size; repetitions interleaved across rows."""
     words = [[t.text for t in doc] for doc in models["stage2"].tokenizer.pipe(texts)]
     n_words = sum(len(w) for w in words)
-    runs = {row.key: runner(row, models, hf, texts, words) for row in rows}
-    for run in runs.values():  # warm-up: first-call allocations, lazy imports
+    runners: Dict[str, Callable[[int], Any]] = {
+        row.key: (lambda batch_size: hf.run(words, batch_size)) if row.method == "hf-full"
+        else setting_runner(models[row.model], texts, Setting(row.key, row.fields))
+        for row in rows
+    }
+    for run in runners.values():  # warm-up: first-call allocations, lazy imports
         run(max(batch_sizes))
-    times: Dict[str, Dict[int, List[float]]] = {row.key: {b: [] for b in batch_sizes} for row in rows}
-    for rep in range(repeats):
-        started = time.perf_counter()
-        for row in rows:
-            for batch_size in batch_sizes:
-                start = time.perf_counter()
-                runs[row.key](batch_size)
-                times[row.key][batch_size].append(time.perf_counter() - start)
-        print(f"[time] repetition {rep + 1}/{repeats}: {time.perf_counter() - started:.0f} s", flush=True)
+    times = interleaved_seconds(runners, batch_sizes, repeats)
     full = {b: statistics.median(times["full@1"][b]) for b in batch_sizes}
     for row in rows:
         median = {b: statistics.median(times[row.key][b]) for b in batch_sizes}

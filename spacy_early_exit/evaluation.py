@@ -8,7 +8,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.scorer import Scorer
@@ -83,6 +83,43 @@ def score(nlp: Language, examples: Sequence[Example], batch_size: int = 64) -> T
     return Scorer(nlp).score(scored), cost_summary(docs, nlp)
 
 
+def interleaved_seconds(
+    runners: Dict[str, Callable[[int], Any]],
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 5,
+    progress: bool = True,
+) -> Dict[str, Dict[int, List[float]]]:
+    """Time every runner at every batch size, repetitions interleaved across runners.
+
+    runners (Dict[str, Callable[[int], Any]]): name -> a call that processes
+        the timed docs once at the given batch size.
+    RETURNS (Dict[str, Dict[int, List[float]]]): seconds per repetition, per
+        runner and batch size (take the median).
+    """
+    times: Dict[str, Dict[int, List[float]]] = {name: {bs: [] for bs in batch_sizes} for name in runners}
+    for rep in range(repeats):
+        started = time.perf_counter()
+        for name, run in runners.items():
+            for batch_size in batch_sizes:
+                start = time.perf_counter()
+                run(batch_size)
+                times[name][batch_size].append(time.perf_counter() - start)
+        if progress:
+            print(f"  timing: repetition {rep + 1}/{repeats} done in {time.perf_counter() - started:.0f} s", flush=True)
+    return times
+
+
+def setting_runner(nlp: Language, texts: Sequence[str], setting: Setting) -> Callable[[int], None]:
+    """A call that runs `texts` through `nlp` with the setting's exit fields."""
+
+    def run(batch_size: int) -> None:
+        with exit_settings(nlp, setting.fields):
+            for _ in nlp.pipe(texts, batch_size=batch_size):
+                pass
+
+    return run
+
+
 def words_per_second(
     nlp: Language,
     texts: Sequence[str],
@@ -93,20 +130,11 @@ def words_per_second(
 ) -> Dict[str, Dict[int, float]]:
     """Median words/second per setting and batch size, repetitions interleaved."""
     n_words = sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
-    times: Dict[Tuple[str, int], List[float]] = {}
-    for rep in range(repeats):
-        for setting in settings:
-            with exit_settings(nlp, setting.fields):
-                for batch_size in batch_sizes:
-                    start = time.perf_counter()
-                    for _ in nlp.pipe(texts, batch_size=batch_size):
-                        pass
-                    times.setdefault((setting.method, batch_size), []).append(time.perf_counter() - start)
-        if progress:
-            print(f"  timing: repetition {rep + 1}/{repeats} done", flush=True)
+    runners = {setting.method: setting_runner(nlp, texts, setting) for setting in settings}
+    times = interleaved_seconds(runners, batch_sizes, repeats, progress)
     return {
-        setting.method: {bs: n_words / statistics.median(times[(setting.method, bs)]) for bs in batch_sizes}
-        for setting in settings
+        method: {bs: n_words / statistics.median(times[method][bs]) for bs in batch_sizes}
+        for method in runners
     }
 
 
@@ -172,4 +200,4 @@ def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "score", "words_per_second"]
+__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "interleaved_seconds", "score", "setting_runner", "words_per_second"]

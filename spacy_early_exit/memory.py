@@ -9,8 +9,8 @@ The components therefore call it every `heap_trim_interval` docs. That lowers
 the curve (1.8 GiB at 100k docs) but does not flatten it: live tensors keep
 the arenas fragmented between trims. jemalloc, preloaded, keeps it flat.
 
-Elsewhere (macOS, Windows, musl, or jemalloc preloaded) the allocator returns
-memory on its own or has no trim call, and this is a no-op.
+Where there is no malloc_trim (macOS, Windows, musl) this is a no-op; with
+jemalloc preloaded, glibc's trim finds nothing to hand back.
 """
 import ctypes
 import sys

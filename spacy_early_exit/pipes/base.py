@@ -46,7 +46,8 @@ batch_pieces = 8192
 pretokenized = false
 """
 
-# Above this share of tokens without a gold class, initialize warns.
+# Above this share of predicted tokens that do not match exactly one gold
+# token, initialize warns.
 UNALIGNED_WARNING_SHARE = 0.5
 
 EXIT_DEFAULTS: Dict[str, Any] = {
@@ -81,9 +82,8 @@ class EarlyExitPipe(TrainablePipe):
     backbone_lr_factor (float): backbone rate = off-ramp rate x this.
     embedding_lr_factor (Optional[float]): the input word embeddings' rate =
         off-ramp rate x this; None = `backbone_lr_factor`. Rows added by
-        `extend_vocab` start as random draws around the old rows' mean
-        and have everything to learn:
-        give them the off-ramp rate (1.0).
+        `extend_vocab` start as random draws around the old rows' mean and
+        have everything to learn: give them the off-ramp rate (1.0).
     warmup_steps (int): linear learning-rate warm-up, in updates.
     extend_vocab (bool): at initialize, add the training texts' characters
         that the backbone's tokenizer maps to its unknown token as new
