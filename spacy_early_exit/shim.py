@@ -20,6 +20,7 @@ from torch import nn
 
 from .encoder.backbone import build_from_config, check_tokenizer, load_pretrained
 from .encoder.model import EarlyExitEncoder
+from .memory import native_kernels
 
 RAMP_PREFIX = "encoder.ramps."
 PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
@@ -139,7 +140,9 @@ class EarlyExitShim(PyTorchShim):
         # (begin_update switches back to train mode).
         if self._model.training:
             self._model.eval()
-        with torch.inference_mode():
+        # Without oneDNN: its per-shape primitive cache fragments the heap over
+        # long streams (see memory.py).
+        with torch.inference_mode(), native_kernels():
             return self._model(*inputs.args, **inputs.kwargs)
 
     def finish_update(self, optimizer: Optimizer) -> None:

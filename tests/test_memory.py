@@ -1,11 +1,12 @@
-"""Heap trimming: the component hands freed memory back every N docs."""
+"""Memory over long streams: oneDNN off at inference, and heap trimming every N docs."""
 import sys
 
 import pytest
+import torch
 
 from conftest import make_ner_nlp
 from spacy_early_exit import memory
-from spacy_early_exit.memory import HeapTrimmer, release_free_heap
+from spacy_early_exit.memory import HeapTrimmer, native_kernels, release_free_heap
 
 
 def test_trimmer_runs_every_interval_docs(monkeypatch):
@@ -50,3 +51,41 @@ def test_component_counts_predicted_docs(monkeypatch, tiny_model_dir):
 def test_config_rejects_a_bad_interval(tiny_model_dir):
     with pytest.raises(ValueError, match="heap_trim_interval"):
         make_ner_nlp(tiny_model_dir, heap_trim_interval=-5)
+
+
+def test_native_kernels_switches_onednn_off_and_restores_it():
+    assert torch.backends.mkldnn.enabled
+    with native_kernels():
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError):
+        with native_kernels():
+            raise RuntimeError("boom")
+    assert torch.backends.mkldnn.enabled, "an error inside the block left oneDNN off"
+
+
+def test_native_kernels_leaves_a_user_choice_alone():
+    torch.backends.mkldnn.enabled = False
+    try:
+        with native_kernels():
+            assert not torch.backends.mkldnn.enabled
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def test_prediction_runs_without_onednn_and_training_with_it(tiny_model_dir):
+    # oneDNN's per-shape primitive cache is what made a long stream's heap grow.
+    from spacy.training import Example
+
+    from spacy_early_exit.architectures import get_shim
+
+    nlp = make_ner_nlp(tiny_model_dir)
+    encoder = get_shim(nlp.get_pipe("tokee_ner").model).encoder
+    seen = []
+    encoder.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.mkldnn.enabled))
+    nlp("Ada Lovelace wrote it.")
+    assert seen == [False] and torch.backends.mkldnn.enabled
+    doc = nlp.make_doc("Ada Lovelace wrote it.")
+    nlp.update([Example.from_dict(doc, {"entities": [(0, 12, "PER")]})])
+    assert seen[1:] == [True]
