@@ -13,11 +13,11 @@ Without a path it uses project/training/uner_en_ewt/final, else
 .../stage1/model-best, else builds a tiny random model (as --tiny does).
 Documents cycle through the demo corpus sentences (project/assets/uner_en_ewt).
 
-Memory: with glibc's malloc, torch on CPU leaves freed tensor memory in a
-fragmented heap, and RSS creeps up with every new mix of tensor shapes (a
-plain Hugging Face BertModel does the same). The report gives RSS after
-`malloc_trim(0)` (what is really in use), and with `--jemalloc PATH` the same
-stream again in a child process under that allocator (LD_PRELOAD).
+Memory: RSS is read at checkpoints of the stream. The components predict
+with oneDNN off, because its per-shape kernel cache fragmented glibc's heap
+(spacy_early_exit/memory.py). The report also gives RSS after `malloc_trim(0)`
+(what is really in use), and with `--jemalloc PATH` the same stream again in a
+child process under that allocator (LD_PRELOAD), for comparison.
 """
 import ctypes
 import json

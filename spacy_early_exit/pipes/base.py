@@ -90,8 +90,8 @@ class EarlyExitPipe(TrainablePipe):
         wordpieces (new embedding rows, learned in fine-tuning). For Chinese
         with an English backbone.
     heap_trim_interval (int): hand freed heap memory back to the OS every
-        this many predicted docs, which lowers the resident size of long
-        streams under glibc (see memory.py); 0 = never.
+        this many predicted docs (glibc's malloc_trim), a cheap guard for
+        long streams (see memory.py); 0 = never.
     training (Dict[str, Any]): the `training` table: stage 1 ("joint") or
         stage 2 ("self_sampling", "random"); see TrainingSettings.
     scorer (Optional[Callable]): the scoring method.
