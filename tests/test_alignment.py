@@ -97,3 +97,24 @@ def test_windows_without_words_are_not_encoded(tokenizer):
     rows, (layout,) = Aligner(tokenizer, 32).layout([doc])
     assert all(len(row.word_cols) > 0 for row in rows)
     assert (layout.token_rows >= 0).all() and len(layout.rows) == len(rows)
+
+
+@pytest.mark.parametrize("pretokenized", [False, True])
+def test_single_row_layout_equals_the_windowed_one(tokenizer, pretokenized, monkeypatch):
+    # Docs that fit one row take a shortcut; the general windowing code must
+    # give exactly the same rows and layout for them.
+    nlp = spacy.blank("en")
+    docs = [nlp(text) for text in TEXTS + ["a b c", "John Smith lives in New York ."]]
+    aligner = Aligner(tokenizer, 64, pretokenized=pretokenized)
+    fast_rows, fast_layouts = aligner.layout(docs)
+    assert len(fast_rows) == sum(1 for doc in docs if len(doc) and doc.text.strip())
+    monkeypatch.setattr(aligner, "_single_row", aligner._windowed_rows)
+    slow_rows, slow_layouts = aligner.layout(docs)
+    assert len(fast_rows) == len(slow_rows)
+    for fast, slow in zip(fast_rows, slow_rows):
+        for field in ("ids", "word_cols", "pair_cols", "pair_words"):
+            numpy.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))
+    for fast, slow in zip(fast_layouts, slow_layouts):
+        numpy.testing.assert_array_equal(fast.token_rows, slow.token_rows)
+        numpy.testing.assert_array_equal(fast.token_slots, slow.token_slots)
+        assert fast.rows == slow.rows
