@@ -181,7 +181,7 @@ class Aligner:
     ) -> DocLayout:
         """The layout of a doc that fits one row, most docs: the windowing
         searches all reduce to "everything", and at batch size 1 their numpy
-        calls cost a tenth of the encoder's time."""
+        calls cost several percent of the encoder's time."""
         pair_token, pair_piece = pairs
         slot_of_token = numpy.full(len(token_rows), -1, dtype="int64")
         slot_of_token[words] = numpy.arange(len(words))
