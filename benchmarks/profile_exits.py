@@ -1,9 +1,10 @@
 """Why wall-clock falls short of FLOPs for TOKEE: layers run per batch and
 where the time goes, for each row of a benchmark result.
 
-At batch 1 a layer costs nearly the same on 3 active tokens as on 30 (its
-matrix products are bound by reading the weights), so the time follows the
-number of layers a document runs: its deepest token's exit layer. This
+At batch 1 a layer on 3 active tokens costs far more than its share of the
+FLOPs (its matrix products are bound by reading the weights), so the time
+follows the number of layers a document runs (its deepest token's exit
+layer) more than the mean exit layer. This
 script measures that count next to the mean exit layer (what FLOPs follow),
 the time per doc at batch 1 spent outside the encoder, and a torch profile
 of one setting by operator.
@@ -24,7 +25,9 @@ from spacy.tokens import DocBin
 sys.path.insert(0, str(Path(__file__).parent))
 from run import PROJECT, RESULTS, spread_sample  # noqa: E402
 
+from spacy_early_exit.architectures import get_shim  # noqa: E402
 from spacy_early_exit.evaluation import early_exit_pipes, exit_settings  # noqa: E402
+from spacy_early_exit.memory import native_kernels  # noqa: E402
 from spacy_early_exit.pipes.base import EXTENSION  # noqa: E402
 
 
@@ -61,10 +64,6 @@ def operator_profile(nlp, texts: List[str], fields: Dict[str, Any], batch_size: 
 def ffn_milliseconds(nlp, rows: List[int], repeats: int = 500) -> Dict[str, float]:
     """Time of the first layer's feed-forward block on `rows` tokens: how far
     below proportional the cost of a few active tokens falls."""
-    from spacy_early_exit.architectures import get_shim
-
-    from spacy_early_exit.memory import native_kernels
-
     parts = get_shim(early_exit_pipes(nlp)[0][1].model).encoder.layers[0]
     width = parts.ffn_in.in_features
     times = {}
@@ -84,8 +83,6 @@ def ffn_milliseconds(nlp, rows: List[int], repeats: int = 500) -> Dict[str, floa
 def time_outside_encoder(nlp, texts: List[str], fields: Dict[str, Any], repeats: int = 3) -> Dict[str, float]:
     """Milliseconds per doc at batch 1: the whole pipeline, and the part spent
     outside the torch encoder call (tokenizing, alignment, decoding, doc.ents)."""
-    from spacy_early_exit.architectures import get_shim
-
     shim = get_shim(early_exit_pipes(nlp)[0][1].model)
     inner = shim.predict
     spent = [0.0]
