@@ -8,6 +8,7 @@ from spacy_early_exit.encoder.cost import CostModel
 from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy, static_thresholds, window_max
 from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
+from spacy_early_exit.encoder.schedule import PieceOwners
 
 N_LABELS = 5
 
@@ -106,11 +107,15 @@ def expected_flops(cost, batch, exit_layers, num_layers):
     for i, length in enumerate(batch.lengths.tolist()):
         cols = batch.word_pieces[i][batch.word_pieces[i] >= 0].tolist()
         layers = exit_layers[i, : len(cols)].tolist()
-        owner = {c.item(): w.item() for r, c, w in zip(batch.piece_rows, batch.piece_cols, batch.piece_words) if r == i}
+        owners = {}
+        for r, c, w in zip(batch.piece_rows.tolist(), batch.piece_cols.tolist(), batch.piece_words.tolist()):
+            if r == i:
+                owners.setdefault(c, set()).add(w)
         total = 0
         for layer in range(1, max(layers) + 1):
-            running = [w for w, e in enumerate(layers) if e >= layer]
-            active = sum(1 for c in range(length) if owner.get(c, running[0]) in running)
+            running = {w for w, e in enumerate(layers) if e >= layer}
+            # A special (no owner) runs while its row does; a piece while any owner does.
+            active = sum(1 for c in range(length) if owners.get(c, running) & running)
             total += cost.layer_flops(length, active) + cost.ramp_flops(len(running))
         totals.append(total)
     return totals
@@ -237,3 +242,53 @@ def test_static_thresholds_cut_the_model_after_one_layer():
     assert (flat.exit_layers[batch.word_mask] == 1).all()
     with pytest.raises(ValueError, match="static"):
         static_thresholds(5, 4)
+
+
+def reference_active_pieces(batch, word_active):
+    """The rule, one piece at a time: a piece runs while any of its words runs;
+    a piece of no word (a special) while any word of its row runs."""
+    n_rows, seq = batch.input_ids.shape
+    out = torch.zeros(n_rows, seq, dtype=torch.bool)
+    owned = {}
+    for r, c, w in zip(batch.piece_rows.tolist(), batch.piece_cols.tolist(), batch.piece_words.tolist()):
+        owned.setdefault((r, c), []).append(w)
+    for r in range(n_rows):
+        for c in range(int(batch.lengths[r])):
+            words = owned.get((r, c))
+            out[r, c] = any(word_active[r, w] for w in words) if words else bool(word_active[r].any())
+    return out
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_piece_map_follows_word_activity(share):
+    batch = make_batch(**BATCH)
+    if share:
+        # Piece (0, 3) belongs to word 1 already; let word 2 share it, as
+        # when a tokenizer merges across a token boundary.
+        batch.piece_rows = torch.cat([batch.piece_rows, torch.tensor([0])])
+        batch.piece_cols = torch.cat([batch.piece_cols, torch.tensor([3])])
+        batch.piece_words = torch.cat([batch.piece_words, torch.tensor([2])])
+    seq = batch.input_ids.shape[1]
+    real = torch.arange(seq)[None, :] < batch.lengths[:, None]
+    owners = PieceOwners(batch.piece_rows, batch.piece_cols, batch.piece_words, real, batch.word_mask.shape[1])
+    assert owners.shared is share
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        word_active = batch.word_mask & (torch.rand(batch.word_mask.shape, generator=generator) < 0.5)
+        assert torch.equal(owners.active(word_active), reference_active_pieces(batch, word_active))
+    only_word_2 = torch.zeros_like(batch.word_mask)
+    only_word_2[0, 2] = True
+    assert bool(owners.active(only_word_2)[0, 3]) is share
+
+
+def test_shared_piece_runs_until_both_words_exit():
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), N_LABELS).eval()
+    batch = make_batch(**BATCH)
+    batch.piece_rows = torch.cat([batch.piece_rows, torch.tensor([0])])
+    batch.piece_cols = torch.cat([batch.piece_cols, torch.tensor([3])])
+    batch.piece_words = torch.cat([batch.piece_words, torch.tensor([2])])
+    with torch.no_grad():
+        layer_logits = encoder(batch, all_layers=True).layer_logits
+        threshold = float(normalized_entropy(torch.cat(layer_logits)).median())
+        out = encoder(batch, ExitPolicy(mode="tokee", threshold=threshold, window=0))
+    assert out.flops.tolist() == expected_flops(encoder.cost, batch, out.exit_layers, encoder.num_layers)

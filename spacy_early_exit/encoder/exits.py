@@ -115,7 +115,7 @@ def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     n_classes = logits.shape[-1]
     if n_classes < 2:
         return torch.zeros(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    log_p = F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(dim=-1)
     return (entropy / math.log(n_classes)).clamp_(0.0, 1.0)
 

@@ -9,8 +9,7 @@ The active queries of all sequences are packed into a
 attention is one batched call whatever the mix of lengths and exits, and the
 dense projections run on ``[n_active, hidden]`` rows with no padding at all.
 """
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,29 +17,36 @@ import torch.nn.functional as F
 from .backbone import LayerParts
 
 
-@dataclass
 class PackedRows:
     """Where a set of wordpieces lives in the padded ``[batch, seq]`` grid.
 
+    mask (torch.Tensor): bool ``[batch, seq]``, True for selected pieces.
+    sizes (Optional[List[int]]): selected pieces per row, when the caller
+        already has them on the host (saves a sync).
+
     rows, cols (torch.Tensor): 1-D positions of the selected wordpieces.
-    slots (torch.Tensor): each selected wordpiece's slot in its row's packed list.
+    slots (torch.Tensor): each selected wordpiece's slot in its row's packed
+        list (built on first use: a single live row never needs it).
     width (int): the largest number of selected wordpieces in one row.
     """
 
-    rows: torch.Tensor
-    cols: torch.Tensor
-    slots: torch.Tensor
-    width: int
-    grid: Optional[Tuple[int, int]] = None
+    def __init__(self, mask: torch.Tensor, sizes: Optional[List[int]] = None) -> None:
+        self.mask = mask
+        self.sizes = sizes if sizes is not None else mask.sum(dim=1).tolist()
+        self.rows, self.cols = mask.nonzero(as_tuple=True)
+        self.width = max(self.sizes, default=0)
+        self.grid: Tuple[int, int] = tuple(mask.shape)  # type: ignore[assignment]
+        self._slots: Optional[torch.Tensor] = None
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "PackedRows":
-        """mask (torch.Tensor): bool ``[batch, seq]``, True for selected pieces."""
-        counts = mask.sum(dim=1)
-        slot_grid = torch.cumsum(mask, dim=1) - 1
-        rows, cols = mask.nonzero(as_tuple=True)
-        width = int(counts.max()) if mask.numel() else 0
-        return cls(rows=rows, cols=cols, slots=slot_grid[rows, cols], width=width, grid=tuple(mask.shape))
+    def from_mask(cls, mask: torch.Tensor, sizes: Optional[List[int]] = None) -> "PackedRows":
+        return cls(mask, sizes)
+
+    @property
+    def slots(self) -> torch.Tensor:
+        if self._slots is None:
+            self._slots = (torch.cumsum(self.mask, dim=1) - 1)[self.rows, self.cols]
+        return self._slots
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -48,7 +54,7 @@ class PackedRows:
     @property
     def dense(self) -> bool:
         """True when every position of the grid is selected (no padding, no exits)."""
-        return self.grid is not None and len(self) == self.grid[0] * self.grid[1]
+        return len(self) == self.grid[0] * self.grid[1]
 
 
 def halt_and_copy_layer(
@@ -59,6 +65,7 @@ def halt_and_copy_layer(
     num_heads: int,
     hidden_dropout: float = 0.0,
     attention_dropout: float = 0.0,
+    present_sizes: Optional[List[int]] = None,
 ) -> torch.Tensor:
     """Run one layer for the active wordpieces and copy the others.
 
@@ -69,6 +76,7 @@ def halt_and_copy_layer(
     active (PackedRows): the wordpieces that are updated by this layer.
     num_heads (int): attention heads.
     hidden_dropout, attention_dropout (float): dropout rates (pass 0 at inference).
+    present_sizes (Optional[List[int]]): ``present`` per row, when known on the host.
     RETURNS (torch.Tensor): the ``[batch, seq, hidden]`` states after the layer.
     """
     batch, seq, width = hidden.shape
@@ -78,8 +86,9 @@ def halt_and_copy_layer(
     if active.dense:
         return _dense_layer(parts, hidden, num_heads, hidden_dropout, attention_dropout)
     # Keys and values only for the rows that still run, and only up to their
-    # length. One host sync gives every size this needs.
-    counts = present.sum(dim=1).tolist()
+    # length. One host sync (none when the caller has the sizes) gives every
+    # size this needs.
+    counts = present_sizes if present_sizes is not None else present.sum(dim=1).tolist()
     live_list = [i for i, n in enumerate(counts) if n]
     span = max(counts)
     n_live = len(live_list)

@@ -14,7 +14,8 @@ from torch import nn
 from .backbone import BackboneSpec, backbone_spec, embed, layer_parts
 from .cost import CostModel
 from .exits import ExitPolicy, exit_decisions, normalized_entropy
-from .layer_step import PackedRows, halt_and_copy_layer
+from .layer_step import halt_and_copy_layer
+from .schedule import LayerSchedule, PieceOwners, WordIndex
 
 
 @dataclass
@@ -109,18 +110,18 @@ class EarlyExitEncoder(nn.Module):
         device = ids.device
         real = torch.arange(seq, device=device)[None, :] < batch.lengths[:, None]
         word_mask = batch.word_mask
-        safe_pieces = batch.word_pieces.clamp(min=0)
-        mapped = torch.zeros_like(real).index_put(
-            (batch.piece_rows, batch.piece_cols), torch.ones_like(batch.piece_rows, dtype=torch.bool)
-        )
-        loose = real & ~mapped  # specials: follow their row
+        first_pieces = batch.word_pieces.clamp(min=0)
+        owners = PieceOwners(batch.piece_rows, batch.piece_cols, batch.piece_words, real, word_mask.shape[1])
 
         # The embedding block applies its own dropout in training mode.
         hidden = embed(self.backbone, ids, torch.zeros_like(ids))
+        width = hidden.shape[-1]
         train_dropout = self.spec.hidden_dropout if self.training else 0.0
         attn_dropout = self.spec.attention_dropout if self.training else 0.0
 
-        word_active = word_mask.clone()
+        word_active = word_mask
+        # Stage 2 scores every word at every layer, whatever its exit layer.
+        all_words = WordIndex.build(word_mask, first_pieces, seq) if exit_layers is not None else None
         exits = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
         logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
         # Per-layer counts, turned into FLOPs once at the end.
@@ -128,42 +129,43 @@ class EarlyExitEncoder(nn.Module):
         active_counts: List[torch.Tensor] = []
         scored_counts: List[torch.Tensor] = []
         layer_logits: List[torch.Tensor] = []
+        schedule: Optional[LayerSchedule] = None  # rebuilt only when words exit
         last = self.num_layers
         for layer, parts in enumerate(self.layers, start=1):
             if exit_layers is not None:
                 word_active = word_mask & (exit_layers >= layer)
-            piece_active = self._active_pieces(batch, word_active, real, loose)
-            if exits_on and layer > 1 and not bool(piece_active.any()):
-                break
-            row_live = piece_active.any(dim=1)
-            present = real & row_live[:, None]
-            present_counts.append(present.sum(dim=1))
-            active_counts.append(piece_active.sum(dim=1))
+                schedule = None
+            if schedule is None:
+                schedule = LayerSchedule.build(owners, word_active, first_pieces)
+                if exits_on and layer > 1 and schedule.empty:
+                    break
+            present_counts.append(schedule.present_counts)
+            active_counts.append(schedule.active_counts)
             hidden = halt_and_copy_layer(
-                parts, hidden, present, PackedRows.from_mask(piece_active),
-                self.spec.num_heads, train_dropout, attn_dropout,
+                parts, hidden, schedule.present, schedule.active,
+                self.spec.num_heads, train_dropout, attn_dropout, schedule.present_sizes,
             )
             if not (all_layers or layer == last):
                 # An off-ramp is only worth running where a token may leave:
                 # a threshold of 0 lets nobody out (static baselines, "off").
                 if not exits_on or policy.layer_threshold(layer) <= 0.0:
                     continue
-            scored = word_mask if exit_layers is not None else word_active
-            rows, cols = scored.nonzero(as_tuple=True)
-            logits = self.ramps[layer - 1](hidden[rows, safe_pieces[rows, cols]])
-            scored_counts.append(scored.sum(dim=1))
-            logits_out = logits_out.index_put((rows, cols), logits)
+            scored = all_words if all_words is not None else schedule.words
+            logits = self.ramps[layer - 1](hidden.reshape(-1, width).index_select(0, scored.pieces))
+            scored_counts.append(scored.counts)
+            logits_out = logits_out.index_put((scored.rows, scored.cols), logits)
             if all_layers:
                 layer_logits.append(logits)
             if layer == last or not exits_on:
                 continue
-            uncertainty = word_mask.new_zeros(word_mask.shape, dtype=logits.dtype)
-            uncertainty = uncertainty.index_put(
-                (rows, cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
+            uncertainty = hidden.new_zeros(word_mask.shape).index_put(
+                (scored.rows, scored.cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
             )
             leaving = exit_decisions(uncertainty, word_active, policy, layer)
-            exits = exits.masked_fill(leaving, layer)
-            word_active = word_active & ~leaving
+            if bool(leaving.any()):
+                exits = exits.masked_fill(leaving, layer)
+                word_active = word_active & ~leaving
+                schedule = None
         if exit_layers is not None:
             exits = exit_layers.masked_fill(~word_mask, 0)
         else:
@@ -179,16 +181,3 @@ class EarlyExitEncoder(nn.Module):
             full_flops=full,
             layer_logits=layer_logits if all_layers else None,
         )
-
-    @staticmethod
-    def _active_pieces(
-        batch: EncoderInput, word_active: torch.Tensor, real: torch.Tensor, loose: torch.Tensor
-    ) -> torch.Tensor:
-        """A piece runs while any word it belongs to runs; specials while their row does."""
-        owned = torch.zeros(real.shape, dtype=torch.int32, device=real.device).index_put(
-            (batch.piece_rows, batch.piece_cols),
-            word_active[batch.piece_rows, batch.piece_words].to(torch.int32),
-            accumulate=True,
-        )
-        row_live = word_active.any(dim=1, keepdim=True)
-        return (owned > 0) | (loose & row_live)
