@@ -124,10 +124,9 @@ class EarlyExitEncoder(nn.Module):
         all_words = WordIndex.build(word_mask, first_pieces, seq) if exit_layers is not None else None
         exits = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
         logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
-        # Per-layer counts, turned into FLOPs once at the end.
-        present_counts: List[torch.Tensor] = []
-        active_counts: List[torch.Tensor] = []
-        scored_counts: List[torch.Tensor] = []
+        # FLOPs per row, counted on the host from the schedules' sizes: at
+        # batch size 1 the same sums as tensor ops cost more than a ramp.
+        spent = [0] * n_rows
         layer_logits: List[torch.Tensor] = []
         schedule: Optional[LayerSchedule] = None  # rebuilt only when words exit
         last = self.num_layers
@@ -139,8 +138,8 @@ class EarlyExitEncoder(nn.Module):
                 schedule = LayerSchedule.build(owners, word_active, first_pieces)
                 if exits_on and layer > 1 and schedule.empty:
                     break
-            present_counts.append(schedule.present_counts)
-            active_counts.append(schedule.active_counts)
+            sizes = zip(spent, schedule.present_sizes, schedule.active.sizes)
+            spent = [f + self.cost.layer_flops(p, a) for f, p, a in sizes]
             hidden = halt_and_copy_layer(
                 parts, hidden, schedule.present, schedule.active,
                 self.spec.num_heads, train_dropout, attn_dropout, schedule.present_sizes,
@@ -152,7 +151,7 @@ class EarlyExitEncoder(nn.Module):
                     continue
             scored = all_words if all_words is not None else schedule.words
             logits = self.ramps[layer - 1](hidden.reshape(-1, width).index_select(0, scored.pieces))
-            scored_counts.append(scored.counts)
+            spent = [f + self.cost.ramp_flops(n) for f, n in zip(spent, scored.sizes)]
             logits_out = logits_out.index_put((scored.rows, scored.cols), logits)
             if all_layers:
                 layer_logits.append(logits)
@@ -170,14 +169,12 @@ class EarlyExitEncoder(nn.Module):
             exits = exit_layers.masked_fill(~word_mask, 0)
         else:
             exits = exits.masked_fill(word_active, last)
-        flops = self.cost.layer_flops(torch.stack(present_counts), torch.stack(active_counts)).sum(dim=0)
-        flops = flops + self.cost.ramp_flops(torch.stack(scored_counts)).sum(dim=0)
-        full = last * self.cost.layer_flops(batch.lengths, batch.lengths)
-        full = full + self.cost.ramp_flops(word_mask.sum(dim=1))
+        lengths, n_words = torch.stack((batch.lengths, word_mask.sum(dim=1))).tolist()
+        full = [last * self.cost.layer_flops(n, n) + self.cost.ramp_flops(w) for n, w in zip(lengths, n_words)]
         return EncoderOutput(
             logits=logits_out,
             exit_layers=exits,
-            flops=flops,
-            full_flops=full,
+            flops=torch.tensor(spent, dtype=torch.long, device=device),
+            full_flops=torch.tensor(full, dtype=torch.long, device=device),
             layer_logits=layer_logits if all_layers else None,
         )

@@ -77,21 +77,26 @@ class WordIndex:
     rows, cols (torch.Tensor): the words' positions, row-major.
     pieces (torch.Tensor): each word's first piece as a flat ``row * seq + col``
         index into ``hidden.view(-1, width)``.
-    counts (torch.Tensor): long ``[batch]``, words per row.
+    sizes (List[int]): words per row, on the host (for the FLOPs count).
     """
 
     rows: torch.Tensor
     cols: torch.Tensor
     pieces: torch.Tensor
-    counts: torch.Tensor
+    sizes: List[int]
 
     @classmethod
-    def build(cls, words: torch.Tensor, first_pieces: torch.Tensor, seq: int) -> "WordIndex":
+    def build(
+        cls, words: torch.Tensor, first_pieces: torch.Tensor, seq: int, sizes: Optional[List[int]] = None
+    ) -> "WordIndex":
         """words (torch.Tensor): bool ``[batch, words]``; first_pieces
         (torch.Tensor): long ``[batch, words]``, each word's first piece column
-        (any valid column on padding); seq (int): columns of the piece grid."""
+        (any valid column on padding); seq (int): columns of the piece grid;
+        sizes (Optional[List[int]]): words per row, when already on the host."""
         rows, cols = words.nonzero(as_tuple=True)
-        return cls(rows, cols, rows * seq + first_pieces[rows, cols], words.sum(dim=1))
+        if sizes is None:
+            sizes = words.sum(dim=1).tolist()
+        return cls(rows, cols, rows * seq + first_pieces[rows, cols], sizes)
 
 
 @dataclass
@@ -101,16 +106,13 @@ class LayerSchedule:
     present (torch.Tensor): bool ``[batch, seq]``, key/value pieces (the real
         pieces of rows with any active word).
     present_sizes (List[int]): ``present`` per row, on the host.
-    active (PackedRows): the pieces that are updated.
-    present_counts, active_counts (torch.Tensor): long ``[batch]``, for the FLOPs model.
+    active (PackedRows): the pieces that are updated (``active.sizes`` per row).
     words (WordIndex): the active words.
     """
 
     present: torch.Tensor
     present_sizes: List[int]
     active: PackedRows
-    present_counts: torch.Tensor
-    active_counts: torch.Tensor
     words: WordIndex
 
     @classmethod
@@ -120,17 +122,15 @@ class LayerSchedule:
         first_pieces (torch.Tensor): long ``[batch, words]`` (see WordIndex)."""
         piece_active = owners.active(word_active)
         present = owners.real & word_active.any(dim=1, keepdim=True)
-        present_counts = present.sum(dim=1)
-        active_counts = piece_active.sum(dim=1)
-        # The one host sync of a schedule: packing sizes for the layer.
-        present_sizes, active_sizes = torch.stack((present_counts, active_counts)).tolist()
+        # The one host sync of a schedule: packing sizes for the layer, and
+        # the counts the FLOPs model needs (plain ints from here on).
+        sizes = torch.stack((present.sum(dim=1), piece_active.sum(dim=1), word_active.sum(dim=1)))
+        present_sizes, active_sizes, word_sizes = sizes.tolist()
         return cls(
             present=present,
             present_sizes=present_sizes,
             active=PackedRows.from_mask(piece_active, active_sizes),
-            present_counts=present_counts,
-            active_counts=active_counts,
-            words=WordIndex.build(word_active, first_pieces, present.shape[1]),
+            words=WordIndex.build(word_active, first_pieces, present.shape[1], word_sizes),
         )
 
     @property
