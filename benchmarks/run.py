@@ -154,14 +154,14 @@ def time_rows(
     """Median words/second per row and batch size; repetitions interleaved across rows."""
     words = [[t.text for t in doc] for doc in models["stage2"].tokenizer.pipe(texts)]
     n_words = sum(len(w) for w in words)
-    runners: Dict[str, Callable[[int], Any]] = {
-        row.key: (lambda batch_size: hf.run(words, batch_size)) if row.method == "hf-full"
+    runners: Dict[str, Callable[[slice, int], Any]] = {
+        row.key: (lambda part, batch_size: hf.run(words[part], batch_size)) if row.method == "hf-full"
         else setting_runner(models[row.model], texts, Setting(row.key, row.fields))
         for row in rows
     }
     for run in runners.values():  # warm-up: first-call allocations, lazy imports
-        run(max(batch_sizes))
-    times = interleaved_seconds(runners, batch_sizes, repeats)
+        run(slice(None), max(batch_sizes))
+    times = interleaved_seconds(runners, len(texts), batch_sizes, repeats)
     full = {b: statistics.median(times["full@1"][b]) for b in batch_sizes}
     for row in rows:
         median = {b: statistics.median(times[row.key][b]) for b in batch_sizes}

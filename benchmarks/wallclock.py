@@ -2,8 +2,14 @@
 
 Runs a trained early-exit pipeline over the demo corpus test split at batch
 sizes 1 and 32, settings interleaved, median of the repetitions, and writes
-JSON + Markdown to benchmarks/results/. The threshold is chosen on the held-out
-dev tail, never on test.
+JSON + Markdown to benchmarks/results/. TOKEE runs at two thresholds:
+
+- "tokee": chosen on the held-out dev tail for the target, the way a user
+  would set it. On the demo's 200 dev sentences it overshoots on test.
+- "tokee-timed": the threshold at which the timed texts themselves reach the
+  target FLOPs speed-up, found from their FLOPs alone (no labels are read), so
+  the timing runs exactly at the operating point "halves FLOPs". Its score is
+  shown for information; it is not a tuned result.
 
     python benchmarks/wallclock.py project/training/uner_en_ewt/final \
         --test project/corpus/uner_en_ewt/test.spacy --tune project/corpus/uner_en_ewt/dev.spacy
@@ -51,17 +57,23 @@ def main(
     if threshold is None:
         raise SystemExit(f"TOKEE cannot reach {target}x FLOPs speed-up on {tune}")
     print(f"threshold for {target}x on {tune.name}: {threshold} (window {window})")
+    test_texts = [eg.reference.text for eg in test_examples]
+    timed_threshold = threshold_for_speedup(nlp, test_texts, target, "tokee", window)
+    print(f"threshold for {target}x on the timed texts' FLOPs: {timed_threshold}")
+    tokee = {"exit_mode": "tokee", "window": window, "thresholds": None}
     settings = [
         Setting("full", {"exit_mode": "off"}),
-        Setting("tokee", {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}),
+        Setting("tokee", {**tokee, "threshold": threshold}),
     ]
+    if timed_threshold is not None:
+        settings.append(Setting("tokee-timed", {**tokee, "threshold": timed_threshold}))
     rows = compare(nlp, test_examples, settings, "ents_f", None, (1, 32), repeats)
     table = format_table(rows, "ents_f")
     print(table)
-    tokee = rows[1]
-    for bs in ("1", "32"):
-        ratio = tokee["wall_speedup"][bs] / tokee["flops_speedup"]
-        print(f"batch {bs}: wall-clock speed-up / FLOPs speed-up = {ratio:.2f} (target >= 0.8)")
+    for row in rows[1:]:
+        row["wall_over_flops"] = {bs: round(row["wall_speedup"][bs] / row["flops_speedup"], 3) for bs in row["wall_speedup"]}
+        for bs, ratio in row["wall_over_flops"].items():
+            print(f"{row['method']}, batch {bs}: wall-clock speed-up / FLOPs speed-up = {ratio:.2f} (target >= 0.8)")
     report = {
         "pipeline": str(pipeline),
         "test": str(test),

@@ -84,37 +84,53 @@ def score(nlp: Language, examples: Sequence[Example], batch_size: int = 64) -> T
 
 
 def interleaved_seconds(
-    runners: Dict[str, Callable[[int], Any]],
+    runners: Dict[str, Callable[[slice, int], Any]],
+    n_items: int,
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 5,
     progress: bool = True,
+    chunk: int = 64,
 ) -> Dict[str, Dict[int, List[float]]]:
-    """Time every runner at every batch size, repetitions interleaved across runners.
+    """Time every runner at every batch size, interleaved chunk by chunk.
 
-    runners (Dict[str, Callable[[int], Any]]): name -> a call that processes
-        the timed docs once at the given batch size.
+    On a shared machine the speed drifts within seconds. Running each setting
+    over the whole corpus in turn lets one setting catch a slow spell that
+    another misses; here every chunk of `chunk` items is run by all runners
+    back to back (in a rotating order, so none always goes first), and a
+    repetition's time is the sum over its chunks.
+
+    runners (Dict[str, Callable[[slice, int], Any]]): name -> a call that
+        processes the items in the slice at the given batch size.
+    n_items (int): how many items the runners cover.
+    chunk (int): items per interleaving step.
     RETURNS (Dict[str, Dict[int, List[float]]]): seconds per repetition, per
         runner and batch size (take the median).
     """
-    times: Dict[str, Dict[int, List[float]]] = {name: {bs: [] for bs in batch_sizes} for name in runners}
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    names = list(runners)
+    times: Dict[str, Dict[int, List[float]]] = {name: {bs: [0.0] * repeats for bs in batch_sizes} for name in names}
     for rep in range(repeats):
         started = time.perf_counter()
-        for name, run in runners.items():
-            for batch_size in batch_sizes:
-                start = time.perf_counter()
-                run(batch_size)
-                times[name][batch_size].append(time.perf_counter() - start)
+        for batch_size in batch_sizes:
+            for step, begin in enumerate(range(0, n_items, chunk)):
+                part = slice(begin, begin + chunk)
+                turn = step % len(names) if names else 0
+                for name in names[turn:] + names[:turn]:
+                    start = time.perf_counter()
+                    runners[name](part, batch_size)
+                    times[name][batch_size][rep] += time.perf_counter() - start
         if progress:
             print(f"  timing: repetition {rep + 1}/{repeats} done in {time.perf_counter() - started:.0f} s", flush=True)
     return times
 
 
-def setting_runner(nlp: Language, texts: Sequence[str], setting: Setting) -> Callable[[int], None]:
-    """A call that runs `texts` through `nlp` with the setting's exit fields."""
+def setting_runner(nlp: Language, texts: Sequence[str], setting: Setting) -> Callable[[slice, int], None]:
+    """A call that runs a slice of `texts` through `nlp` with the setting's exit fields."""
 
-    def run(batch_size: int) -> None:
+    def run(part: slice, batch_size: int) -> None:
         with exit_settings(nlp, setting.fields):
-            for _ in nlp.pipe(texts, batch_size=batch_size):
+            for _ in nlp.pipe(texts[part], batch_size=batch_size):
                 pass
 
     return run
@@ -131,7 +147,7 @@ def words_per_second(
     """Median words/second per setting and batch size, repetitions interleaved."""
     n_words = sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
     runners = {setting.method: setting_runner(nlp, texts, setting) for setting in settings}
-    times = interleaved_seconds(runners, batch_sizes, repeats, progress)
+    times = interleaved_seconds(runners, len(texts), batch_sizes, repeats, progress)
     return {
         method: {bs: n_words / statistics.median(times[method][bs]) for bs in batch_sizes}
         for method in runners
