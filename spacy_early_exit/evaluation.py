@@ -1,8 +1,9 @@
 """Score, FLOPs and wall-clock speed of early-exit pipelines, side by side.
 
 Speed is only comparable within one process on one machine, so every setting
-is timed in the same run, repetitions interleaved across settings, and the
-median kept; speed-ups are ratios against the full-depth setting.
+is timed in the same run, the settings interleaved every few dozen docs, and
+the median of the repetitions kept; speed-ups are ratios against the
+full-depth setting.
 """
 import statistics
 import time
@@ -144,7 +145,7 @@ def words_per_second(
     repeats: int = 5,
     progress: bool = True,
 ) -> Dict[str, Dict[int, float]]:
-    """Median words/second per setting and batch size, repetitions interleaved."""
+    """Median words/second per setting and batch size, settings interleaved chunk by chunk."""
     n_words = sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
     runners = {setting.method: setting_runner(nlp, texts, setting) for setting in settings}
     times = interleaved_seconds(runners, len(texts), batch_sizes, repeats, progress)
