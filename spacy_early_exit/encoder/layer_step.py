@@ -35,11 +35,12 @@ class PackedRows:
         self.sizes = sizes if sizes is not None else mask.sum(dim=1).tolist()
         self.rows, self.cols = mask.nonzero(as_tuple=True)
         self.width = max(self.sizes, default=0)
-        self.grid: Tuple[int, int] = tuple(mask.shape)  # type: ignore[assignment]
+        self.grid: Tuple[int, int] = (int(mask.shape[0]), int(mask.shape[1]))
         self._slots: Optional[torch.Tensor] = None
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, sizes: Optional[List[int]] = None) -> "PackedRows":
+        """The selected pieces of `mask` (see the class for the arguments)."""
         return cls(mask, sizes)
 
     @property
