@@ -54,10 +54,13 @@ class PieceOwners:
             row_slot = word_slots + torch.arange(n_rows, device=device)[:, None]
             self.index = torch.where(self.loose, row_slot, index)
 
-    def active(self, word_active: torch.Tensor) -> torch.Tensor:
+    def active(self, word_active: torch.Tensor, row_live: Optional[torch.Tensor] = None) -> torch.Tensor:
         """word_active (torch.Tensor): bool ``[batch, words]``.
+        row_live (Optional[torch.Tensor]): bool ``[batch]``, rows with any
+            active word, when the caller has it already.
         RETURNS (torch.Tensor): bool ``[batch, seq]``, the pieces that run."""
-        row_live = word_active.any(dim=1)
+        if row_live is None:
+            row_live = word_active.any(dim=1)
         if self.index is not None:
             flags = torch.cat((word_active.reshape(-1), row_live, row_live.new_zeros(1)))
             return flags[self.index]
@@ -120,8 +123,9 @@ class LayerSchedule:
         """owners (PieceOwners): the batch's piece map.
         word_active (torch.Tensor): bool ``[batch, words]``.
         first_pieces (torch.Tensor): long ``[batch, words]`` (see WordIndex)."""
-        piece_active = owners.active(word_active)
-        present = owners.real & word_active.any(dim=1, keepdim=True)
+        row_live = word_active.any(dim=1)
+        piece_active = owners.active(word_active, row_live)
+        present = owners.real & row_live[:, None]
         # The one host sync of a schedule: packing sizes for the layer, and
         # the counts the FLOPs model needs (plain ints from here on).
         sizes = torch.stack((present.sum(dim=1), piece_active.sum(dim=1), word_active.sum(dim=1)))
