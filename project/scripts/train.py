@@ -53,6 +53,10 @@ def main(
     eval_frequency: int = typer.Option(100, help="Evaluate on dev every N updates"),
     batch_size: int = typer.Option(16, help="Sentences per update"),
     learn_rate: float = typer.Option(5e-4, help="Peak off-ramp learning rate (backbone: x0.1)"),
+    patience: int = typer.Option(0, help="Stop after this many updates without a better dev score (0 = run max_steps)"),
+    max_epochs: int = typer.Option(0, help="Stop after this many epochs (0 = no limit)"),
+    select_on: str = typer.Option("tokee", help="Dev score that picks model-best: 'tokee' (the config's exit setting) or 'full' (full depth)"),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
     configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg"),
 ) -> None:
@@ -68,7 +72,19 @@ def main(
         "training.eval_frequency": eval_frequency,
         "training.batcher.size": batch_size,
         "training.optimizer.learn_rate.initial_rate": learn_rate,
+        "training.patience": patience,
+        "training.max_epochs": max_epochs,
     }
+    if select_on == "full":
+        # model-best = the best full-depth dev score (the off-ramps are not
+        # run during evaluation); calibrate/tune choose the exit setting later.
+        overrides[f"components.{name}.exit_mode"] = "off"
+    elif select_on != "tokee":
+        raise typer.BadParameter("--select-on must be 'tokee' or 'full'")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     overrides.update(corpus_overrides(meta))
     if stage == 2:
         if init_from is None:
@@ -79,7 +95,10 @@ def main(
         # The weights start trained: no vocabulary to extend, short warm-up.
         overrides[f"components.{name}.extend_vocab"] = False
         overrides["training.optimizer.learn_rate.warmup_steps"] = max(1, max_steps // 20)
-    elif stage != 1:
+    elif stage == 1:
+        # ~5% of the budget, as in stage 2 (the config's 60 suits short runs).
+        overrides["training.optimizer.learn_rate.warmup_steps"] = max(60, max_steps // 20)
+    else:
         raise typer.BadParameter("--stage must be 1 or 2")
     print(f"{meta['dataset']}: stage {stage}, {name}, {max_steps} updates; {meta.get('note', '')}")
     train(configs / f"{task}.cfg", output, use_gpu=gpu_id, overrides=overrides)
