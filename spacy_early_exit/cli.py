@@ -2,11 +2,48 @@
 import json
 import platform
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, help="Early-exit sequence labeling for spaCy")
+
+
+@app.callback()
+def _options(
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for the command (0: torch's default); 1 when another job shares a 2-core machine"),
+) -> None:
+    """Options before the command name, shared by every command."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _fail(message: str) -> NoReturn:
+    """Print one error line (no traceback, no usage box that wraps long paths) and exit with status 2."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _check_pipeline(path: Path) -> Path:
+    """Fail in one line unless `path` is a pipeline folder (see loading.check_pipeline_dir)."""
+    from .loading import PipelineError, check_pipeline_dir
+
+    try:
+        return check_pipeline_dir(path)
+    except PipelineError as err:
+        _fail(str(err))
+
+
+def _load_pipeline(path: Path, config: Optional[Dict[str, Any]] = None):
+    """spacy.load an early-exit pipeline, or fail in one line naming the path."""
+    from .loading import PipelineError, load_pipeline
+
+    try:
+        return load_pipeline(path, config=config)
+    except PipelineError as err:
+        _fail(str(err))
 
 
 def _load_examples(nlp, path: Path, limit: int = 0):
@@ -14,7 +51,7 @@ def _load_examples(nlp, path: Path, limit: int = 0):
     from spacy.training import Example
 
     if not path.exists():
-        raise typer.BadParameter(f"No such data file: {path}")
+        _fail(f"No such data file: {path}")
     refs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
     if limit:
         refs = refs[:limit]
@@ -42,7 +79,7 @@ def evaluate(
     from .evaluation import Setting, compare, format_table
     from .training.tuning import main_metric, threshold_for_speedup
 
-    nlp = spacy.load(pipeline)
+    nlp = _load_pipeline(pipeline)
     metric = metric or main_metric(nlp)
     examples = _load_examples(nlp, data)
     settings = [Setting("full", {"exit_mode": "off"})]
@@ -52,7 +89,8 @@ def evaluate(
             if not entry["reachable"]:
                 typer.echo(f"target {entry['target']}x was not reachable on dev: {entry.get('reason', '')}")
                 continue
-            fields = {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
+            # Reports before exit schedules had no "fields": a flat threshold.
+            fields = entry.get("fields") or {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
             settings.append(Setting(f"tokee-{entry['target']:g}x", fields))
     elif tune_data is not None:
         tune_texts = [eg.reference.text for eg in _load_examples(nlp, tune_data)]
@@ -99,8 +137,9 @@ def calibrate(
     """Fit one temperature per layer on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
     from .training.calibration import calibrate_pipeline, format_report
 
+    _check_pipeline(pipeline)
     if not dev_data.exists():
-        raise typer.BadParameter(f"No such data file: {dev_data}")
+        _fail(f"No such data file: {dev_data}")
     report = calibrate_pipeline(pipeline, dev_data, output, component=component, limit=limit)
     typer.echo(format_report(report))
     typer.echo(f"Saved the calibrated pipeline to {output}")
@@ -115,15 +154,19 @@ def tune(
     pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
     dev_data: Path = typer.Argument(..., help="Dev .spacy file (never the test set)"),
     targets: str = typer.Option("2,3,4", "--targets", help="Target FLOPs speed-ups, comma separated"),
-    windows: str = typer.Option("0,1,2,3,4", "--windows", help="TOKEE windows k to try, comma separated"),
+    windows: str = typer.Option("0,1,2", "--windows", help="TOKEE windows k in the schedule grid, comma separated"),
+    min_layers: Optional[str] = typer.Option(None, "--min-layers", help="First exit layers in the schedule grid, comma separated (default: 1 to depth-1)"),
+    slopes: str = typer.Option("0.5,1,2", "--slopes", help="Per-layer threshold growth factors in the schedule grid, comma separated"),
+    keep: int = typer.Option(3, "--keep", min=1, help="Schedules measured for real per target (best simulated first)"),
+    margin: float = typer.Option(0.02, "--margin", min=0.0, max=0.99, help="Relative safety margin on each target: 0.02 tunes 2x to 2.04x on dev"),
     output: Path = typer.Option(Path("metrics/tune.json"), "--output", help="JSON report"),
     limit: int = typer.Option(0, "--limit", min=0, help="Tune on the first N dev docs only (0: all)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score)"),
-    steps: int = typer.Option(12, "--steps", min=1, help="Most bisection runs per window and target"),
+    steps: int = typer.Option(6, "--steps", min=1, help="Most bisection runs per measured schedule and target"),
     write_configs: Optional[Path] = typer.Option(None, "--write-configs", help="Folder for <target>x.json config overrides"),
     pipeline_out: Optional[Path] = typer.Option(None, "--pipeline-out", help="Folder for a <target>x/ pipeline copy per target"),
 ) -> None:
-    """For each target FLOPs speed-up, find on dev the TOKEE window and threshold that score best."""
+    """For each target FLOPs speed-up, find on dev the exit schedule (window, first exit layer, threshold per layer) that scores best."""
     import spacy
 
     from .training.tuning import format_tune_report, parse_numbers, tune as tune_pipeline, write_tuned
@@ -131,11 +174,16 @@ def tune(
     try:
         target_list = parse_numbers(targets, float, "--targets")
         window_list = parse_numbers(windows, int, "--windows")
+        layer_list = parse_numbers(min_layers, int, "--min-layers") if min_layers else None
+        slope_list = parse_numbers(slopes, float, "--slopes")
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    nlp = spacy.load(pipeline)
+    nlp = _load_pipeline(pipeline)
     examples = _load_examples(nlp, dev_data, limit)
-    report = tune_pipeline(nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True)
+    report = tune_pipeline(
+        nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True,
+        min_layers=layer_list, slopes=slope_list, keep=keep, margin=margin,
+    )
     write_tuned(nlp, report, write_configs, pipeline_out)
     report = {"pipeline": str(pipeline), "dev_data": str(dev_data), "limit": limit, **report}
     typer.echo(format_tune_report(report))
@@ -164,7 +212,7 @@ def sweep(
         grid = parse_numbers(thresholds, float, "--thresholds") if thresholds else list(DEFAULT_THRESHOLDS)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    nlp = spacy.load(pipeline)
+    nlp = _load_pipeline(pipeline)
     examples = _load_examples(nlp, data, limit)
     metric = metric or main_metric(nlp)
     rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import ner_examples
 from spacy_early_exit.cli import app
+from spacy_early_exit.encoder.exit_schedule import ExitSchedule
 from spacy_early_exit.training.tuning import (
     GRID,
     Measurement,
@@ -19,8 +20,7 @@ from spacy_early_exit.training.tuning import (
     main_metric,
     measure,
     parse_numbers,
-    search_window,
-    tokee_fields,
+    search_schedule,
     tune,
     write_tuned,
 )
@@ -38,7 +38,7 @@ def save_data(nlp, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def tuned(trained_ner):
     policy = trained_ner.get_pipe("tokee_ner").policy
-    report = tune(trained_ner, ner_examples(trained_ner), TARGETS, WINDOWS, steps=8)
+    report = tune(trained_ner, ner_examples(trained_ner), TARGETS, WINDOWS, steps=8, keep=2)
     assert trained_ner.get_pipe("tokee_ner").policy == policy  # settings restored
     return report
 
@@ -50,28 +50,36 @@ def entry(report, target):
 def test_tune_reaches_the_reachable_target(trained_ner, tuned):
     chosen = entry(tuned, 2.0)
     assert chosen["reachable"] and chosen["exit_mode"] == "tokee"
-    assert chosen["window"] in WINDOWS and 0.0 < chosen["threshold"] <= 1.0
-    assert chosen["flops_speedup"] >= 2.0
+    assert chosen["goal"] == 2.04  # the default 2% margin
+    assert chosen["window"] in WINDOWS + [0] and 0.0 < chosen["threshold"] <= 1.0
+    assert chosen["flops_speedup"] >= 2.04
+    fields = chosen["fields"]
+    assert fields["thresholds"] == chosen["thresholds"] and len(fields["thresholds"]) == 4
+    assert all(t == 0.0 for t in fields["thresholds"][: chosen["min_layer"] - 1])
     # A fresh run at the chosen point reproduces what the report says.
-    again = measure(trained_ner, ner_examples(trained_ner), tokee_fields(chosen["window"], chosen["threshold"]), "ents_f")
-    assert again.flops_speedup >= 2.0
+    again = measure(trained_ner, ner_examples(trained_ner), fields, "ents_f")
+    assert again.flops_speedup >= 2.04
     assert round(100 * again.score, 2) == chosen["score"]
-    # The chosen window is the best-scoring of the windows that reach the target.
+    # The choice is the best-scoring measured candidate that reaches the goal,
+    # static cuts included.
     reached = [c for c in chosen["candidates"] if c["reached"]]
-    assert [c["window"] for c in chosen["candidates"]] == WINDOWS
     assert chosen["score"] == max(c["score"] for c in reached)
+    assert {c["source"] for c in chosen["candidates"]} == {"screen", "static"}
+    assert [c["min_layer"] for c in chosen["candidates"] if c["source"] == "static"] == [1, 2, 3]
+    assert 1 <= len(chosen["screen"]) <= 2
     assert chosen["overrides"]["components.tokee_ner.threshold"] == chosen["threshold"]
-    assert chosen["overrides"]["components.tokee_ner.thresholds"] is None
+    assert chosen["overrides"]["components.tokee_ner.thresholds"] == chosen["thresholds"]
 
 
 def test_tune_reports_unreachable_targets(tuned):
     missed = entry(tuned, 50.0)
     assert not missed["reachable"]
     assert missed["window"] is None and missed["threshold"] is None and "overrides" not in missed
-    assert "50x" in missed["reason"] and "at most" in missed["reason"]
+    assert "50x" in missed["reason"] and "fastest gives" in missed["reason"]
     assert all(not c["reached"] and c["max_flops_speedup"] < 50 for c in missed["candidates"])
+    assert missed["screen"] == []  # the simulation already knew
     assert tuned["metric"] == "ents_f" and tuned["full"]["flops_speedup"] == 1.0
-    assert set(tuned["runs"]) == {"0", "2"}
+    assert "w0-m1-s1" in tuned["runs"]  # the static cut after layer 1
 
 
 class FakeProber:
@@ -81,27 +89,38 @@ class FakeProber:
         self.speedup = speedup
         self.cache: Dict[int, Measurement] = {}
 
-    def __call__(self, window: int, step: int) -> Measurement:
+    def __call__(self, schedule, step: int) -> Measurement:
         self.cache.setdefault(step, Measurement(0.5, self.speedup(grid_threshold(step)), 1.0))
         return self.cache[step]
 
-    def probed(self, window: int) -> Dict[int, Measurement]:
+    def probed(self, schedule) -> Dict[int, Measurement]:
         return self.cache
 
 
 def test_bisection_finds_the_smallest_grid_threshold_and_reuses_runs():
+    flat = ExitSchedule(window=0)
     prober = FakeProber(lambda t: 1.0 + 4.0 * t)  # 2x at 0.25, 3x at 0.5
-    first = search_window(prober, 0, 2.0, steps=14)
+    first = search_schedule(prober, prober.probed, flat, 2.0, steps=14)
     assert first.threshold == 0.25 and first.reached
     runs = len(prober.cache)
-    second = search_window(prober, 0, 3.0, steps=14)
+    second = search_schedule(prober, prober.probed, flat, 3.0, steps=14)
     assert second.threshold == 0.5
     assert len(prober.cache) - runs < runs  # it starts from the first search's runs
-    assert not search_window(prober, 0, 6.0, steps=14).reached
+    assert not search_schedule(prober, prober.probed, flat, 6.0, steps=14).reached
     # A non-monotone curve still yields a measured point that reaches the target.
     wobbly = FakeProber(lambda t: 2.5 if 0.1 < t < 0.2 else 1.0 + 4.0 * t)
-    found = search_window(wobbly, 0, 2.0, steps=14)
+    found = search_schedule(wobbly, wobbly.probed, flat, 2.0, steps=14)
     assert wobbly.cache[found.step].flops_speedup >= 2.0
+
+
+def test_a_good_guess_makes_the_search_short():
+    flat = ExitSchedule(window=0)
+    blind = FakeProber(lambda t: 1.0 + 4.0 * t)
+    search_schedule(blind, blind.probed, flat, 2.0, steps=14)
+    guided = FakeProber(lambda t: 1.0 + 4.0 * t)
+    found = search_schedule(guided, guided.probed, flat, 2.0, steps=14, guess=0.26)
+    assert found.threshold == 0.25
+    assert len(guided.cache) < len(blind.cache)
 
 
 def test_bracket_uses_measured_points():
@@ -119,12 +138,12 @@ def test_written_configs_and_pipeline_copies_load_with_the_choice(trained_ner, t
     assert sorted(p.name for p in (tmp_path / "pipelines").iterdir()) == ["2x"]
     loaded = spacy.load(chosen["pipeline_path"]).get_pipe("tokee_ner")
     assert (loaded.exit_mode, loaded.window, loaded.threshold) == ("tokee", chosen["window"], chosen["threshold"])
-    assert loaded.thresholds is None and loaded.temperatures == [0.25] * 4  # calibration kept
+    assert loaded.thresholds == chosen["thresholds"] and loaded.temperatures == [0.25] * 4  # calibration kept
     # The overrides file applies to the untouched pipeline at load time.
     trained_ner.to_disk(tmp_path / "original")
     overrides = json.loads(Path(chosen["config_path"]).read_text(encoding="utf8"))
     ner = spacy.load(tmp_path / "original", config=overrides).get_pipe("tokee_ner")
-    assert (ner.window, ner.threshold) == (chosen["window"], chosen["threshold"])
+    assert (ner.window, ner.threshold, ner.thresholds) == (chosen["window"], chosen["threshold"], chosen["thresholds"])
 
 
 def test_metric_choice_and_option_parsing(trained_ner):
@@ -153,7 +172,8 @@ def test_cli_tune(trained_ner, tmp_path):
     report = json.loads(output.read_text(encoding="utf8"))
     assert report["n_docs"] == 3 and report["dev_data"] == str(data)
     chosen = entry(report, 1.5)
-    assert chosen["reachable"] and chosen["window"] == 1 and chosen["flops_speedup"] >= 1.5
+    assert chosen["reachable"] and chosen["flops_speedup"] >= 1.5 * 1.02
+    assert all(c["window"] in (0, 1) for c in chosen["candidates"])  # 0: the static cuts
     assert (tmp_path / "configs" / "1.5x.json").exists() and not (tmp_path / "configs" / "50x.json").exists()
     assert spacy.load(tmp_path / "pipes" / "1.5x").get_pipe("tokee_ner").threshold == chosen["threshold"]
     bad = CliRunner().invoke(app, ["tune", str(tmp_path / "pipeline"), str(data), "--windows", "a"])

@@ -1,0 +1,124 @@
+"""Score and FLOPs speed-up of one exit setting on a data set.
+
+`measure` runs the examples through `nlp.pipe` under the given exit fields and
+scores them with spaCy's Scorer; `threshold_for_speedup` bisects a single
+threshold for a FLOPs target from FLOPs alone (no labels read).
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence
+
+from spacy.language import Language
+from spacy.training import Example
+
+from ..evaluation import cost_summary, early_exit_pipes, exit_settings, score
+
+
+
+
+def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size: int = 64) -> float:
+    """Corpus FLOPs speed-up of `nlp` on `texts` with the given exit fields."""
+    with exit_settings(nlp, fields):
+        docs = list(nlp.pipe(texts, batch_size=batch_size))
+    return cost_summary(docs, nlp)["flops_speedup"]
+
+
+def threshold_for_speedup(
+    nlp: Language,
+    texts: Sequence[str],
+    target: float,
+    exit_mode: str = "tokee",
+    window: int = 2,
+    steps: int = 12,
+) -> Optional[float]:
+    """The smallest threshold whose FLOPs speed-up on `texts` reaches `target`.
+
+    RETURNS (Optional[float]): the threshold (rounded up to 4 decimals), or
+        None when even threshold 1.0 does not reach the target.
+    """
+    fields = {"exit_mode": exit_mode, "window": window, "thresholds": None}
+    if flops_speedup(nlp, texts, {**fields, "threshold": 1.0}) < target:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if flops_speedup(nlp, texts, {**fields, "threshold": middle}) >= target:
+            high = middle
+        else:
+            low = middle
+    return round(high + 5e-5, 4) if high < 1.0 else 1.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Score and cost of one exit setting on a data set.
+
+    score (Optional[float]): the metric as spaCy reports it (0-1); None when
+        the scorer has nothing to score (e.g. no gold or predicted entities).
+    flops_speedup (float): corpus FLOPs speed-up against full depth.
+    mean_exit_layer (float): mean 1-based exit layer over scored tokens.
+    """
+
+    score: Optional[float]
+    flops_speedup: float
+    mean_exit_layer: float
+
+    def as_row(self) -> Dict[str, Any]:
+        """Rounded like `evaluation.compare` rows: score in 0-100."""
+        return {
+            "score": round(100.0 * self.score, 2) if self.score is not None else None,
+            "flops_speedup": round(self.flops_speedup, 3),
+            "mean_exit_layer": round(self.mean_exit_layer, 3),
+        }
+
+    @property
+    def rank_score(self) -> float:
+        """The score for ranking; a missing score ranks below every real one."""
+        return self.score if self.score is not None else float("-inf")
+
+
+def main_metric(nlp: Language) -> str:
+    """The first early-exit component's main score key: the highest default
+    score weight among the keys its scorer reports.
+
+    nlp (Language): the pipeline.
+    RETURNS (str): e.g. "ents_f" for `tokee_ner`.
+    """
+    name, pipe = early_exit_pipes(nlp)[0]
+    # Only keys the component's scorer really reports: a tagger with
+    # attribute "pos" declares weights for tag_acc and pos_acc but reports one.
+    reported = set(pipe.score([]))
+    defaults = nlp.get_pipe_meta(name).default_score_weights
+    weights = {k: w for k, w in defaults.items() if w is not None and k in reported}
+    if not weights:
+        raise ValueError(f"Component '{name}' declares no score weights; pass a metric explicitly")
+    return max(weights, key=lambda key: weights[key])
+
+
+def metric_value(scores: Dict[str, Any], metric: str) -> Optional[float]:
+    """`scores[metric]` as a float; fails naming the available keys when it is absent.
+
+    scores (Dict[str, Any]): spaCy's scores.
+    metric (str): the key.
+    RETURNS (Optional[float]): the value, or None when the scorer gave None.
+    """
+    if metric not in scores:
+        raise ValueError(f"Metric {metric!r} not in the scores: {sorted(scores)}")
+    value = scores[metric]
+    return float(value) if value is not None else None
+
+
+def measure(
+    nlp: Language, examples: Sequence[Example], fields: Dict[str, Any], metric: str, batch_size: int = 64
+) -> Measurement:
+    """Run `examples` through `nlp` with the exit `fields` and score them.
+
+    nlp (Language): the pipeline (its settings are restored afterwards).
+    examples (Sequence[Example]): gold examples.
+    fields (Dict[str, Any]): exit fields, as for `evaluation.exit_settings`.
+    metric (str): the score key.
+    batch_size (int): `nlp.pipe` batch size.
+    RETURNS (Measurement): score, FLOPs speed-up and mean exit layer.
+    """
+    with exit_settings(nlp, fields):
+        scores, cost = score(nlp, examples, batch_size=batch_size)
+    return Measurement(metric_value(scores, metric), cost["flops_speedup"], cost["mean_exit_layer"])

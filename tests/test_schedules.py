@@ -1,0 +1,131 @@
+"""Exit schedules: the per-layer thresholds, the full-depth replay, and a search that finds the static cut."""
+import copy
+
+import pytest
+import torch
+from spacy.tokens import DocBin
+from typer.testing import CliRunner
+
+from conftest import ner_examples
+from spacy_early_exit.architectures import get_shim
+from spacy_early_exit.cli import app
+from spacy_early_exit.encoder.exit_schedule import ExitSchedule, schedule_grid
+from spacy_early_exit.evaluation import cost_summary, exit_settings
+from spacy_early_exit.training.prescreen import ExitProfile, cheapest_reaching
+from spacy_early_exit.training.tuning import tune
+
+
+def test_schedule_thresholds():
+    assert ExitSchedule(2, 1, 1.0).thresholds(0.1, 4) == (0.1, 0.1, 0.1, 0.1)
+    assert ExitSchedule(2, 3, 1.0).thresholds(0.1, 4) == (0.0, 0.0, 0.1, 0.1)
+    assert ExitSchedule(0, 2, 2.0).thresholds(0.3, 4) == (0.0, 0.3, 0.6, 1.0)  # capped at 1
+    assert ExitSchedule(0, 1, 0.5).thresholds(0.2, 3) == (0.2, 0.1, 0.05)
+    # The static cut after layer k is the schedule starting at k at base 1.0.
+    assert ExitSchedule(0, 3, 1.0).thresholds(1.0, 4) == (0.0, 0.0, 1.0, 1.0)
+    fields = ExitSchedule(1, 2, 1.0).fields(0.25, 4)
+    assert fields == {"exit_mode": "tokee", "window": 1, "threshold": 0.25, "thresholds": [0.0, 0.25, 0.25, 0.25]}
+    with pytest.raises(ValueError, match="min_layer"):
+        ExitSchedule(0, 5, 1.0).thresholds(0.1, 4)
+    with pytest.raises(ValueError, match="slope"):
+        ExitSchedule(0, 1, 0.0)
+    with pytest.raises(ValueError, match="window"):
+        ExitSchedule(-1, 1, 1.0)
+    grid = schedule_grid(4, [0, 1], [1, 3, 5], [1.0])
+    assert [s.key for s in grid] == ["w0-m1-s1", "w0-m3-s1", "w1-m1-s1", "w1-m3-s1"]
+
+
+@pytest.fixture(scope="module")
+def profile(trained_ner):
+    return ExitProfile.collect(trained_ner.get_pipe("tokee_ner"), ner_examples(trained_ner), batch_size=2)
+
+
+def real_cost(nlp, fields):
+    with exit_settings(nlp, fields):
+        docs = list(nlp.pipe([eg.reference.text for eg in ner_examples(nlp)]))
+    return cost_summary(docs, nlp)
+
+
+@pytest.mark.parametrize("schedule, base", [
+    (ExitSchedule(0, 2, 1.0), 1.0),  # static cut: no state above an exit is read
+    (ExitSchedule(0, 3, 1.0), 1.0),
+    (ExitSchedule(1, 1, 1.0), 0.0),  # nothing exits
+])
+def test_replay_counts_flops_as_the_encoder_does(trained_ner, profile, schedule, base):
+    point = profile.simulate(schedule, base)
+    cost = real_cost(trained_ner, schedule.fields(base, 4))
+    assert point.flops_speedup == pytest.approx(cost["flops_speedup"], rel=1e-9)
+
+
+def test_replay_first_layer_exits_match_the_real_run(trained_ner, profile):
+    # Exits after layer 1 read only layer-1 states, which no halting has changed yet.
+    schedule = ExitSchedule(1, 1, 1.0)
+    thresholds = schedule.thresholds(0.5, 4)
+    from spacy_early_exit.encoder.exit_schedule import simulated_exits
+
+    simulated = simulated_exits(profile.uncertainty, profile.shapes.word_mask, 1, thresholds)
+    with exit_settings(trained_ner, schedule.fields(0.5, 4)):
+        docs = list(trained_ner.pipe([eg.reference.text for eg in ner_examples(trained_ner)]))
+    real = [layer for doc in docs for layer in doc._.early_exit["tokee_ner"]["exit_layers"]]
+    sim = simulated[profile.shapes.word_mask].tolist()
+    assert len(real) == len(sim)
+    assert [r == 1 for r in real] == [s == 1 for s in sim]
+
+
+def test_cheapest_reaching_is_the_smallest_grid_point(profile):
+    schedule = ExitSchedule(1, 1, 1.0)
+    grid = (0.01, 0.1, 0.3, 0.6, 1.0)
+    point = cheapest_reaching(profile, schedule, 1.5, grid)
+    assert point is not None and point.flops_speedup >= 1.5
+    lower = [t for t in grid if t < point.base]
+    assert all(profile.simulate(schedule, t).flops_speedup < 1.5 for t in lower)
+    assert cheapest_reaching(profile, schedule, 100.0, grid) is None
+
+
+@pytest.fixture(scope="module")
+def useless_low_ramp(trained_ner):
+    """The trained model with its first off-ramp confidently wrong: it always
+    says the class that is least often right."""
+    nlp = copy.deepcopy(trained_ner)
+    ramp = get_shim(nlp.get_pipe("tokee_ner").model).encoder.ramps[0][1]
+    names = nlp.get_pipe("tokee_ner").class_names
+    wrong = names.index("I-LOC") if "I-LOC" in names else len(names) - 1
+    with torch.no_grad():
+        ramp.weight.zero_()
+        ramp.bias.fill_(-50.0)
+        ramp.bias[wrong] = 50.0
+    return nlp
+
+
+def test_search_avoids_a_useless_low_ramp_and_never_loses_to_the_static_cut(useless_low_ramp):
+    nlp = useless_low_ramp
+    report = tune(nlp, ner_examples(nlp), [1.5], [0, 1], steps=6, keep=2)
+    chosen = report["targets"][0]
+    assert chosen["reachable"]
+    # Layer 1's off-ramp is confident and wrong: nothing may exit there.
+    assert chosen["min_layer"] >= 2 and chosen["thresholds"][0] == 0.0
+    static = [c for c in chosen["candidates"] if c["source"] == "static" and c["reached"]]
+    assert [c["min_layer"] for c in static] == [1, 2]  # static-3 is too slow
+    assert chosen["score"] >= max(c["score"] for c in static)
+    assert static[0]["score"] < chosen["score"]  # static-1 reads the wrong ramp
+    # The screen ranks schedules that exit at layer 1 last.
+    assert all(p["min_layer"] >= 2 for p in chosen["screen"])
+
+
+def test_tune_reads_only_the_dev_file(trained_ner, tmp_path, monkeypatch):
+    trained_ner.to_disk(tmp_path / "pipeline")
+    docs = [eg.reference for eg in ner_examples(trained_ner)]
+    DocBin(docs=docs).to_disk(tmp_path / "dev.spacy")
+    DocBin(docs=docs).to_disk(tmp_path / "test.spacy")
+    read = []
+    original = DocBin.from_disk
+
+    def recording(self, path):
+        read.append(str(path))
+        return original(self, path)
+
+    monkeypatch.setattr(DocBin, "from_disk", recording)
+    args = ["tune", str(tmp_path / "pipeline"), str(tmp_path / "dev.spacy"), "--targets", "1.5", "--windows", "0",
+            "--steps", "2", "--keep", "1", "--output", str(tmp_path / "tune.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read == [str(tmp_path / "dev.spacy")]
