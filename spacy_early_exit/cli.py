@@ -11,13 +11,12 @@ app = typer.Typer(no_args_is_help=True, help="Early-exit sequence labeling for s
 
 @app.callback()
 def _options(
-    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for the command (0: torch's default); 1 when another job shares a 2-core machine"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for the command (0: torch's default; OMP_NUM_THREADS caps it); 1 when another job shares a 2-core machine"),
 ) -> None:
     """Options before the command name, shared by every command."""
-    if threads:
-        import torch
+    from .threads import set_torch_threads
 
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
 
 
 def _fail(message: str) -> NoReturn:

@@ -1,0 +1,63 @@
+"""Load a saved pipeline, or fail in one sentence that names the path.
+
+spacy.load on a wrong path raises deep inside spaCy (E052, E053, a missing
+config), and a command-line user sees a long traceback for what is a typo.
+These checks run first and say what is wrong with the path itself.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from spacy.language import Language
+
+PathLike = Union[str, Path]
+# What spacy.load reads from a pipeline folder before anything else.
+REQUIRED_FILES = ("config.cfg", "meta.json")
+
+
+class PipelineError(ValueError):
+    """A path that is not a loadable early-exit pipeline; the message names it."""
+
+
+def check_pipeline_dir(path: PathLike) -> Path:
+    """Check that `path` looks like a saved spaCy pipeline folder, without loading it.
+
+    path (PathLike): the pipeline folder.
+    RETURNS (Path): the path.
+    RAISES (PipelineError): it is missing, a file, or lacks config.cfg/meta.json.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"No such pipeline folder: {path}")
+    if not path.is_dir():
+        raise PipelineError(f"Not a pipeline folder (it is a file): {path}")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise PipelineError(f"Not a spaCy pipeline folder (no {' or '.join(missing)}): {path}")
+    return path
+
+
+def load_pipeline(path: PathLike, config: Optional[Dict[str, Any]] = None, require_early_exit: bool = True) -> Language:
+    """spacy.load a checked pipeline folder.
+
+    path (PathLike): the pipeline folder.
+    config (Optional[Dict[str, Any]]): dotted config overrides for spacy.load.
+    require_early_exit (bool): fail when no component is an early-exit pipe.
+    RETURNS (Language): the loaded pipeline.
+    RAISES (PipelineError): the folder is not a pipeline, spaCy cannot read it,
+        or (with require_early_exit) it has no early-exit component.
+    """
+    import spacy
+
+    from .pipes.base import EarlyExitPipe
+
+    path = check_pipeline_dir(path)
+    try:
+        nlp = spacy.load(path, config=config or {})
+    except (OSError, ValueError) as err:
+        # Only spaCy's own read errors (E050-E053, bad meta/config) land here;
+        # the first line of its message is kept because it says which file.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PipelineError(f"Cannot load the pipeline {path}: {first}") from err
+    if require_early_exit and not any(isinstance(pipe, EarlyExitPipe) for _, pipe in nlp.pipeline):
+        raise PipelineError(f"The pipeline {path} has no early-exit component (its pipes: {nlp.pipe_names})")
+    return nlp
