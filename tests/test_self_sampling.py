@@ -85,21 +85,24 @@ def test_planner_sandwich_and_modes():
 @pytest.mark.parametrize(
     "cfg, key",
     [({"mode": "stage2"}, "training.mode"), ({"loss": "l2"}, "training.loss"), ({"windows": [-1]}, "training.windows"),
-     ({"thresholds": [2.0]}, "training.thresholds"), ({"sandwich": [0.8, 0.5]}, "training.sandwich"), ({"epochs": 3}, "Unknown")],
+     ({"thresholds": [2.0]}, "training.thresholds"), ({"sandwich": [0.8, 0.5]}, "training.sandwich"), ({"epochs": 3}, "Unknown"),
+     ({"distill_weight": -0.5}, "training.distill_weight"), ({"distill_temperature": 0}, "training.distill_temperature")],
 )
 def test_training_settings_validation(cfg, key):
     with pytest.raises(ValueError, match=key):
         TrainingSettings.from_config(cfg)
 
 
-@pytest.mark.parametrize("mode, loss", [("self_sampling", "ce"), ("self_sampling", "flooding"), ("random", "ce")])
-def test_stage2_continues_from_stage1(tiny_model_dir, tmp_path, mode, loss):
+@pytest.mark.parametrize("mode, loss, distill", [
+    ("self_sampling", "ce", 0.0), ("self_sampling", "flooding", 0.0), ("random", "ce", 0.0), ("self_sampling", "ce", 1.0),
+])
+def test_stage2_continues_from_stage1(tiny_model_dir, tmp_path, mode, loss, distill):
     stage1 = make_ner_nlp(tiny_model_dir, steps=10, temperatures=[0.25] * 4)
     stage1.to_disk(tmp_path / "stage1")
     nlp = spacy.blank("en")
     nlp.add_pipe("tokee_ner", config={
         "model": {"name": "no-such-backbone-needed"}, "learn_rate": 1e-3, "warmup_steps": 0,
-        "training": {"mode": mode, "loss": loss, "thresholds": [0.3, 0.6, 0.9]},
+        "training": {"mode": mode, "loss": loss, "thresholds": [0.3, 0.6, 0.9], "distill_weight": distill},
     })
     examples = ner_examples(nlp)
     nlp.get_pipe("tokee_ner").initialize(lambda: examples, nlp=nlp, init_from=str(tmp_path / "stage1"))
@@ -115,6 +118,25 @@ def test_stage2_continues_from_stage1(tiny_model_dir, tmp_path, mode, loss):
     if loss == "ce":
         assert losses[-1] < losses[0]
     assert ner._planner is not None and ner._planner.settings.mode == mode
+    assert ner.training.distill_weight == distill
+
+
+def test_stage1_distillation_trains_and_adds_to_the_loss(tiny_model_dir):
+    import dataclasses
+
+    distilled = make_ner_nlp(tiny_model_dir, steps=0, training={"distill_weight": 1.0, "distill_temperature": 2.0})
+    examples = ner_examples(distilled)
+    ner = distilled.get_pipe("tokee_ner")
+    output, _ = ner.model.begin_update(([eg.predicted for eg in examples], None, None))
+    with_term, _ = ner.get_loss(examples, output)
+    settings = ner.training
+    ner.training = dataclasses.replace(settings, distill_weight=0.0)
+    without, _ = ner.get_loss(examples, output)
+    ner.training = settings
+    assert with_term > without  # the same forward pass: the difference is the KL term
+    optimizer = distilled.create_optimizer()
+    losses = [distilled.update(examples, sgd=optimizer)["tokee_ner"] for _ in range(12)]
+    assert losses[-1] < losses[0]
 
 
 def test_init_from_rejects_a_pipeline_without_the_component(tiny_model_dir, tmp_path):

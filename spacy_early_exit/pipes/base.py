@@ -19,6 +19,7 @@ from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer
 
 from ..architectures import DocPrediction, TrainingOutput, full_depth_logits, get_shim
+from ..encoder.losses import ramp_loss
 from ..encoder.exits import (
     ExitPolicy,
     validate_mode,
@@ -385,10 +386,12 @@ class EarlyExitPipe(TrainablePipe):
         return self._planner
 
     def get_loss(self, examples: Iterable[Example], output: TrainingOutput) -> Tuple[float, Any]:
-        """Weighted cross-entropy over all layers: sum_l l * CE_l / sum_l l."""
+        """Weighted cross-entropy over all layers, sum_l l * CE_l / sum_l l (or
+        stage 2's flooding), plus self-distillation when its weight is set
+        (see encoder/losses.py)."""
         ops = self.model.ops
         logits = ops.to_numpy(output.layer_logits)
-        n_layers, n_words = logits.shape[:2]
+        n_words = logits.shape[1]
         targets = numpy.full(n_words, -1, dtype="int64")
         index_of = {name: i for i, name in enumerate(self.class_names)}
         unknown = set()
@@ -410,29 +413,13 @@ class EarlyExitPipe(TrainablePipe):
         d_logits = numpy.zeros_like(logits)
         if n_words == 0 or not valid.any():
             return 0.0, ops.asarray(d_logits)
-        weights = numpy.arange(1, n_layers + 1, dtype="float32")
-        weights /= weights.sum()
-        shifted = logits[:, valid] - logits[:, valid].max(axis=-1, keepdims=True)
-        log_probs = shifted - numpy.log(numpy.exp(shifted).sum(axis=-1, keepdims=True))
-        gold = targets[valid]
-        picked = numpy.take_along_axis(log_probs, gold[None, :, None].repeat(n_layers, 0), axis=-1)[..., 0]
-        n_valid = float(valid.sum())
-        grad = numpy.exp(log_probs)
-        grad[:, numpy.arange(len(gold)), gold] -= 1.0
-        scale = numpy.broadcast_to(weights[:, None], picked.shape) / n_valid
-        if self.training.loss == "flooding" and output.reference_logits is not None:
-            # Stage 2's |CE - CE_stage1|: push each token's loss towards what
-            # the stage-1 model reached, from either side.
-            reference = output.reference_logits[:, valid]
-            ref_shift = reference - reference.max(axis=-1, keepdims=True)
-            ref_log = ref_shift - numpy.log(numpy.exp(ref_shift).sum(axis=-1, keepdims=True))
-            ref_ce = -numpy.take_along_axis(ref_log, gold[None, :, None].repeat(n_layers, 0), axis=-1)[..., 0]
-            gap = -picked - ref_ce
-            loss = float((scale * numpy.abs(gap)).sum())
-            scale = scale * numpy.sign(gap)
-        else:
-            loss = float(-(scale * picked).sum())
-        d_logits[:, valid] = grad * scale[..., None]
+        settings = self.training
+        reference = output.reference_logits[:, valid] if output.reference_logits is not None else None
+        loss, d_valid = ramp_loss(
+            logits[:, valid], targets[valid], settings.loss, reference,
+            settings.distill_weight, settings.distill_temperature,
+        )
+        d_logits[:, valid] = d_valid
         return loss, ops.asarray(d_logits)
 
     def layer_logits(self, examples: Iterable[Example], batch_size: int = 64) -> Tuple[numpy.ndarray, numpy.ndarray]:

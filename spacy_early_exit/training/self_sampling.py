@@ -34,6 +34,10 @@ class TrainingSettings:
         setting (largest threshold, smallest window) and at full depth.
     loss (str): "ce", or "flooding": per token and layer |CE - CE_stage1|.
     seed (int): seed of the sampler.
+    distill_weight (float): weight of self-distillation (each off-ramp below
+        the last also learns the last layer's softened predictions: the
+        model's own in stage 1, the frozen stage-1 model's in stage 2); 0 = off.
+    distill_temperature (float): the distillation temperature T (> 0).
     """
 
     mode: str = "joint"
@@ -43,6 +47,8 @@ class TrainingSettings:
     sandwich: Tuple[float, float] = (0.2, 0.4)
     loss: str = "ce"
     seed: int = 0
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "TrainingSettings":
@@ -68,15 +74,22 @@ class TrainingSettings:
         sandwich = tuple(float(s) for s in values["sandwich"])
         if len(sandwich) != 2 or any(s < 0 for s in sandwich) or sum(sandwich) > 1.0:
             raise ValueError(f"'training.sandwich' must be two shares summing to <= 1; got {values['sandwich']!r}")
+        weight, temperature = values["distill_weight"], values["distill_temperature"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight:
+            raise ValueError(f"'training.distill_weight' must be a number >= 0; got {weight!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"'training.distill_temperature' must be a positive number; got {temperature!r}")
         return cls(
             mode=mode, windows=windows, thresholds=thresholds, double_upper=bool(values["double_upper"]),
             sandwich=sandwich, loss=loss, seed=int(values["seed"]),
+            distill_weight=float(weight), distill_temperature=float(temperature),
         )
 
     def to_config(self) -> Dict[str, Any]:
         return {
             "mode": self.mode, "windows": list(self.windows), "thresholds": list(self.thresholds),
             "double_upper": self.double_upper, "sandwich": list(self.sandwich), "loss": self.loss, "seed": self.seed,
+            "distill_weight": self.distill_weight, "distill_temperature": self.distill_temperature,
         }
 
 
@@ -119,7 +132,7 @@ class ExitPlanner:
     def __call__(self, batch: EncoderInput) -> ExitPlan:
         reference_logits = None
         uncertainty = None
-        if self.settings.mode == "self_sampling" or self.settings.loss == "flooding":
+        if self.settings.mode == "self_sampling" or self.settings.loss == "flooding" or self.settings.distill_weight > 0:
             reference_logits = self._reference_logits(batch)
             uncertainty = self._per_word(normalized_entropy(reference_logits), batch.word_mask)
         mask = batch.word_mask
