@@ -198,6 +198,8 @@ def sweep(
     output_dir: Path = typer.Option(Path("metrics/sweep"), "--output-dir", help="Folder for sweep.csv, sweep.json, sweep.png"),
     thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Thresholds, comma separated (default: a 0.01-1.0 grid)"),
     window: int = typer.Option(2, "--window", min=0, help="TOKEE window k"),
+    min_layer: int = typer.Option(1, "--min-layer", min=1, help="TOKEE's first exit layer (no off-ramp runs below it)"),
+    slope: float = typer.Option(1.0, "--slope", min=0.01, help="TOKEE's per-layer threshold growth above --min-layer"),
     limit: int = typer.Option(0, "--limit", min=0, help="Use the first N docs only (0: all)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score to report (default: the component's main score)"),
 ) -> None:
@@ -214,10 +216,15 @@ def sweep(
     nlp = _load_pipeline(pipeline)
     examples = _load_examples(nlp, data, limit)
     metric = metric or main_metric(nlp)
-    rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True)
-    meta = {"pipeline": str(pipeline), "data": str(data), "limit": limit, "n_docs": len(examples), "window": window}
+    rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True, min_layer=min_layer, slope=slope)
+    meta = {"pipeline": str(pipeline), "data": str(data), "limit": limit, "n_docs": len(examples), "window": window, "min_layer": min_layer, "slope": slope}
     for path in write_sweep(rows, output_dir, metric, meta).values():
         typer.echo(f"Wrote {path}")
+
+
+from .cli_annotate import annotate_command  # noqa: E402  (its own module: cheap to import)
+
+app.command(name="annotate")(annotate_command)
 
 
 if __name__ == "__main__":

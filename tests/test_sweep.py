@@ -80,3 +80,13 @@ def test_cli_sweep(trained_ner, tmp_path):
     report = json.loads((out / "sweep.json").read_text(encoding="utf8"))
     assert report["n_docs"] == 2 and report["window"] == 0 and report["metric"] == "ents_f"
     assert len(report["rows"]) == 1 + 2 + 2 + 4
+
+
+def test_sweep_points_follow_an_exit_schedule():
+    from spacy_early_exit.training.sweep import sweep_points
+
+    points = [p for p in sweep_points(4, [0.1, 0.4], window=1, min_layer=2, slope=2.0) if p.method == "tokee"]
+    assert [p.fields["thresholds"] for p in points] == [[0.0, 0.1, 0.2, 0.4], [0.0, 0.4, 0.8, 1.0]]
+    assert all(p.fields["window"] == 1 and p.window == 1 for p in points)
+    flat = [p for p in sweep_points(4, [0.1], window=1) if p.method == "tokee"]
+    assert flat[0].fields["thresholds"] is None and flat[0].fields["threshold"] == 0.1

@@ -15,6 +15,7 @@ from spacy.language import Language
 from spacy.training import Example
 from tqdm import tqdm
 
+from ..encoder.exit_schedule import ExitSchedule
 from ..encoder.exits import static_thresholds
 from ..evaluation import early_exit_pipes
 from .tuning import main_metric, measure
@@ -50,14 +51,21 @@ def encoder_depth(nlp: Language) -> int:
     return next(iter(depths.values()))
 
 
-def sweep_points(num_layers: int, thresholds: Sequence[float], window: int) -> List[SweepPoint]:
+def sweep_points(
+    num_layers: int, thresholds: Sequence[float], window: int, min_layer: int = 1, slope: float = 1.0
+) -> List[SweepPoint]:
     """Full depth, SENTEE and TOKEE at every threshold, then static-k for k = 1..num_layers.
 
     num_layers (int): encoder depth.
     thresholds (Sequence[float]): thresholds in [0, 1].
     window (int): TOKEE's k.
+    min_layer (int): TOKEE's first exit layer (below it no off-ramp runs).
+    slope (float): TOKEE's per-layer threshold growth above `min_layer`
+        (the threshold of each row is the base; see encoder.exit_schedule).
     RETURNS (List[SweepPoint]): the settings in row order.
     """
+    schedule = ExitSchedule(window, min_layer, slope)
+    flat = min_layer == 1 and slope == 1.0
     # Per-layer `thresholds` override `threshold`: clear them for the
     # single-threshold methods, in case the pipeline's config sets them.
     points = [SweepPoint("full", {"exit_mode": "off", "thresholds": None})]
@@ -66,7 +74,10 @@ def sweep_points(num_layers: int, thresholds: Sequence[float], window: int) -> L
             SweepPoint("sentee", {"exit_mode": "sentee", "threshold": threshold, "thresholds": None}, threshold=threshold)
         )
     for threshold in thresholds:
-        fields = {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}
+        if flat:
+            fields = {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}
+        else:
+            fields = schedule.fields(threshold, num_layers)
         points.append(SweepPoint("tokee", fields, window=window, threshold=threshold))
     for layer in range(1, num_layers + 1):
         fields = {"exit_mode": "tokee", "thresholds": list(static_thresholds(layer, num_layers))}
@@ -82,6 +93,8 @@ def run_sweep(
     metric: Optional[str] = None,
     batch_size: int = 64,
     progress: bool = True,
+    min_layer: int = 1,
+    slope: float = 1.0,
 ) -> List[Dict[str, Any]]:
     """Score and FLOPs speed-up of every sweep point.
 
@@ -92,12 +105,13 @@ def run_sweep(
     metric (Optional[str]): score key; None = the early-exit component's main score.
     batch_size (int): `nlp.pipe` batch size.
     progress (bool): show a progress bar.
+    min_layer, slope: TOKEE's exit schedule (see `sweep_points`).
     RETURNS (List[Dict[str, Any]]): one row per point with the COLUMNS keys
         (score in 0-100, None when the scorer had nothing to score).
     """
     metric = metric or main_metric(nlp)
     rows = []
-    for point in tqdm(sweep_points(encoder_depth(nlp), thresholds, window), desc="sweep", disable=not progress):
+    for point in tqdm(sweep_points(encoder_depth(nlp), thresholds, window, min_layer, slope), desc="sweep", disable=not progress):
         measured = measure(nlp, examples, point.fields, metric, batch_size)
         rows.append(
             {"method": point.method, "window": point.window, "threshold": point.threshold, "layer": point.layer, **measured.as_row()}
