@@ -59,17 +59,21 @@ from spacy_early_exit.training.tuning import (  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PROJECT = ROOT / "project"
+# (pipeline, row label) of the TOKEE rows; "distill" only where that pipeline was trained.
+TOKEE_MODELS = (("stage2", "tokee"), ("stage1", "tokee-stage1"), ("distill", "tokee-distill"))
 
 
 @dataclass
 class Row:
     """One line of the table.
 
-    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | hf-full.
+    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | tokee-distill | hf-full.
     target (int): the FLOPs speed-up aimed at (1 for full depth).
-    model (str): "stage2" or "stage1": which trained pipeline runs it.
+    model (str): "stage2", "stage1" or "distill": which trained pipeline runs it.
     fields (Dict[str, Any]): exit fields (empty for hf-full).
     window, threshold: as chosen on dev (None where they do not apply).
+    schedule (Dict[str, Any]): TOKEE rows: min_layer, slope, per-layer
+        thresholds and the dev speed-up the tuner measured.
     """
 
     method: str
@@ -79,6 +83,7 @@ class Row:
     window: Optional[int] = None
     threshold: Optional[float] = None
     result: Dict[str, Any] = field(default_factory=dict)
+    schedule: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -93,18 +98,18 @@ def load_examples(nlp: Language, path: Path, limit: int = 0) -> List[Example]:
 
 
 def choose_rows(
-    nlp2: Language,
-    nlp1: Language,
-    dev: List[Example],
-    dev1: List[Example],
+    models: Dict[str, Language],
+    devs: Dict[str, List[Example]],
     targets: Sequence[float],
     sentee_targets: Sequence[float],
     static_layers: Sequence[int],
     windows: Sequence[int],
     steps: int,
     metric: str,
+    margin: float,
 ) -> Dict[str, Any]:
     """Every row's exit settings, all chosen on dev."""
+    nlp2, dev = models["stage2"], devs["stage2"]
     num_layers = early_exit_pipes(nlp2)[0][1].num_layers
     rows = [Row("full", 1, "stage2", {"exit_mode": "off"})]
     for layer in static_layers:
@@ -121,16 +126,22 @@ def choose_rows(
         fields = {"exit_mode": "sentee", "threshold": threshold, "thresholds": None}
         rows.append(Row("sentee", int(target), "stage2", fields, None, threshold))
     reports = {}
-    for model, nlp, examples, method in (("stage2", nlp2, dev, "tokee"), ("stage1", nlp1, dev1, "tokee-stage1")):
-        print(f"[tune] TOKEE {model}: windows {list(windows)}, targets {list(targets)} on {len(examples)} dev docs", flush=True)
-        report = tune(nlp, examples, targets, windows, metric=metric, steps=steps, progress=True)
+    for model, method in TOKEE_MODELS:
+        if model not in models:
+            continue
+        nlp, examples = models[model], devs[model]
+        print(f"[tune] TOKEE {model}: schedules over windows {list(windows)}, targets {list(targets)} on {len(examples)} dev docs", flush=True)
+        started = time.time()
+        report = tune(nlp, examples, targets, windows, metric=metric, steps=steps, progress=True, margin=margin)
+        report["seconds"] = round(time.time() - started)
         reports[model] = {k: v for k, v in report.items() if k != "runs"}
         for entry in report["targets"]:
             if not entry["reachable"]:
                 unreachable.append(f"{method} {entry['target']:g}x: {entry['reason']}")
                 continue
-            fields = {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
-            rows.append(Row(method, int(entry["target"]), model, fields, entry["window"], entry["threshold"]))
+            schedule = {"min_layer": entry["min_layer"], "slope": entry["slope"], "thresholds": entry["thresholds"],
+                        "source": entry["source"], "dev_flops_speedup": entry["flops_speedup"], "dev_score": entry["score"]}
+            rows.append(Row(method, int(entry["target"]), model, entry["fields"], entry["window"], entry["threshold"], schedule=schedule))
     rows.append(Row("hf-full", 1, "stage2"))
     return {"rows": rows, "unreachable": unreachable, "tune_reports": reports}
 
@@ -202,6 +213,7 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     styles = {
         "tokee": ("tab:blue", "o-", "TOKEE (stage 2)"),
         "tokee-stage1": ("tab:cyan", "s--", "TOKEE (stage 1 only)"),
+        "tokee-distill": ("tab:purple", "v-.", "TOKEE (self-distillation)"),
         "sentee": ("tab:orange", "^-", "SENTEE"),
         "static": ("tab:gray", "D:", "static-k"),
     }
@@ -230,12 +242,17 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
 def to_report_row(row: Row) -> Dict[str, Any]:
     """A row in the results layout, plus the exit fields that reproduce it."""
     return {"method": row.method, "target": row.target, **row.result, "window": row.window, "threshold": row.threshold,
-            "model": row.model, "fields": row.fields}
+            **row.schedule, "model": row.model, "fields": row.fields}
+
+
+SCHEDULE_KEYS = ("min_layer", "slope", "thresholds", "source", "dev_flops_speedup", "dev_score")
 
 
 def from_report_row(data: Dict[str, Any]) -> Row:
-    result = {k: v for k, v in data.items() if k not in ("method", "target", "window", "threshold", "model", "fields")}
-    return Row(data["method"], data["target"], data["model"], data["fields"], data["window"], data["threshold"], result)
+    own = ("method", "target", "window", "threshold", "model", "fields") + SCHEDULE_KEYS
+    result = {k: v for k, v in data.items() if k not in own}
+    schedule = {k: data[k] for k in SCHEDULE_KEYS if k in data}
+    return Row(data["method"], data["target"], data["model"], data["fields"], data["window"], data["threshold"], result, schedule)
 
 
 def write_outputs(report: Dict[str, Any], output_dir: Path) -> None:
@@ -267,8 +284,9 @@ def main(
     sentee_targets: str = typer.Option("2,3", help="SENTEE target FLOPs speed-ups"),
     static_layers: str = typer.Option("3,2", help="Static exit layers (the efficient baseline)"),
     windows: str = typer.Option("0,1,2", help="TOKEE windows tried on dev"),
-    tune_limit: int = typer.Option(1000, help="Dev docs used for tuning, evenly spaced (0: all)"),
-    steps: int = typer.Option(9, help="Most bisection runs per window and target"),
+    tune_limit: int = typer.Option(0, help="Dev docs used for tuning, evenly spaced (0: all)"),
+    steps: int = typer.Option(6, help="Most bisection runs per measured schedule and target"),
+    margin: float = typer.Option(0.02, help="Relative safety margin on each TOKEE target (tuned on dev)"),
     timing_docs: int = typer.Option(500, help="Test docs timed, evenly spaced (0: all); every score uses all"),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes timed"),
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
@@ -287,6 +305,8 @@ def main(
     for name, path in paths.items():
         if not path.exists():
             raise typer.BadParameter(f"No {name} pipeline at {path}: run benchmarks/train_corpus.sh {dataset} first")
+    if (training / "distill-final").exists():  # the self-distillation ablation, where trained
+        paths["distill"] = training / "distill-final"
     models = {name: spacy.load(path) for name, path in paths.items()}
     hf = HFFullDepth(models["stage2"])
     test = load_examples(models["stage2"], corpus / "test.spacy")
@@ -295,13 +315,14 @@ def main(
         rows = [from_report_row(r) for r in report["rows"]]
     else:
         metric = main_metric(models["stage2"])
-        dev = load_examples(models["stage2"], corpus / "dev.spacy", tune_limit)
-        dev1 = load_examples(models["stage1"], corpus / "dev.spacy", tune_limit)
+        devs = {name: load_examples(nlp, corpus / "dev.spacy", tune_limit) for name, nlp in models.items()}
+        dev = devs["stage2"]
         print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
         chosen = choose_rows(
-            models["stage2"], models["stage1"], dev, dev1,
+            models, devs,
             parse_numbers(targets, float, "--targets"), parse_numbers(sentee_targets, float, "--sentee-targets"),
             parse_numbers(static_layers, int, "--static-layers"), parse_numbers(windows, int, "--windows"), steps, metric,
+            margin,
         )
         rows = chosen["rows"]
         score_rows(rows, models, test, metric, hf)

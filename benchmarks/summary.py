@@ -16,30 +16,39 @@ def row(report: Dict[str, Any], method: str, target: int) -> Optional[Dict[str, 
     return next((r for r in report["rows"] if r["method"] == method and r["target"] == target), None)
 
 
+# Issue 11's targets: (target, least test FLOPs speed-up, most score loss).
+TOKEE_TARGETS = ((2, 1.95, 0.3), (3, 2.9, 1.0))
+# A static-k or SENTEE row "about as fast" as a TOKEE row: at least this share of its speed-up.
+AS_FAST = 0.95
+# ... and TOKEE may trail it by at most this much.
+TOLERANCE = 0.05
+
+
 def checks(report: Dict[str, Any]) -> List[str]:
     """One line per target of the issue, with the measured margin."""
     full = row(report, "full", 1)
     lines = []
-    for target, allowed in ((2, 0.3), (3, 1.0)):
+    if report["corpus"] == "conll2003":
+        lines.append(f"- full depth {full['score']:.2f} (target >= 85.0): {'met' if full['score'] >= 85.0 else 'MISSED'}")
+    for target, least, allowed in TOKEE_TARGETS:
         tokee = row(report, "tokee", target)
         if tokee is None:
             lines.append(f"- TOKEE {target}x: not reachable on dev")
             continue
         loss = full["score"] - tokee["score"]
-        ok = tokee["flops_speedup"] >= target and loss <= allowed
+        ok = tokee["flops_speedup"] >= least and loss <= allowed
+        dev = f" (dev {tokee['dev_flops_speedup']:.2f}x)" if tokee.get("dev_flops_speedup") else ""
         lines.append(
-            f"- TOKEE at {tokee['flops_speedup']:.2f}x FLOPs loses {loss:.2f} (allowed {allowed}): {'met' if ok else 'MISSED'}"
+            f"- TOKEE {target}x: {tokee['flops_speedup']:.2f}x FLOPs on test{dev} (target >= {least}), "
+            f"loses {loss:.2f} (allowed {allowed}): {'met' if ok else 'MISSED'}"
         )
-    for target, static in ((2, "static-3"), (3, "static-2")):
-        tokee, sentee, cut = row(report, "tokee", target), row(report, "sentee", target), row(report, static, target)
-        if tokee is None:
-            continue
-        others = [r for r in (sentee, cut) if r is not None]
-        beaten = all(tokee["score"] > r["score"] for r in others)
-        text = ", ".join(f"{r['method']} {r['score']:.2f} at {r['flops_speedup']:.2f}x" for r in others)
-        lines.append(
-            f"- {target}x: TOKEE {tokee['score']:.2f} at {tokee['flops_speedup']:.2f}x vs {text}: {'beats both' if beaten else 'DOES NOT beat both'}"
-        )
+    baselines = [r for r in report["rows"] if r["method"] == "sentee" or r["method"].startswith("static-")]
+    for tokee in (r for r in report["rows"] if r["method"] == "tokee"):
+        rivals = [r for r in baselines if r["flops_speedup"] >= AS_FAST * tokee["flops_speedup"]]
+        beaten = [r for r in rivals if r["score"] > tokee["score"] + TOLERANCE]
+        text = ", ".join(f"{r['method']} {r['score']:.2f} at {r['flops_speedup']:.2f}x" for r in rivals) or "none"
+        verdict = "no rival ahead" if not beaten else "BEATEN by " + ", ".join(r["method"] for r in beaten)
+        lines.append(f"- TOKEE {tokee['target']}x {tokee['score']:.2f} at {tokee['flops_speedup']:.2f}x; rivals as fast: {text}: {verdict}")
     stage2, stage1 = row(report, "tokee", 3), row(report, "tokee-stage1", 3)
     if stage2 and stage1:
         ok = stage2["score"] > stage1["score"]
@@ -47,16 +56,24 @@ def checks(report: Dict[str, Any]) -> List[str]:
             f"- 3x: stage 2 {stage2['score']:.2f} ({stage2['flops_speedup']:.2f}x) vs stage 1 {stage1['score']:.2f} "
             f"({stage1['flops_speedup']:.2f}x): {'stage 2 better' if ok else 'stage 2 NOT better'}"
         )
+    for target in (2, 3):
+        base, distill = row(report, "tokee", target), row(report, "tokee-distill", target)
+        if base and distill:
+            lines.append(
+                f"- {target}x: self-distillation {distill['score']:.2f} ({distill['flops_speedup']:.2f}x) vs "
+                f"the paper's loss {base['score']:.2f} ({base['flops_speedup']:.2f}x)"
+            )
+    if "wall_speedup" not in full:
+        return lines
     for r in report["rows"]:
         if r["method"] in ("tokee", "sentee", "tokee-stage1") or r["method"].startswith("static-"):
             ratios = {b: r["wall_speedup"][b] / r["flops_speedup"] for b in r["wall_speedup"]}
             text = ", ".join(f"b{b} {v:.2f}" for b, v in ratios.items())
-            ok = all(v >= 0.8 for v in ratios.values())
-            lines.append(f"- wall/FLOPs speed-up, {r['method']} {r['target']}x: {text}: {'met' if ok else 'MISSED'} (target 0.8)")
+            lines.append(f"- wall/FLOPs speed-up, {r['method']} {r['target']}x: {text}")
     hf = row(report, "hf-full", 1)
     ratios = {b: full["words_per_second"][b] / hf["words_per_second"][b] for b in full["words_per_second"]}
     text = ", ".join(f"b{b} {v:.2f}" for b, v in ratios.items())
-    lines.append(f"- full through spaCy / hf-full words per second: {text} (target 0.9)")
+    lines.append(f"- full through spaCy / hf-full words per second: {text}")
     return lines
 
 

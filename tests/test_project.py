@@ -69,6 +69,12 @@ def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
     methods = [row["method"] for row in report["rows"]]
     assert methods[0] == "full" and methods[-1] == "hf-full"
     assert {"static-3", "static-2"} <= set(methods)
+    tokee_rows = [row for row in report["rows"] if row["method"] == "tokee"]
+    assert tokee_rows, methods
+    for row in tokee_rows:  # each TOKEE row gives its exit schedule, chosen on dev
+        assert len(row["thresholds"]) == 4 and row["fields"]["thresholds"] == row["thresholds"]
+        assert all(t == 0.0 for t in row["thresholds"][: row["min_layer"] - 1])
+        assert row["dev_flops_speedup"] >= row["target"] * 1.02
     for row in report["rows"]:
         assert set(row["wall_speedup"]) == set(row["words_per_second"]) == {"1", "32"}
     full = report["rows"][0]

