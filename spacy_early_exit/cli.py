@@ -227,5 +227,56 @@ from .cli_annotate import annotate_command  # noqa: E402  (its own module: cheap
 app.command(name="annotate")(annotate_command)
 
 
+@app.command()
+def visualize(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to run (or --file)"),
+    file: Optional[Path] = typer.Option(None, "--file", help="A UTF-8 text file: one text per line, blank lines skipped"),
+    output: Path = typer.Option(Path("exits.html"), "--output", help="The HTML page to write"),
+    component: Optional[str] = typer.Option(None, "--component", help="Early-exit component to show (default: the pipeline's last one)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Overrides applied at load time, e.g. a tuned metrics/<dataset>/configs/2x.json"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Exit threshold for this run (clears per-layer thresholds)"),
+    window: Optional[int] = typer.Option(None, "--window", min=0, help="TOKEE window for this run"),
+    labels: str = typer.Option("auto", "--labels", help="auto, ents, tags or none"),
+    screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="Also save a PNG of the page (needs Chromium)"),
+    width: int = typer.Option(1000, "--width", min=200, help="Screenshot width in pixels"),
+    height: int = typer.Option(700, "--height", min=100, help="Screenshot height in pixels"),
+) -> None:
+    """Write an HTML page with each token shaded by the layer at which it exited."""
+    from .evaluation import early_exit_pipes
+    from .visualize import LABEL_MODES, render, screenshot as save_screenshot
+
+    _check_pipeline(pipeline)
+    if labels not in LABEL_MODES:
+        _fail(f"--labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    lines = list(texts or [])
+    if file is not None:
+        if not file.is_file():
+            _fail(f"No such text file: {file}")
+        lines += [line for line in file.read_text(encoding="utf8").splitlines() if line.strip()]
+    if not lines:
+        _fail("Nothing to show: give texts after the pipeline, or --file")
+    if config is not None and not config.is_file():
+        _fail(f"No such config file: {config}")
+    nlp = _load_pipeline(pipeline, json.loads(config.read_text(encoding="utf8")) if config else None)
+    pipes = dict(early_exit_pipes(nlp))
+    name = component or list(pipes)[-1]
+    if name not in pipes:
+        _fail(f"No early-exit component {name!r} in {pipeline}; it has {list(pipes)}")
+    if threshold is not None:
+        pipes[name].thresholds, pipes[name].threshold = None, threshold
+    if window is not None:
+        pipes[name].window = window
+    page = render(list(nlp.pipe(lines)), component=name, num_layers=pipes[name].num_layers, labels=labels, title=f"Early exits: {pipeline.name}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page, encoding="utf8")
+    typer.echo(f"Wrote {output}")
+    if screenshot is not None:
+        try:
+            typer.echo(f"Wrote {save_screenshot(output, screenshot, width, height)}")
+        except RuntimeError as err:
+            _fail(str(err))
+
+
 if __name__ == "__main__":
     app()

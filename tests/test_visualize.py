@@ -1,0 +1,210 @@
+"""The exits picture: HTML from doc._.early_exit, and the page as a real browser draws it."""
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import List, Set, Tuple
+
+import pytest
+import spacy
+from spacy.tokens import Doc, Span
+from typer.testing import CliRunner
+
+import spacy_early_exit
+from spacy_early_exit.cli import app
+from spacy_early_exit.pipes.base import EXTENSION  # registers doc._.early_exit
+from spacy_early_exit.visualize import find_browser, layer_color, render, screenshot
+
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN_SPAN = re.compile(r'<span class="tokee-token[ "]')
+
+
+def processed_doc(words: List[str], layers: List[int], flops: int = 100, full_flops: int = 250) -> Doc:
+    """A doc with an early-exit record, as tokee_ner leaves it, built by hand."""
+    doc = Doc(spacy.blank("en").vocab, words=words)
+    doc._.set(EXTENSION, {"tokee_ner": {"exit_layers": layers, "flops": flops, "full_flops": full_flops}})
+    return doc
+
+
+@pytest.fixture
+def doc() -> Doc:
+    doc = processed_doc(["Ada", "Lovelace", "wrote", "<b>", "&", '"notes"', "in", "London"], [1, 2, 3, 6, 6, 4, 1, 2])
+    doc.ents = [Span(doc, 0, 2, "PER"), Span(doc, 7, 8, "LOC")]
+    return doc
+
+
+def test_one_span_per_token_and_the_legend(doc):
+    page = render(doc, num_layers=6)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert len(TOKEN_SPAN.findall(page)) == len(doc)
+    body = page.split("<body>", 1)[1]  # the stylesheet names data-layer="0" too
+    assert [int(n) for n in re.findall(r'data-layer="(\d+)"', body)] == doc._.early_exit["tokee_ner"]["exit_layers"]
+    legend = re.search(r'<div class="tokee-legend">(.*?)</div>', page).group(1)
+    assert re.findall(r'class="tokee-swatch"[^>]*>(\d+)<', legend) == [str(n) for n in range(1, 7)]
+    assert "full depth" in legend and "no wordpieces" in legend
+    assert "FLOPs speed-up <b>2.50\u00d7</b>" in page  # 250 / 100
+    # Self-contained: no script, no external stylesheet, font or image.
+    assert "<script" not in page and "http" not in page and "<link" not in page
+
+
+def test_text_is_escaped(doc):
+    page = render(doc, num_layers=6)
+    assert "&lt;b&gt;" in page and "&amp;" in page and "&quot;notes&quot;" in page
+    body = page.split("<body>", 1)[1]
+    assert "<b>" not in body.replace("<b>2.50", "")  # only the speed-up's own bold
+    assert '"notes"' not in body
+
+
+def test_entities_are_shown_under_their_first_token(doc):
+    page = render(doc, num_layers=6)
+    assert re.findall(r'<span class="tokee-under">([^<]+)</span>', page) == ["PER", "LOC"]
+    assert page.count('class="tokee-token tokee-ent"') == 3  # Ada, Lovelace, London
+
+
+def test_tags_are_shown_over_tokens():
+    doc = processed_doc(["Ada", "wrote"], [1, 2])
+    doc[0].pos_, doc[1].pos_ = "PROPN", "VERB"
+    page = render(doc, num_layers=2)
+    assert re.findall(r'<span class="tokee-over">([^<]*)</span>', page) == ["PROPN", "VERB"]
+    assert "tokee-under" not in page.split("<body>", 1)[1]
+
+
+def test_several_docs_fragment_and_depth():
+    docs = [processed_doc(["a", "b"], [1, 1], 10, 40), processed_doc(["c"], [0], 10, 10)]
+    fragment = render(docs, page=False)
+    assert "<html" not in fragment and fragment.startswith("<style>")
+    assert fragment.count('class="tokee-doc"') == 2
+    assert "over all of them 2.50\u00d7" in fragment  # 50 / 20
+    assert 'data-layer="0" style' in fragment
+    with pytest.raises(ValueError, match="deeper than num_layers=1"):
+        render(processed_doc(["a"], [3]), num_layers=1)
+
+
+def test_missing_or_mismatched_record_is_a_clear_error():
+    plain = spacy.blank("en")("no record here")
+    with pytest.raises(ValueError, match="Doc 0 has no early-exit record"):
+        render(plain)
+    doc = processed_doc(["a", "b"], [1, 1])
+    with pytest.raises(ValueError, match="no early-exit record for 'tokee_tagger'; it has \\['tokee_ner'\\]"):
+        render(doc, component="tokee_tagger")
+    short = processed_doc(["a", "b"], [1])
+    with pytest.raises(ValueError, match="1 exit layers for 2 tokens"):
+        render(short)
+    with pytest.raises(ValueError, match="labels must be one of"):
+        render(doc, labels="colour")
+
+
+def test_layer_colours_get_darker_and_stay_distinct():
+    colours = [layer_color(layer, 6)[0] for layer in range(0, 7)]
+    assert len(set(colours)) == 7
+    brightness = [sum(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colours[1:]]
+    assert brightness == sorted(brightness, reverse=True)
+
+
+def test_render_is_exported():
+    assert spacy_early_exit.render is render
+
+
+def test_visualize_command_writes_the_page(trained_ner, tmp_path):
+    trained_ner.to_disk(tmp_path / "pipeline")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Mary said apple will have a new city\n\nThey were in Paris with John\n", encoding="utf8")
+    output = tmp_path / "out" / "exits.html"
+    args = ["visualize", str(tmp_path / "pipeline"), "John Smith lives in <London> & \"York\"", "--file", str(texts)]
+    result = CliRunner().invoke(app, args + ["--output", str(output), "--threshold", "1.0"])
+    assert result.exit_code == 0, result.output
+    page = output.read_text(encoding="utf8")
+    assert page.count('class="tokee-doc"') == 3
+    assert ">&lt;<" in page and ">&gt;<" in page and ">&amp;<" in page and "&quot;" in page
+    assert "<London" not in page
+    # Threshold 1.0: every token leaves at the first off-ramp.
+    assert set(re.findall(r'data-layer="(\d+)"', page.split("<body>", 1)[1])) == {"1"}
+    result = CliRunner().invoke(app, ["visualize", str(tmp_path / "pipeline"), "--output", str(output)])
+    assert result.exit_code == 2 and "Nothing to show" in result.stderr
+
+
+# ---------------------------------------------------------------- a real browser
+
+
+def png_pixels(path: Path) -> Set[Tuple[int, ...]]:
+    """The distinct pixel colours of a PNG: with Pillow, or decoded here (8-bit RGB/RGBA, not interlaced)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return decode_png(path.read_bytes())
+    with Image.open(path) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=image.width * image.height)
+        return {colour for _, colour in colours}
+
+
+def decode_png(data: bytes) -> Set[Tuple[int, ...]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        header = body if kind == b"IHDR" else header
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour in (2, 6) and interlace == 0, "only 8-bit RGB/RGBA, non-interlaced"
+    channels = 3 if colour == 2 else 4
+    stride = width * channels
+    raw, previous, colours = zlib.decompress(idat), bytearray(stride), set()
+    for row in range(height):
+        kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1 : (row + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        colours.update(tuple(line[i : i + 3]) for i in range(0, stride, channels))
+        previous = line
+    return colours
+
+
+def test_decode_png_matches_a_known_image(tmp_path):
+    # A 2x1 RGB PNG written by hand: one red, one blue pixel.
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    raw = b"\x00" + bytes([255, 0, 0, 0, 0, 255])
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    assert decode_png(png) == {(255, 0, 0), (0, 0, 255)}
+
+
+def needs_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; scripts/install.sh does as root)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the browser test must run: {reason}")
+    pytest.skip(reason)
+
+
+def test_the_page_renders_in_headless_chromium(doc, tmp_path):
+    needs_chromium()
+    page = tmp_path / "exits.html"
+    page.write_text(render(doc, num_layers=6, title="Browser test"), encoding="utf8")
+    png = screenshot(page, tmp_path / "exits.png", width=700, height=300, browser=str(CHROMIUM))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    colours = png_pixels(png)
+    assert len(colours) > 20, f"a blank page: {len(colours)} colours"
+    # The CSS was applied: the full-depth colour of the legend is on screen.
+    deepest = tuple(int(layer_color(6, 6)[0][i : i + 2], 16) for i in (1, 3, 5))
+    assert any(max(abs(a - b) for a, b in zip(pixel, deepest)) <= 8 for pixel in colours), deepest
+
+
+def test_find_browser_sees_chromium():
+    needs_chromium()
+    assert find_browser() is not None
