@@ -151,12 +151,17 @@ def _no_backprop(d_output: Any) -> None:
     raise ValueError("Prediction output has no backward pass")
 
 
-def full_depth_logits(model: Model, docs: Sequence[Doc]) -> TrainingOutput:
+def full_depth_logits(model: Model, docs: Sequence[Doc], precision: str = "fp32") -> TrainingOutput:
     """Every off-ramp's logits at full depth, in inference mode (no dropout, no
-    gradients): what calibration and exit simulations read."""
+    gradients): what calibration and exit simulations read.
+
+    precision (str): the layer stack's precision ("fp32", "bf16", "int8"), so
+        that temperatures and thresholds can be fitted for the one that runs.
+    """
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
-    output, _ = _all_layers_forward(model.layers[0], rows, layouts, aligner.tokenizer.pad_token_id or 0, is_train=False)
+    pad_id = aligner.tokenizer.pad_token_id or 0
+    output, _ = _all_layers_forward(model.layers[0], rows, layouts, pad_id, is_train=False, precision=precision)
     return output
 
 
@@ -167,6 +172,7 @@ def _all_layers_forward(
     pad_id: int,
     is_train: bool,
     planner: Optional[Callable[[EncoderInput], Any]] = None,
+    precision: str = "fp32",
 ) -> Tuple[TrainingOutput, Callable]:
     word_counts = numpy.asarray([len(r.word_cols) for r in rows], dtype="int64")
     row_offsets = numpy.concatenate([[0], numpy.cumsum(word_counts)])
@@ -181,7 +187,9 @@ def _all_layers_forward(
         return TrainingOutput(empty, token_index), lambda d: None
     batch = collate(rows, pad_id, torch_layer.shims[0].device)
     if planner is None:
-        layer_logits, backprop = torch_layer((batch, None, True, None), is_train=is_train)
+        # Training always runs the fp32 layers; the precision is for inference.
+        policy = ExitPolicy(mode="off", precision=precision) if precision != "fp32" else None
+        layer_logits, backprop = torch_layer((batch, policy, True, None), is_train=is_train)
         return TrainingOutput(layer_logits, token_index), backprop
     plan = planner(batch)
     layer_logits, backprop = torch_layer((batch, None, True, plan.exit_layers), is_train=is_train)

@@ -18,7 +18,7 @@ from spacy.training import Example
 
 from .pipes.base import EXTENSION, EarlyExitPipe
 
-SETTING_FIELDS = ("exit_mode", "threshold", "window", "thresholds", "temperatures")
+SETTING_FIELDS = ("exit_mode", "threshold", "window", "thresholds", "temperatures", "precision")
 
 
 @dataclass
@@ -43,7 +43,8 @@ def early_exit_pipes(nlp: Language) -> List[Tuple[str, EarlyExitPipe]]:
 
 @contextmanager
 def exit_settings(nlp: Language, fields: Dict[str, Any]) -> Iterator[None]:
-    """Apply exit fields to every early-exit pipe, restoring them afterwards."""
+    """Apply exit fields (and `precision`) to every early-exit pipe, restoring
+    them afterwards: all of them live in the pipe's policy, which is put back."""
     unknown = set(fields) - set(SETTING_FIELDS)
     if unknown:
         raise ValueError(f"Unknown exit fields {sorted(unknown)}; expected {SETTING_FIELDS}")

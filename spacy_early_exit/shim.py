@@ -166,6 +166,9 @@ class EarlyExitShim(PyTorchShim):
             )
             param.data = xp2torch(weights, requires_grad=True, device=param.device)
             param.grad.zero_()
+        if self.encoder is not None:
+            # The reduced-precision copies (encoder/precision.py) are stale now.
+            self.encoder.weights_changed()
 
     def to_bytes(self) -> bytes:
         encoder = self.encoder

@@ -16,6 +16,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .precision import validate_precision
+
 EXIT_MODES = ("tokee", "sentee", "off")
 
 
@@ -32,6 +34,9 @@ class ExitPolicy:
         `threshold` when given.
     temperatures (Optional[Tuple[float, ...]]): one positive temperature per
         layer, dividing that off-ramp's logits before the uncertainty.
+    precision (str): what the layer stack computes in at prediction: "fp32",
+        "bf16" or "int8" (see encoder/precision.py). Off-ramps and the exit
+        decision are fp32 in all three; training is always fp32.
     """
 
     mode: str = "tokee"
@@ -39,9 +44,11 @@ class ExitPolicy:
     window: int = 2
     thresholds: Optional[Tuple[float, ...]] = None
     temperatures: Optional[Tuple[float, ...]] = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         validate_mode(self.mode)
+        validate_precision(self.precision)
         validate_threshold(self.threshold, "threshold")
         validate_window(self.window)
         if self.thresholds is not None:

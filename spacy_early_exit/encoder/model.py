@@ -6,7 +6,7 @@ word, the logits of the off-ramp at which it exited, the exit layer, and the
 FLOPs spent on each sequence. Plain PyTorch: nothing here knows about spaCy.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from .backbone import BackboneSpec, backbone_spec, embed, layer_parts
 from .cost import CostModel
 from .exits import ExitPolicy, exit_decisions, normalized_entropy
 from .layer_step import halt_and_copy_layer
+from .precision import LayerStack, PrecisionCache
 from .schedule import LayerSchedule, PieceOwners, WordIndex
 
 
@@ -79,10 +80,30 @@ class EarlyExitEncoder(nn.Module):
             for _ in self.layers
         )
         self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, n_labels)
+        # Reduced-precision copies of `layers` for prediction: a plain object,
+        # not a submodule, so no state_dict (and no saved file) ever holds one.
+        self.precision_cache = PrecisionCache()
+        # Bumped on every weights change (the shim's finish_update, and any
+        # load_state_dict), so the cached copies are made again.
+        self.weights_version = 0
+        self.register_load_state_dict_post_hook(_weights_loaded)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def weights_changed(self) -> None:
+        """Mark the weights as changed: reduced-precision copies are made anew.
+        Code that edits parameters other than through the shim's update or
+        `load_state_dict` must call this."""
+        self.weights_version += 1
+
+    def layer_stack(self, precision: str = "fp32") -> LayerStack:
+        """The layers to run at `precision`: the fp32 originals in training
+        mode or at "fp32", else this process's cached converted copy."""
+        if self.training:
+            return LayerStack(tuple(self.layers))
+        return self.precision_cache.stack(self.layers, precision, self.weights_version)
 
     def forward(
         self,
@@ -90,6 +111,7 @@ class EarlyExitEncoder(nn.Module):
         policy: Optional[ExitPolicy] = None,
         all_layers: bool = False,
         exit_layers: Optional[torch.Tensor] = None,
+        stack: Optional[LayerStack] = None,
     ) -> EncoderOutput:
         """Run the batch.
 
@@ -99,12 +121,18 @@ class EarlyExitEncoder(nn.Module):
         exit_layers (Optional[torch.Tensor]): long ``[batch, words]``, forced
             exit layers (stage 2): each word halts after its layer, is copied
             upwards, and every off-ramp reads its (copied) state.
+        stack (Optional[LayerStack]): the layers to run; None = those of
+            `policy.precision` (see `layer_stack`). The hidden states take the
+            stack's dtype inside it and the embeddings' dtype again before
+            every off-ramp, so uncertainties and FLOPs mean the same in every
+            precision (FLOPs are counted from the schedule, not measured).
         """
         if exit_layers is not None and not all_layers:
             raise ValueError("Forced exit layers are a training pass: pass all_layers=True")
         policy = policy or ExitPolicy(mode="off")
         policy.check_depth(self.num_layers)
         exits_on = policy.mode != "off" and not all_layers
+        stack = stack if stack is not None else self.layer_stack(policy.precision)
         ids = batch.input_ids
         n_rows, seq = ids.shape
         device = ids.device
@@ -118,6 +146,7 @@ class EarlyExitEncoder(nn.Module):
         width = hidden.shape[-1]
         train_dropout = self.spec.hidden_dropout if self.training else 0.0
         attn_dropout = self.spec.attention_dropout if self.training else 0.0
+        ramp_dtype = hidden.dtype
 
         word_active = word_mask
         # Stage 2 scores every word at every layer, whatever its exit layer.
@@ -130,7 +159,9 @@ class EarlyExitEncoder(nn.Module):
         layer_logits: List[torch.Tensor] = []
         schedule: Optional[LayerSchedule] = None  # rebuilt only when words exit
         last = self.num_layers
-        for layer, parts in enumerate(self.layers, start=1):
+        if stack.dtype is not None:
+            hidden = hidden.to(stack.dtype)
+        for layer, parts in enumerate(stack.parts, start=1):
             if exit_layers is not None:
                 word_active = word_mask & (exit_layers >= layer)
                 schedule = None
@@ -150,14 +181,15 @@ class EarlyExitEncoder(nn.Module):
                 if not exits_on or policy.layer_threshold(layer) <= 0.0:
                     continue
             scored = all_words if all_words is not None else schedule.words
-            logits = self.ramps[layer - 1](hidden.reshape(-1, width).index_select(0, scored.pieces))
+            states = hidden.reshape(-1, width).index_select(0, scored.pieces).to(ramp_dtype)
+            logits = self.ramps[layer - 1](states)
             spent = [f + self.cost.ramp_flops(n) for f, n in zip(spent, scored.sizes)]
             logits_out = logits_out.index_put((scored.rows, scored.cols), logits)
             if all_layers:
                 layer_logits.append(logits)
             if layer == last or not exits_on:
                 continue
-            uncertainty = hidden.new_zeros(word_mask.shape).index_put(
+            uncertainty = logits.new_zeros(word_mask.shape).index_put(
                 (scored.rows, scored.cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
             )
             leaving = exit_decisions(uncertainty, word_active, policy, layer)
@@ -178,3 +210,8 @@ class EarlyExitEncoder(nn.Module):
             full_flops=torch.tensor(full, dtype=torch.long, device=device),
             layer_logits=layer_logits if all_layers else None,
         )
+
+
+def _weights_loaded(module: EarlyExitEncoder, incompatible_keys: Any) -> None:
+    # A module-level function, so the hook survives a pickle of the encoder.
+    module.weights_changed()

@@ -27,6 +27,7 @@ from ..encoder.exits import (
     validate_threshold,
     validate_window,
 )
+from ..encoder.precision import validate_precision
 from ..memory import HeapTrimmer
 from ..shim import LearningRates
 from ..training.self_sampling import DEFAULT_TRAINING, ExitPlanner, TrainingSettings
@@ -63,6 +64,7 @@ EXIT_DEFAULTS: Dict[str, Any] = {
     "warmup_steps": 100,
     "extend_vocab": False,
     "heap_trim_interval": 2000,
+    "precision": "fp32",
     "training": DEFAULT_TRAINING,
 }
 
@@ -93,6 +95,9 @@ class EarlyExitPipe(TrainablePipe):
     heap_trim_interval (int): hand freed heap memory back to the OS every
         this many predicted docs (glibc's malloc_trim), a cheap guard for
         long streams (see memory.py); 0 = never.
+    precision (str): what the encoder layers compute in at prediction: "fp32",
+        "bf16" or "int8" (encoder/precision.py). Training and saved weights
+        are fp32 whatever it is, so switching back is lossless.
     training (Dict[str, Any]): the `training` table: stage 1 ("joint") or
         stage 2 ("self_sampling", "random"); see TrainingSettings.
     scorer (Optional[Callable]): the scoring method.
@@ -115,6 +120,7 @@ class EarlyExitPipe(TrainablePipe):
         embedding_lr_factor: Optional[float] = None,
         extend_vocab: bool = False,
         heap_trim_interval: int = 2000,
+        precision: str = "fp32",
         training: Optional[Dict[str, Any]] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
@@ -129,6 +135,7 @@ class EarlyExitPipe(TrainablePipe):
             window=window,
             thresholds=tuple(thresholds) if thresholds is not None else None,
             temperatures=tuple(temperatures) if temperatures is not None else None,
+            precision=precision,
         )
         if learn_rate is not None and not learn_rate > 0:
             raise ValueError(f"'learn_rate' must be positive or null; got {learn_rate!r}")
@@ -201,6 +208,15 @@ class EarlyExitPipe(TrainablePipe):
     def temperatures(self, values: Optional[Sequence[float]]) -> None:
         checked = validate_per_layer(values, "temperatures", None) if values is not None else None
         self._set_policy(temperatures=checked)
+
+    @property
+    def precision(self) -> str:
+        """The encoder layers' precision at prediction: "fp32", "bf16" or "int8"."""
+        return self._policy.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._set_policy(precision=validate_precision(value))
 
     @property
     def num_layers(self) -> int:

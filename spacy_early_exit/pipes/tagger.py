@@ -121,6 +121,7 @@ def make_tokee_tagger(
     warmup_steps: int,
     extend_vocab: bool,
     heap_trim_interval: int,
+    precision: str,
     training: Dict[str, Any],
     scorer: Optional[Callable],
 ) -> EarlyExitTagger:
@@ -134,5 +135,6 @@ def make_tokee_tagger(
         attribute=attribute, exit_mode=exit_mode, threshold=threshold, window=window,
         thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
         backbone_lr_factor=backbone_lr_factor, embedding_lr_factor=embedding_lr_factor, warmup_steps=warmup_steps,
-        extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, training=training, scorer=scorer,
+        extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, precision=precision,
+        training=training, scorer=scorer,
     )

@@ -1,0 +1,278 @@
+"""Reduced-precision copies of the encoder's layer stack, for prediction only.
+
+Early exit decides how many layers and tokens run; precision decides how fast
+each of them runs. The trained weights stay fp32 (training, ``state_dict`` and
+every saved file only ever see them). A prediction at "bf16" or "int8" runs a
+converted copy of the layer stack, made once per process on first use and kept
+until the weights change:
+
+- "int8": torch's dynamic quantization of the layers' Linear modules (Q, K, V,
+  the attention output and both FFN projections): int8 weights, activations
+  quantized on the fly per matrix product. LayerNorms stay fp32. The per-product
+  activation scale spans every row of the sub-batch, so a token's int8 result
+  can move by quantization noise with the other texts in its batch (fp32
+  differs only in the last bits); tags and exit layers follow except where a
+  token's uncertainty sits at the threshold.
+- "bf16": Linear and LayerNorm weights cast once to bfloat16, the hidden states
+  bfloat16 inside the stack. The matrix products run on oneDNN even inside
+  `memory.native_kernels`: torch's own bf16 product is several times slower
+  than fp32, oneDNN's uses the CPU's bf16 instructions.
+
+In both, the embeddings, the off-ramps and the exit decision stay fp32 (the
+stack's output is cast back before each off-ramp), so an uncertainty and a
+threshold mean the same thing in every precision. The off-ramps stay fp32 in
+int8 too: one is d x C against a layer's ~12 d^2 multiply-accumulates per
+token; measured on MiniLM, an int8 off-ramp would save a few per cent of an
+int8 layer's time at batch 1 and less at batch 32, while its activation
+quantization would add noise to exactly the values compared with the threshold.
+FLOPs are counted from the exit schedule, so they do not depend on precision.
+
+A CPU without fast bf16 instructions (avx512_bf16 or AMX) gets one warning per
+process and still runs bf16; where int8 kernels are missing (no quantized
+engine, or a non-CPU device) one warning says so and the layers run in fp32.
+Plain PyTorch: nothing here knows about spaCy.
+"""
+import copy
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import LayerParts
+
+PRECISIONS = ("fp32", "bf16", "int8")
+LINEAR_PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+NORM_PARTS = ("attn_norm", "ffn_norm")
+# torch's engines with dynamic int8 Linear kernels.
+INT8_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Keys of the warnings already given in this process (one each).
+_warned: Set[str] = set()
+
+
+def validate_precision(value: object) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"'precision' must be one of {', '.join(PRECISIONS)}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class LayerStack:
+    """The layers one forward pass runs.
+
+    parts (Tuple[LayerParts, ...]): one record per layer, in forward order.
+    precision (str): what the parts compute in ("fp32" for the originals).
+    dtype (Optional[torch.dtype]): the hidden states' dtype inside the stack;
+        None keeps the embeddings' dtype.
+    """
+
+    parts: Tuple[LayerParts, ...]
+    precision: str = "fp32"
+    dtype: Optional[torch.dtype] = None
+
+
+class BF16Linear(nn.Module):
+    """A frozen bfloat16 copy of a Linear layer whose product runs on oneDNN.
+
+    linear (nn.Linear): the layer to copy (left unchanged).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        # Buffers, not parameters: nothing trains them, and a copy that an
+        # optimizer or a state_dict could reach would defeat "fp32 is the truth".
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16), persistent=False)
+        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = torch.backends.mkldnn
+        if x.device.type != "cpu" or backend.enabled:
+            return F.linear(x, self.weight, self.bias)
+        # Prediction runs with oneDNN off (memory.native_kernels); switch it on
+        # for the product only, so the elementwise ops keep torch's kernels.
+        backend.enabled = True
+        try:
+            return F.linear(x, self.weight, self.bias)
+        finally:
+            backend.enabled = False
+
+
+class PrecisionCache:
+    """One encoder's reduced-precision layer stacks, made on first use.
+
+    Each stack is kept with the key it was made for (the encoder's weights
+    version, the device, and for int8 the quantized engine) and made again when
+    that key changes. One stack per precision, so settings that alternate (the
+    interleaved timings) do not rebuild. The cache is never part of a
+    state_dict, and a deepcopy or pickle of the encoder starts it empty.
+    """
+
+    def __init__(self) -> None:
+        self._stacks: Dict[str, Tuple[Tuple[Any, ...], LayerStack]] = {}
+
+    def stack(self, layers: Sequence[LayerParts], precision: str, weights_version: int) -> LayerStack:
+        """The stack to run at `precision`.
+
+        layers (Sequence[LayerParts]): the fp32 originals.
+        precision (str): one of PRECISIONS.
+        weights_version (int): changes whenever the originals' weights do.
+        """
+        validate_precision(precision)
+        device = layers[0].query.weight.device if layers else torch.device("cpu")
+        precision = runnable_precision(precision, device)
+        if precision == "fp32":
+            return LayerStack(tuple(layers))
+        key = (weights_version, device, torch.backends.quantized.engine if precision == "int8" else None)
+        cached = self._stacks.get(precision)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # A weights change makes every stack stale: drop them all at once.
+        self._stacks = {p: entry for p, entry in self._stacks.items() if entry[0][0] == weights_version}
+        made = convert(layers, precision)
+        # Kept even when conversion failed (fp32, after a warning): no retry per call.
+        self._stacks[precision] = (key, made)
+        return made
+
+    def clear(self) -> None:
+        self._stacks = {}
+
+    def __len__(self) -> int:
+        return len(self._stacks)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "PrecisionCache":
+        return PrecisionCache()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._stacks = {}
+
+
+def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
+    """Make a `precision` copy of `layers` (the originals are not touched).
+
+    RETURNS (LayerStack): the copy; the fp32 originals, after a warning, when
+        int8 kernels turn out to be missing.
+    """
+    # Made outside inference mode (the first prediction is inside it), so the
+    # copies are ordinary tensors that any later forward may use.
+    with torch.inference_mode(False), torch.no_grad():
+        if precision == "bf16":
+            return LayerStack(_bf16_parts(layers), "bf16", torch.bfloat16)
+        if precision == "int8":
+            try:
+                return LayerStack(_int8_parts(layers), "int8")
+            except (RuntimeError, ImportError, AttributeError) as err:
+                _warn_once(
+                    "int8-failed",
+                    f"precision 'int8': dynamic quantization is not available here ({type(err).__name__}: "
+                    f"{err}); the encoder runs in fp32",
+                )
+                return LayerStack(tuple(layers))
+    return LayerStack(tuple(layers))
+
+
+def _unique_modules(layers: Sequence[LayerParts], names: Sequence[str]) -> Dict[int, nn.Module]:
+    """The distinct modules under `names` (ALBERT reuses one layer's modules at
+    every depth: each is converted once, and stays shared)."""
+    found: Dict[int, nn.Module] = {}
+    for parts in layers:
+        for name in names:
+            module = getattr(parts, name)
+            found.setdefault(id(module), module)
+    return found
+
+
+def _swap(layers: Sequence[LayerParts], names: Sequence[str], new: Dict[int, Any]) -> Tuple[LayerParts, ...]:
+    return tuple(
+        dataclasses.replace(parts, **{name: new[id(getattr(parts, name))] for name in names})
+        for parts in layers
+    )
+
+
+def _int8_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
+    from torch.ao.quantization import quantize_dynamic
+
+    linears = _unique_modules(layers, LINEAR_PARTS)
+    with warnings.catch_warnings():
+        # torch.ao announces its move to torchao on every call; the API works.
+        warnings.simplefilter("ignore")
+        # Not in place: quantize_dynamic converts a deep copy of the holder.
+        quantized = quantize_dynamic(nn.ModuleList(linears.values()), {nn.Linear}, dtype=torch.qint8)
+    return _swap(layers, LINEAR_PARTS, dict(zip(linears, quantized)))
+
+
+def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
+    new: Dict[int, nn.Module] = {key: BF16Linear(m) for key, m in _unique_modules(layers, LINEAR_PARTS).items()}
+    for key, module in _unique_modules(layers, NORM_PARTS).items():
+        norm = copy.deepcopy(module).to(torch.bfloat16)
+        norm.requires_grad_(False)
+        new[key] = norm
+    return _swap(layers, LINEAR_PARTS + NORM_PARTS, new)
+
+
+def runnable_precision(precision: str, device: torch.device) -> str:
+    """`precision`, or "fp32" where it cannot run at all; warns (once per
+    process) where it cannot run, or will run slowly."""
+    if precision == "int8":
+        if device.type != "cpu":
+            _warn_once("int8-device", f"precision 'int8' runs on CPU only; on {device.type} the encoder runs in fp32")
+            return "fp32"
+        engine = torch.backends.quantized.engine
+        if engine not in INT8_ENGINES or engine not in torch.backends.quantized.supported_engines:
+            _warn_once(
+                "int8-engine",
+                f"precision 'int8': torch has no int8 kernels here (quantized engine {engine!r}, supported: "
+                f"{torch.backends.quantized.supported_engines}); the encoder runs in fp32",
+            )
+            return "fp32"
+    elif precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        _warn_once(
+            "bf16-cpu",
+            "precision 'bf16': this CPU has no bf16 instructions (avx512_bf16 or AMX) or torch has no "
+            "oneDNN, so bf16 is emulated and likely slower than fp32; it still runs",
+        )
+    return precision
+
+
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively and torch can use it (oneDNN)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    flags = _cpu_flags()
+    if flags is not None:
+        # x86 (avx512_bf16, AMX); ARM lists "bf16" among its features.
+        return bool(flags & (set(BF16_CPU_FLAGS) | {"bf16"}))
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def _cpu_flags() -> Optional[Set[str]]:
+    """The CPU feature flags from /proc/cpuinfo; None where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf8", errors="replace")
+    except OSError:
+        return None
+    flags: Set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags or None
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
