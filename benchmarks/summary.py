@@ -111,11 +111,8 @@ def main(
         train = report.get("training") or {}
         if train:
             seconds = train["seconds"]
-            print(
-                f"Training: `{train['command']}` ({train['threads']} thread(s)): stage 1 {train['steps']['stage1']} updates "
-                f"in {seconds['train-stage1'] / 60:.0f} min, stage 2 {train['steps']['stage2']} updates in "
-                f"{seconds['train-stage2'] / 60:.0f} min, calibration {(seconds['calibrate'] + seconds['calibrate-stage1']) / 60:.1f} min.\n"
-            )
+            parts = ", ".join(f"{step} {value / 60:.0f} min" for step, value in seconds.items())
+            print(f"Training: `{train['command']}` ({train['threads']} thread(s), {train['steps']} updates of 16 sentences): {parts}.\n")
         print("Checks:\n")
         print("\n".join(checks(report)) + "\n")
 

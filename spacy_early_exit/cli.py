@@ -35,6 +35,16 @@ def _check_pipeline(path: Path) -> Path:
         _fail(str(err))
 
 
+def _check_precision(value: str) -> str:
+    """Fail in one line on a precision that is not one of the known ones."""
+    from .encoder.precision import validate_precision
+
+    try:
+        return validate_precision(value)
+    except ValueError as err:
+        _fail(str(err))
+
+
 def _load_pipeline(path: Path, config: Optional[Dict[str, Any]] = None):
     """spacy.load an early-exit pipeline, or fail in one line naming the path."""
     from .loading import PipelineError, load_pipeline
@@ -70,6 +80,7 @@ def evaluate(
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
     timing_docs: int = typer.Option(0, help="Time on the first N docs only (0: all)"),
     output: Optional[Path] = typer.Option(None, help="Write the rows as JSON here"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 (default: the pipeline's)"),
 ) -> None:
     """Score a pipeline at full depth and with TOKEE on test; time them side by side."""
     import spacy
@@ -103,6 +114,10 @@ def evaluate(
             settings.append(Setting(f"tokee-{target:g}x", fields))
     else:
         settings.append(Setting("tokee", {"exit_mode": "tokee"}))
+    if precision is not None:
+        _check_precision(precision)
+        for setting in settings:
+            setting.fields = {**setting.fields, "precision": precision}
     timing = [eg.reference.text for eg in examples[: timing_docs or len(examples)]]
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     rows = compare(nlp, examples, settings, metric, timing, sizes, repeats)
@@ -115,6 +130,7 @@ def evaluate(
             "tuned": str(tuned) if tuned else None,
             "tune_data": str(tune_data) if tune_data else None,
             "metric": metric,
+            "precision": precision,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "timing_docs": len(timing),
@@ -132,6 +148,7 @@ def calibrate(
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write the JSON report here (e.g. metrics/calibration.json)"),
     limit: int = typer.Option(0, "--limit", min=0, help="Use the first N dev docs only (0: all)"),
     component: Optional[str] = typer.Option(None, "--component", help="Calibrate only this early-exit component (default: all)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to fit the temperatures for; written into the saved config"),
 ) -> None:
     """Fit one temperature per layer on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
     from .training.calibration import calibrate_pipeline, format_report
@@ -139,7 +156,9 @@ def calibrate(
     _check_pipeline(pipeline)
     if not dev_data.exists():
         _fail(f"No such data file: {dev_data}")
-    report = calibrate_pipeline(pipeline, dev_data, output, component=component, limit=limit)
+    if precision is not None:
+        _check_precision(precision)
+    report = calibrate_pipeline(pipeline, dev_data, output, component=component, limit=limit, precision=precision)
     typer.echo(format_report(report))
     typer.echo(f"Saved the calibrated pipeline to {output}")
     if metrics is not None:
@@ -158,6 +177,7 @@ def tune(
     slopes: str = typer.Option("0.5,1,2", "--slopes", help="Per-layer threshold growth factors in the schedule grid, comma separated"),
     keep: int = typer.Option(3, "--keep", min=1, help="Schedules measured for real per target (best simulated first)"),
     margin: float = typer.Option(0.02, "--margin", min=0.0, max=0.99, help="Relative safety margin on each target: 0.02 tunes 2x to 2.04x on dev"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to tune for; the chosen settings then set it (default: the pipeline's, not written)"),
     output: Path = typer.Option(Path("metrics/tune.json"), "--output", help="JSON report"),
     limit: int = typer.Option(0, "--limit", min=0, help="Tune on the first N dev docs only (0: all)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score)"),
@@ -170,6 +190,8 @@ def tune(
 
     from .training.tuning import format_tune_report, parse_numbers, tune as tune_pipeline, write_tuned
 
+    if precision is not None:
+        _check_precision(precision)
     try:
         target_list = parse_numbers(targets, float, "--targets")
         window_list = parse_numbers(windows, int, "--windows")
@@ -181,7 +203,7 @@ def tune(
     examples = _load_examples(nlp, dev_data, limit)
     report = tune_pipeline(
         nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True,
-        min_layers=layer_list, slopes=slope_list, keep=keep, margin=margin,
+        min_layers=layer_list, slopes=slope_list, keep=keep, margin=margin, precision=precision,
     )
     write_tuned(nlp, report, write_configs, pipeline_out)
     report = {"pipeline": str(pipeline), "dev_data": str(dev_data), "limit": limit, **report}

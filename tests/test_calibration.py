@@ -125,6 +125,21 @@ def test_calibrate_pipeline_saves_loadable_temperatures(saved_pipeline, tmp_path
     assert spacy.load(pipeline).get_pipe("tokee_ner").temperatures == [0.25] * 4
 
 
+def test_calibrate_for_a_precision_fits_its_logits_and_sets_it(saved_pipeline, tmp_path):
+    pipeline, dev = saved_pipeline
+    fp32 = calibrate_pipeline(pipeline, dev, tmp_path / "fp32")["components"]["tokee_ner"]
+    report = calibrate_pipeline(pipeline, dev, tmp_path / "int8", precision="int8")
+    int8 = report["components"]["tokee_ner"]
+    assert report["precision"] == "int8"
+    # int8 logits differ a little, so the fitted NLLs do too.
+    assert [r["nll_before"] for r in int8["layers"]] != [r["nll_before"] for r in fp32["layers"]]
+    config = Config().from_disk(tmp_path / "int8" / "config.cfg", interpolate=False)
+    assert config["components"]["tokee_ner"]["precision"] == "int8"
+    assert spacy.load(tmp_path / "int8").get_pipe("tokee_ner").precision == "int8"
+    assert "precision" not in Config().from_disk(tmp_path / "fp32" / "config.cfg", interpolate=False)["components"]["tokee_ner"] or \
+        Config().from_disk(tmp_path / "fp32" / "config.cfg", interpolate=False)["components"]["tokee_ner"]["precision"] == "fp32"
+
+
 def test_calibrate_pipeline_rejects_an_unknown_component(saved_pipeline, tmp_path):
     pipeline, dev = saved_pipeline
     with pytest.raises(ValueError, match="nonexistent"):

@@ -129,3 +129,24 @@ def test_tune_reads_only_the_dev_file(trained_ner, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert read == [str(tmp_path / "dev.spacy")]
+
+
+def test_tune_for_a_precision_writes_it_with_the_schedule(trained_ner, tmp_path):
+    pipe = trained_ner.get_pipe("tokee_ner")
+    assert pipe.precision == "fp32"
+    report = tune(trained_ner, ner_examples(trained_ner), [1.5], [0], steps=2, keep=1, precision="int8")
+    chosen = report["targets"][0]
+    assert report["precision"] == "int8" and pipe.precision == "fp32"  # restored
+    assert chosen["fields"]["precision"] == "int8"
+    assert chosen["overrides"]["components.tokee_ner.precision"] == "int8"
+    # Every real run of the search ran at that precision.
+    again = measure_at(trained_ner, chosen["fields"])
+    assert round(100 * again.score, 2) == chosen["score"] and again.flops_speedup == pytest.approx(chosen["flops_speedup"], abs=1e-3)
+    bad = CliRunner().invoke(app, ["tune", str(tmp_path), str(tmp_path / "dev.spacy"), "--precision", "int4"])
+    assert bad.exit_code != 0 and "'precision' must be one of" in bad.output
+
+
+def measure_at(nlp, fields):
+    from spacy_early_exit.training.measure import measure
+
+    return measure(nlp, ner_examples(nlp), fields, "ents_f")

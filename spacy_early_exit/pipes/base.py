@@ -438,11 +438,14 @@ class EarlyExitPipe(TrainablePipe):
         d_logits[:, valid] = d_valid
         return loss, ops.asarray(d_logits)
 
-    def layer_logits(self, examples: Iterable[Example], batch_size: int = 64) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    def layer_logits(
+        self, examples: Iterable[Example], batch_size: int = 64, precision: Optional[str] = None
+    ) -> Tuple[numpy.ndarray, numpy.ndarray]:
         """Every off-ramp's logits at full depth for the gold-labeled tokens.
 
         The input of calibration (temperatures are fitted on these) and of
         threshold studies that need no re-run per setting.
+        precision (Optional[str]): the layer stack's precision; None = the pipe's.
         RETURNS (Tuple[numpy.ndarray, numpy.ndarray]): logits
             ``[n_layers, n_tokens, n_classes]`` and gold class ids ``[n_tokens]``.
         """
@@ -451,7 +454,7 @@ class EarlyExitPipe(TrainablePipe):
         all_logits, all_gold = [], []
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            output = full_depth_logits(self.model, [eg.predicted for eg in chunk])
+            output = full_depth_logits(self.model, [eg.predicted for eg in chunk], precision or self.precision)
             logits = self.model.ops.to_numpy(output.layer_logits)
             for example, token_index in zip(chunk, output.token_index):
                 for position, gold in zip(token_index.tolist(), self.gold_classes(example)):

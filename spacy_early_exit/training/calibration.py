@@ -204,6 +204,7 @@ def calibrate_pipeline(
     component: Optional[str] = None,
     limit: int = 0,
     n_bins: int = DEFAULT_BINS,
+    precision: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Calibrate a saved pipeline's early-exit components and save the result.
 
@@ -219,6 +220,9 @@ def calibrate_pipeline(
     component (Optional[str]): the one component to calibrate; None = all.
     limit (int): use the first `limit` dev docs only (0: all).
     n_bins (int): ECE bins.
+    precision (Optional[str]): fit the temperatures for this prediction
+        precision ("fp32", "bf16", "int8"), which the saved config then sets;
+        None = each component's own.
     RETURNS (Dict[str, Any]): ``pipeline``, ``dev_data``, ``output``, ``n_docs``
         and ``components``: per component name, the `calibrate_layers` report
         plus ``previous_temperatures`` (what the pipe had before).
@@ -248,6 +252,8 @@ def calibrate_pipeline(
     examples = [Example(nlp.make_doc(ref.text), ref) for ref in refs]
     reports: Dict[str, Dict[str, Any]] = {}
     for name, pipe in pipes:
+        if precision is not None:
+            pipe.precision = precision
         logits, gold = pipe.layer_logits(examples)
         if gold.size == 0:
             raise ValueError(f"Component '{name}': the dev data {dev_path} has no gold-labeled tokens to calibrate on")
@@ -260,12 +266,15 @@ def calibrate_pipeline(
     config = Config().from_disk(config_path, interpolate=False)
     for name, report in reports.items():
         config["components"][name]["temperatures"] = list(report["temperatures"])
+        if precision is not None:
+            config["components"][name]["precision"] = precision
     config.to_disk(config_path)
     return {
         "pipeline": str(pipeline_dir),
         "dev_data": str(dev_path),
         "output": str(output_dir),
         "n_docs": len(examples),
+        "precision": precision,
         "components": reports,
     }
 

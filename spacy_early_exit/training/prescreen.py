@@ -81,7 +81,7 @@ class ExitProfile:
 
     @classmethod
     def collect(cls, pipe: EarlyExitPipe, examples: Sequence[Example], batch_size: int = 64) -> "ExitProfile":
-        """Run `examples` once at full depth through `pipe` and keep what the screen needs.
+        """Run `examples` once at full depth through `pipe` (at its precision) and keep what the screen needs.
 
         pipe (EarlyExitPipe): a trained early-exit component.
         examples (Sequence[Example]): gold examples (dev).
@@ -97,7 +97,7 @@ class ExitProfile:
             chunk = examples[start:start + batch_size]
             docs = [eg.predicted for eg in chunk]
             rows, layouts = aligner.layout(docs)
-            output = full_depth_logits(model, docs)
+            output = full_depth_logits(model, docs, policy.precision)
             logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
             offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
             golds = [numpy.full(len(r.word_cols), -1, dtype="int64") for r in rows]

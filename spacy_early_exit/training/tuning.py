@@ -30,7 +30,7 @@ from spacy.training import Example
 from tqdm import tqdm
 
 from ..encoder.exit_schedule import ExitSchedule, schedule_grid
-from ..evaluation import early_exit_pipes
+from ..evaluation import early_exit_pipes, exit_settings
 from .measure import Measurement, flops_speedup, main_metric, measure, metric_value, threshold_for_speedup
 from .prescreen import ExitProfile, screen
 from .tuned_configs import (
@@ -87,10 +87,15 @@ class Prober:
     metric (str): the score key.
     num_layers (int): encoder depth.
     batch_size (int): `nlp.pipe` batch size.
+    extra (Optional[Dict[str, Any]]): exit fields added to every point (e.g. the precision).
     """
 
-    def __init__(self, nlp: Language, examples: Sequence[Example], metric: str, num_layers: int, batch_size: int = 64) -> None:
+    def __init__(
+        self, nlp: Language, examples: Sequence[Example], metric: str, num_layers: int, batch_size: int = 64,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> None:
         self.nlp = nlp
+        self.extra = dict(extra or {})
         self.examples = examples
         self.metric = metric
         self.num_layers = num_layers
@@ -100,7 +105,7 @@ class Prober:
     def __call__(self, schedule: ExitSchedule, step: int) -> Measurement:
         probed = self.cache.setdefault(schedule.key, {})
         if step not in probed:
-            fields = schedule.fields(grid_threshold(step), self.num_layers)
+            fields = {**schedule.fields(grid_threshold(step), self.num_layers), **self.extra}
             probed[step] = measure(self.nlp, self.examples, fields, self.metric, self.batch_size)
         return probed[step]
 
@@ -219,7 +224,10 @@ def static_candidates(prober: Prober, num_layers: int, goal: float) -> List[Cand
     return out
 
 
-def target_report(nlp: Language, target: float, goal: float, num_layers: int, candidates: Sequence[Candidate], screened: list) -> Dict[str, Any]:
+def target_report(
+    nlp: Language, target: float, goal: float, num_layers: int, candidates: Sequence[Candidate], screened: list,
+    extra: Dict[str, Any],
+) -> Dict[str, Any]:
     """One target's entry in the tune report."""
     best = best_candidate(candidates)
     entry: Dict[str, Any] = {"target": target, "goal": round(goal, 4), "reachable": best is not None}
@@ -229,7 +237,7 @@ def target_report(nlp: Language, target: float, goal: float, num_layers: int, ca
                      score=None, flops_speedup=None, mean_exit_layer=None)
         entry["reason"] = f"no schedule reaches {target:g}x (+{goal / target - 1:.0%} margin) on this data: the fastest gives {most:.2f}x"
     else:
-        fields = best.schedule.fields(best.threshold, num_layers)
+        fields = {**best.schedule.fields(best.threshold, num_layers), **extra}
         entry.update(exit_mode="tokee", **best.schedule.as_dict(), threshold=best.threshold,
                      thresholds=fields["thresholds"], source=best.source, **best.point.as_row())
         entry["fields"] = fields
@@ -255,6 +263,7 @@ def tune(
     slopes: Sequence[float] = DEFAULT_SLOPES,
     keep: int = DEFAULT_KEEP,
     margin: float = DEFAULT_MARGIN,
+    precision: Optional[str] = None,
 ) -> Dict[str, Any]:
     """For each target FLOPs speed-up, the exit schedule and threshold that score best while reaching it.
 
@@ -270,6 +279,8 @@ def tune(
     slopes (Sequence[float]): per-layer threshold growth factors in the grid.
     keep (int): schedules measured for real per target, best simulated first.
     margin (float): relative safety margin on every target (0.02: 2x is tuned to 2.04x).
+    precision (Optional[str]): tune for this prediction precision ("fp32",
+        "bf16", "int8"), which the chosen fields then set; None = the pipe's, not written.
     RETURNS (Dict[str, Any]): JSON-ready report: the full-depth reference, one
         entry per target (schedule, thresholds, score, speed-up, config
         overrides, every measured candidate and the screen's ranking; or
@@ -290,9 +301,11 @@ def tune(
     schedules = schedule_grid(num_layers, list(windows), layers, list(slopes))
     if not schedules:
         raise ValueError(f"No schedule fits a {num_layers}-layer encoder with min_layers {layers}")
-    profile = ExitProfile.collect(pipe, examples, batch_size)
-    prober = Prober(nlp, examples, metric, num_layers, batch_size)
-    full = measure(nlp, examples, {"exit_mode": "off"}, metric, batch_size)
+    extra = {"precision": precision} if precision is not None else {}
+    with exit_settings(nlp, extra):
+        profile = ExitProfile.collect(pipe, examples, batch_size)
+    prober = Prober(nlp, examples, metric, num_layers, batch_size, extra)
+    full = measure(nlp, examples, {"exit_mode": "off", **extra}, metric, batch_size)
     entries = []
     with tqdm(total=len(targets), desc="tune", disable=not progress) as bar:
         for target in targets:
@@ -302,13 +315,14 @@ def tune(
                 search_schedule(prober, prober.probed, p.schedule, goal, steps, guess=p.base) for p in screened
             ]
             candidates += static_candidates(prober, num_layers, goal)
-            entries.append(target_report(nlp, target, goal, num_layers, candidates, screened))
+            entries.append(target_report(nlp, target, goal, num_layers, candidates, screened, extra))
             bar.update(1)
     return {
         "metric": metric,
         "n_docs": len(examples),
         "component": name,
         "margin": margin,
+        "precision": precision or pipe.precision,
         "grid": {"windows": list(windows), "min_layers": layers, "slopes": list(slopes), "keep": keep},
         "full": {"exit_mode": "off", **full.as_row()},
         "targets": entries,

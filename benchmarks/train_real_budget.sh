@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Train one corpus with a real budget (issue 11): stage 1 until dev stops
+# improving, then stage 2 twice from the same stage 1 (the paper's loss, and
+# self-distillation as the ablation), then per-layer temperatures for all three.
+#
+#   bash benchmarks/train_real_budget.sh <dataset> <stage1_steps> <stage2_steps> [threads] [first_step]
+#
+# Stage 1 evaluates every 500 updates and stops after 2,000 without a better
+# full-depth dev score (model-best is the best full-depth checkpoint). Steps:
+# convert, stage1, stage2, distill, calibrate; `first_step` resumes from one.
+# Each step's wall time goes to project/metrics/<dataset>/training_time.json.
+# Model binaries stay in project/training/ (not in git).
+set -euo pipefail
+dataset=$1; s1=$2; s2=$3; threads=${4:-1}; first=${5:-convert}
+distill_weight=${DISTILL_WEIGHT:-1.0}
+cd "$(dirname "$0")/../project"
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+out="metrics/$dataset/training_time.json"
+mkdir -p "metrics/$dataset" logs
+every=500
+common=(--eval-frequency "$every" --threads "$threads")
+run_step() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "[$dataset] $name: $*"
+  "$@" > "logs/${dataset}_${name}.log" 2>&1
+  python - "$out" "$name" $((SECONDS - start)) <<'EOF'
+import json, sys
+from pathlib import Path
+path, name, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+data = json.loads(path.read_text()) if path.exists() else {}
+data.setdefault("seconds", {})[name] = seconds
+path.write_text(json.dumps(data, indent=2) + "\n")
+EOF
+}
+steps=(convert stage1 stage2 distill calibrate)
+started=false
+for step in "${steps[@]}"; do
+  [[ $step == "$first" ]] && started=true
+  $started || continue
+  case $step in
+    convert) run_step convert python scripts/prepare.py "$dataset" "corpus/$dataset" --data-dir ../../shared/data ;;
+    stage1) run_step stage1 python scripts/train.py "corpus/$dataset" "training/$dataset/stage1" --stage 1 \
+        --max-steps "$s1" --patience 2000 --select-on full "${common[@]}" ;;
+    stage2) run_step stage2 python scripts/train.py "corpus/$dataset" "training/$dataset/stage2" --stage 2 \
+        --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" "${common[@]}" ;;
+    distill) run_step distill python scripts/train.py "corpus/$dataset" "training/$dataset/stage2-distill" --stage 2 \
+        --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" --distill-weight "$distill_weight" "${common[@]}" ;;
+    calibrate)
+      run_step calibrate python -m spacy_early_exit calibrate "training/$dataset/stage2/model-best" "corpus/$dataset/dev.spacy" \
+        --output "training/$dataset/final" --metrics "metrics/$dataset/calibration.json"
+      run_step calibrate-stage1 python -m spacy_early_exit calibrate "training/$dataset/stage1/model-best" "corpus/$dataset/dev.spacy" \
+        --output "training/$dataset/stage1-final" --metrics "metrics/$dataset/stage1/calibration.json"
+      run_step calibrate-distill python -m spacy_early_exit calibrate "training/$dataset/stage2-distill/model-best" "corpus/$dataset/dev.spacy" \
+        --output "training/$dataset/distill-final" --metrics "metrics/$dataset/distill/calibration.json" ;;
+  esac
+done
+python - "$out" "$dataset" "$s1" "$s2" "$threads" "$distill_weight" <<'EOF'
+import json, os, platform, sys
+from pathlib import Path
+path, dataset, s1, s2, threads, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+data = json.loads(Path(path).read_text())
+data.update(dataset=dataset, threads=threads, machine=f"{os.cpu_count()} CPU cores, {platform.machine()}",
+            steps={"stage1": s1, "stage2": s2}, batch_size=16, distill_weight=weight, patience=2000, eval_frequency=500,
+            command=f"bash benchmarks/train_real_budget.sh {dataset} {s1} {s2} {threads}")
+Path(path).write_text(json.dumps(data, indent=2) + "\n")
+print(json.dumps(data, indent=2))
+EOF
