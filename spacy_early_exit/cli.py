@@ -300,5 +300,10 @@ def visualize(
             _fail(str(err))
 
 
+from .cli_annotate import annotate_command  # noqa: E402  (its own module: cheap to import)
+
+app.command(name="annotate")(annotate_command)
+
+
 if __name__ == "__main__":
     app()
