@@ -1,9 +1,9 @@
-"""Convert the public corpora in shared/data/ into spaCy DocBin (.spacy) files.
+"""Convert the public corpora in shared/data/, or a user's own files, into spaCy DocBin (.spacy) files.
 
 Usage: python project/scripts/convert.py FORMAT INPUT_PATH OUTPUT_PATH [--lang LANG]
 
 Every format also has an importable reader (``read_<format>(path, lang)``) that returns
-one spaCy ``Doc`` per sentence (or per JSON line for CLUENER). Malformed input raises a
+one spaCy ``Doc`` per sentence (or per JSON line for CLUENER and JSONL). Malformed input raises a
 ``ValueError`` that names the file and the 1-based line number.
 """
 import json
@@ -348,6 +348,109 @@ def read_cluener(path: PathLike, lang: str = "zh") -> List[Doc]:
     return docs
 
 
+def column_count(path: PathLike, sep: Optional[str] = None) -> int:
+    """The number of columns of the first token line (the width of the whole file).
+
+    path (PathLike): The input file.
+    sep (Optional[str]): The column separator; None splits on whitespace.
+    RETURNS (int): The column count, or 0 for a file with no token lines.
+    """
+    for _, text in iter_lines(path):
+        if text.strip():
+            return len(text.split(sep))
+    return 0
+
+
+def read_conll(path: PathLike, lang: str = "en") -> List[Doc]:
+    """Read any CoNLL-style NER file: whitespace columns, the word first and the IOB tag last.
+
+    Every token line must have as many columns as the first one (2 for "word tag",
+    4 for CoNLL-2003 ...). IOB1 or IOB2; -DOCSTART- lines are skipped.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    RETURNS (List[Doc]): One Doc per sentence with doc.ents.
+    """
+    width = column_count(path)
+    if width == 1:
+        raise fail(path, 1, "expected at least 2 columns (word ... IOB tag)")
+    return read_iob_columns(path, lang, (width, 0, width - 1), sep=None, docstart=True) if width else []
+
+
+def jsonl_span(path: PathLike, lineno: int, item: object) -> Tuple[int, int, str]:
+    """One span of a JSONL record: [start, end, label] or {"start", "end", "label"}.
+
+    path (PathLike): The input file, for error messages.
+    lineno (int): The line number, for error messages.
+    item (object): The parsed span.
+    RETURNS (Tuple[int, int, str]): Character offsets (end exclusive) and label.
+    """
+    if isinstance(item, dict):
+        item = [item.get("start"), item.get("end"), item.get("label")]
+    ok = isinstance(item, list) and len(item) == 3
+    start, end, label = item if ok else (None, None, None)
+    if not (type(start) is int and type(end) is int and isinstance(label, str) and label):
+        raise fail(path, lineno, f"a span must be [start, end, label] or {{'start', 'end', 'label'}}; got {item!r}")
+    return start, end, label
+
+
+def read_jsonl(path: PathLike, lang: str = "en") -> List[Doc]:
+    """Read JSON lines {"text": ..., "spans" or "entities": [[start, end, label], ...]}.
+
+    Offsets are characters with the end exclusive (spaCy's and Prodigy's
+    convention); a span may also be {"start", "end", "label"}. The text is
+    tokenized by spacy.blank(lang), one token per character for Chinese (the
+    project's Chinese pipelines tokenize characters). A span whose edges fall
+    inside a token is widened to whole tokens, and a warning counts them.
+    All spans go to doc.spans["sc"]; doc.ents holds the longest non-overlapping ones.
+
+    path (PathLike): The input file.
+    lang (str): The language of the tokenizer and vocab.
+    RETURNS (List[Doc]): One Doc per non-blank line.
+    """
+    nlp = spacy.blank(lang)
+    docs: List[Doc] = []
+    n_widened = 0
+    for lineno, text in iter_lines(path):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+            body = record["text"]
+            if not isinstance(body, str):
+                raise TypeError("'text' is not a string")
+        except (ValueError, KeyError, TypeError) as err:
+            raise fail(path, lineno, f"expected a JSON object with a 'text' string ({err})") from None
+        if lang == "zh":
+            doc = Doc(nlp.vocab, words=list(body), spaces=[False] * len(body))
+        else:
+            doc = nlp.make_doc(body)
+        items = record.get("spans", record.get("entities", []))
+        if not isinstance(items, list):
+            raise fail(path, lineno, "'spans' (or 'entities') must be a list")
+        spans: List[Span] = []
+        for item in items:
+            start, end, label = jsonl_span(path, lineno, item)
+            if not 0 <= start < end <= len(body):
+                raise fail(path, lineno, f"span [{start}, {end}] is outside the text (length {len(body)})")
+            span = doc.char_span(start, end, label=label)
+            if span is None:
+                span = doc.char_span(start, end, label=label, alignment_mode="expand")
+                n_widened += 1
+            if span is None or not len(span):
+                raise fail(path, lineno, f"span [{start}, {end}] {body[start:end]!r} covers no token")
+            spans.append(span)
+        doc.spans[CLUENER_SPANS_KEY] = sorted(spans)
+        doc.ents = filter_spans(spans)
+        docs.append(doc)
+    if n_widened:
+        warnings.warn(f"{path}: {n_widened} spans did not match token boundaries and were widened to whole tokens")
+    n_dropped = sum(len(d.spans.get(CLUENER_SPANS_KEY, [])) - len(d.ents) for d in docs)
+    if n_dropped:
+        warnings.warn(f"{path}: {n_dropped} overlapping spans kept in doc.spans only, not in doc.ents")
+    return docs
+
+
 class Format(str, Enum):
     conll2003 = "conll2003"
     iob2 = "iob2"
@@ -355,6 +458,8 @@ class Format(str, Enum):
     conllu_seg = "conllu_seg"
     weibo = "weibo"
     cluener = "cluener"
+    conll = "conll"
+    jsonl = "jsonl"
 
 
 READERS: Dict[str, Tuple[Callable[[PathLike, str], List[Doc]], str]] = {
@@ -364,6 +469,8 @@ READERS: Dict[str, Tuple[Callable[[PathLike, str], List[Doc]], str]] = {
     "conllu_seg": (read_conllu_seg, "zh"),
     "weibo": (read_weibo, "zh"),
     "cluener": (read_cluener, "zh"),
+    "conll": (read_conll, "en"),
+    "jsonl": (read_jsonl, "en"),
 }
 
 

@@ -4,6 +4,11 @@ The dataset name picks the reader, the files, the task (which component and
 config train on it), the language and the metric, so project.yml stays the
 same for every corpus. Public corpora are read from --data-dir; the demo
 corpus ships in assets/.
+
+Your own corpus: any other name (e.g. "custom") with --train and --test (and
+--dev, or the last 10% of train is held out), --task and --lang. Each file is a
+.spacy DocBin or a text format that convert.py reads, picked from its
+extension (see FORMAT_OF_EXTENSION) or forced for all three with --format.
 """
 import json
 from dataclasses import asdict, dataclass
@@ -13,7 +18,7 @@ from typing import Dict, List, Optional
 import typer
 from spacy.tokens import Doc, DocBin
 
-from convert import READERS, summarize
+from convert import READERS, get_vocab, summarize
 
 
 @dataclass
@@ -68,15 +73,108 @@ DATASETS: Dict[str, Dataset] = {
 }
 
 
+METRICS = {"ner": "ents_f", "tagger": "pos_acc", "segmenter": "token_f"}
+# A file's extension -> its format, per task; "spacy" is a DocBin for any task.
+FORMAT_OF_EXTENSION: Dict[str, Dict[str, str]] = {
+    ".spacy": {"ner": "spacy", "tagger": "spacy", "segmenter": "spacy"},
+    ".iob2": {"ner": "iob2", "segmenter": "conllu_seg"},
+    ".conllu": {"tagger": "conllu_pos", "segmenter": "conllu_seg"},
+    ".jsonl": {"ner": "jsonl"},
+    ".json": {"ner": "jsonl"},
+    **{ext: {"ner": "conll"} for ext in (".conll", ".txt", ".tsv", ".bio", ".iob")},
+}
+# What each format annotates; a .spacy DocBin may carry any of them.
+TASKS_OF_FORMAT = {
+    "spacy": ("ner", "tagger", "segmenter"),
+    "conllu_pos": ("tagger",),
+    "conllu_seg": ("segmenter",),
+    **{fmt: ("ner",) for fmt in ("conll", "conll2003", "iob2", "jsonl", "weibo", "cluener")},
+}
+# Held-out share of train when a custom corpus has no dev file.
+CUSTOM_DEV_SHARE = 0.1
+
+
+def read_docbin(path: Path, lang: str) -> List[Doc]:
+    """The docs of a .spacy DocBin.
+
+    path (Path): The DocBin file.
+    lang (str): The language of the vocab the docs are read into.
+    RETURNS (List[Doc]): The docs with their annotation.
+    """
+    return list(DocBin().from_disk(path).get_docs(get_vocab(lang)))
+
+
 def read(dataset: Dataset, split: str, root: Path) -> Optional[List[Doc]]:
+    """Read one split of a dataset, or None when the dataset has no such file.
+
+    dataset (Dataset): The dataset.
+    split (str): "train", "dev" or "test".
+    root (Path): The folder the dataset's paths are relative to.
+    RETURNS (Optional[List[Doc]]): One Doc per sentence.
+    """
     if split not in dataset.files:
         return None
     reader_name, relative = dataset.files[split]
     path = root / relative
     if not path.exists():
-        raise typer.BadParameter(f"Missing {path}: point --data-dir at a copy of the corpus (see project.yml assets)")
+        bundled = bool(dataset_name(dataset))
+        hint = "point --data-dir at a copy of the corpus (see project.yml assets)" if bundled else "check the path (a relative path starts from the project folder)"
+        raise typer.BadParameter(f"Missing {path}: {hint}")
+    if reader_name == "spacy":
+        return read_docbin(path, dataset.lang)
     reader, _ = READERS[reader_name]
     return reader(path, dataset.lang)
+
+
+def dataset_name(dataset: Dataset) -> str:
+    """The registered name of a dataset, or "" for a custom one."""
+    return next((name for name, known in DATASETS.items() if known is dataset), "")
+
+
+def format_for(path: Path, task: str, fmt: str) -> str:
+    """The reader for one custom file: --format, or the one its extension implies for the task.
+
+    path (Path): The file.
+    task (str): "ner", "tagger" or "segmenter".
+    fmt (str): "auto", "spacy" or a convert.py format.
+    RETURNS (str): The format name.
+    """
+    if fmt == "auto":
+        by_task = FORMAT_OF_EXTENSION.get(path.suffix.lower())
+        if by_task is None:
+            known = ", ".join(sorted(FORMAT_OF_EXTENSION))
+            raise typer.BadParameter(f"{path}: cannot tell the format from {path.suffix!r} (known: {known}); set --format")
+        if task not in by_task:
+            raise typer.BadParameter(f"{path}: a {path.suffix} file has no {task} annotation this project reads; set --format")
+        return by_task[task]
+    if fmt not in TASKS_OF_FORMAT:
+        raise typer.BadParameter(f"Unknown --format {fmt!r}; choose from auto, {', '.join(TASKS_OF_FORMAT)}")
+    if task not in TASKS_OF_FORMAT[fmt]:
+        raise typer.BadParameter(f"--format {fmt} holds {'/'.join(TASKS_OF_FORMAT[fmt])} annotation, not {task}")
+    return fmt
+
+
+def custom_dataset(task: str, lang: str, files: Dict[str, Path], fmt: str) -> Dataset:
+    """A Dataset for the user's own train/dev/test files.
+
+    task (str): "ner", "tagger" or "segmenter".
+    lang (str): A spaCy language code.
+    files (Dict[str, Path]): split -> file; "dev" may be missing.
+    fmt (str): "auto" or a format name for every file.
+    RETURNS (Dataset): The dataset; without dev, the end of train is held out (see main).
+    """
+    if task not in METRICS:
+        raise typer.BadParameter(f"--task must be one of {', '.join(METRICS)}; got {task!r}")
+    try:
+        get_vocab(lang)
+    except ImportError:
+        raise typer.BadParameter(f"--lang {lang!r} is not a spaCy language code") from None
+    for split in ("train", "test"):
+        if split not in files:
+            raise typer.BadParameter(f"Your own corpus needs --{split} (a file path)")
+    table = {split: (format_for(path, task, fmt), str(path)) for split, path in files.items()}
+    note = "your own corpus" + ("" if "dev" in files else f"; dev = the last {CUSTOM_DEV_SHARE:.0%} of train")
+    return Dataset(task, lang, METRICS[task], table, note=note)
 
 
 def main(
@@ -85,17 +183,32 @@ def main(
     data_dir: Path = typer.Option(Path("../../shared/data"), help="Folder with the public corpora"),
     assets_dir: Path = typer.Option(Path("assets"), help="Folder with the embedded demo corpus"),
     limit: int = typer.Option(0, help="Keep only the first N docs of each split (0: all); for quick runs"),
+    train: str = typer.Option("", help="Your own corpus: the train file (.spacy, .conll/.txt, .iob2, .conllu, .jsonl)"),
+    dev: str = typer.Option("", help="Your own corpus: the dev file (empty: the last 10% of train)"),
+    test: str = typer.Option("", help="Your own corpus: the test file"),
+    task: str = typer.Option("ner", help="Your own corpus: ner, tagger or segmenter"),
+    lang: str = typer.Option("en", help="Your own corpus: spaCy language code"),
+    fmt: str = typer.Option("auto", "--format", help="Your own corpus: auto (from each file's extension), spacy, or a convert.py format"),
 ) -> None:
-    if name not in DATASETS:
-        raise typer.BadParameter(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    dataset = DATASETS[name]
-    root = assets_dir if dataset.in_assets else data_dir
+    files = {split: Path(path) for split, path in (("train", train), ("dev", dev), ("test", test)) if path}
+    if name in DATASETS:
+        if files:
+            raise typer.BadParameter(f"{name} is a bundled dataset; --train/--dev/--test need another name (e.g. custom)")
+        dataset = DATASETS[name]
+        root = assets_dir if dataset.in_assets else data_dir
+    elif files:
+        dataset = custom_dataset(task, lang, files, fmt)
+        root = Path(".")
+    else:
+        raise typer.BadParameter(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or give --train/--test for your own corpus")
     splits = {split: read(dataset, split, root) for split in ("train", "dev", "test")}
+    if splits["dev"] is None and not dataset.hold_out:
+        dataset.hold_out = max(1, int(len(splits["train"]) * CUSTOM_DEV_SHARE))
     if dataset.hold_out:
-        train = splits["train"]
-        if len(train) <= dataset.hold_out:
-            raise typer.BadParameter(f"{name}: train has {len(train)} docs, cannot hold out {dataset.hold_out}")
-        splits["train"], splits["dev"] = train[: -dataset.hold_out], train[-dataset.hold_out :]
+        train_docs = splits["train"]
+        if len(train_docs) <= dataset.hold_out:
+            raise typer.BadParameter(f"{name}: train has {len(train_docs)} docs, cannot hold out {dataset.hold_out}")
+        splits["train"], splits["dev"] = train_docs[: -dataset.hold_out], train_docs[-dataset.hold_out :]
     output_dir.mkdir(parents=True, exist_ok=True)
     for split, docs in splits.items():
         if limit:

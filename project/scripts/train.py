@@ -58,7 +58,7 @@ def main(
     patience: int = typer.Option(0, help="Stop after this many updates without a better dev score (0 = run max_steps)"),
     max_epochs: int = typer.Option(0, help="Stop after this many epochs (0 = no limit)"),
     select_on: str = typer.Option("tokee", help="Dev score that picks model-best: 'tokee' (the config's exit setting) or 'full' (full depth)"),
-    threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default); OMP_NUM_THREADS, when set, caps it"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
     configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg"),
 ) -> None:
