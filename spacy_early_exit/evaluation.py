@@ -213,7 +213,8 @@ def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
         cells = [row["method"], f"{row['score']:.2f}", f"{row['flops_speedup']:.2f}"]
         cells += [f"{row['wall_speedup'][b]:.2f}" for b in sizes]
         cells += [f"{row['words_per_second'][b]:.0f}" for b in sizes]
-        cells += [f"{row['mean_exit_layer']:.2f}", str(row["window"]), str(row["threshold"])]
+        # A field that does not apply (full depth has no window) prints as the README's dash.
+        cells += [f"{row['mean_exit_layer']:.2f}"] + ["\u2013" if row[key] is None else str(row[key]) for key in ("window", "threshold")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 Figures are drawn on an Agg canvas directly, not through pyplot, so plotting
 never changes the caller's matplotlib backend or global figure state.
 """
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -24,18 +25,75 @@ def xy(rows: Sequence[Dict[str, Any]]) -> Tuple[List[float], List[float]]:
     return [r["flops_speedup"] for r in rows], [r["score"] for r in rows]
 
 
-def plot_sweep(rows: Sequence[Dict[str, Any]], path: Path, metric: str, title: Optional[str] = None) -> Path:
+def sweep_meta(path: Path) -> Dict[str, Any]:
+    """The fields of the sweep report written beside the plot (sweep.json), or {}.
+
+    write_sweep writes the JSON report before it draws the plot, so the plot
+    can name what was swept without another argument.
+    """
+    report = Path(path).with_suffix(".json")
+    try:
+        meta = json.loads(report.read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: value for key, value in meta.items() if key not in ("rows", "columns")} if isinstance(meta, dict) else {}
+
+
+def describe(location: Optional[str]) -> str:
+    """A short name for a data file or pipeline: "corpus/uner_en_ewt/test.spacy" -> "uner_en_ewt/test"."""
+    if not location:
+        return ""
+    parts = Path(location).with_suffix("").parts
+    return "/".join(parts[-2:])
+
+
+def sweep_title(meta: Dict[str, Any]) -> str:
+    """The plot title: what was swept, on how many docs, with which TOKEE window."""
+    what = " on ".join(part for part in (describe(meta.get("pipeline")), describe(meta.get("data"))) if part)
+    details = []
+    if meta.get("window") is not None:
+        details.append(f"TOKEE window {meta['window']}")
+    for key, name in (("min_layer", "first exit layer"), ("slope", "slope")):
+        if meta.get(key) is not None:
+            details.append(f"{name} {meta[key]}")
+    if meta.get("n_docs"):
+        details.append(f"{meta['n_docs']} docs")
+    return "\n".join(part for part in (what, ", ".join(details)) if part)
+
+
+def full_depth_label(meta: Dict[str, Any]) -> str:
+    """The full-depth marker's legend entry; it says when the sweep ran on a subset."""
+    n_docs = meta.get("n_docs")
+    if not n_docs:
+        return "full"
+    if meta.get("limit"):
+        # The test table scores every test doc; this star does not.
+        return f"full depth (on this {n_docs}-doc subset)"
+    return f"full depth ({n_docs} docs)"
+
+
+def plot_sweep(
+    rows: Sequence[Dict[str, Any]],
+    path: Path,
+    metric: str,
+    title: Optional[str] = None,
+    meta: Optional[Dict[str, Any]] = None,
+) -> Path:
     """Score against FLOPs speed-up: a line per exit method, markers for static-k and full depth.
 
     rows (Sequence[Dict[str, Any]]): rows with method, score, flops_speedup (and layer for static-k).
     path (Path): the PNG to write.
     metric (str): the score's name, for the y axis.
-    title (Optional[str]): the figure title.
+    title (Optional[str]): the figure title; None = built from `meta`.
+    meta (Optional[Dict[str, Any]]): pipeline, data, window, n_docs, limit of the
+        sweep; None = read from the sweep.json beside `path`, if there is one.
     RETURNS (Path): `path`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    meta = sweep_meta(path) if meta is None else meta
+    title = sweep_title(meta) if title is None else title
     figure = Figure(figsize=(6.4, 4.8), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -53,12 +111,13 @@ def plot_sweep(rows: Sequence[Dict[str, Any]], path: Path, metric: str, title: O
     full = scored(rows, "full")
     if full:
         x, y = xy(full)
-        axes.scatter(x, y, marker="*", s=120, color=COLORS["full"], label="full", zorder=4)
+        axes.scatter(x, y, marker="*", s=120, color=COLORS["full"], label=full_depth_label(meta), zorder=4)
+        axes.annotate(f"{y[0]:.2f}", (x[0], y[0]), textcoords="offset points", xytext=(6, -10), fontsize=8)
     axes.set_xlabel("FLOPs speed-up (x)")
     axes.set_ylabel(metric)
     axes.grid(True, alpha=0.3)
     if title:
-        axes.set_title(title)
+        axes.set_title(title, fontsize=10)
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
     figure.tight_layout()

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "data" / "converters"
 # The public corpora (shared/ next to or inside the checkout); absent on most machines.
 DATA = next((p for p in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data") if p.exists()), ROOT / "shared")
+# The files that ship with the project (the UNER English-EWT demo), at the same relative paths.
+SHIPPED = ROOT / "project" / "assets"
 
 
 def load_convert() -> ModuleType:
@@ -148,6 +150,13 @@ MALFORMED = [
     ("cluener", "x.json", '{"text": "abc"}\n{"text": "abc", "label": {"name": {"bc": [[1, 1]]}}}\n', 2, "'bc'"),
     ("cluener", "x.json", '{"text": "abc"}\n\n{"txt": "abc"}\n', 3, "'text'"),
     ("cluener", "x.json", '{"text": "abc", "label": {"name": ["bc"]}}\n', 1, "'label'"),
+    ("conll", "x.conll", "Ada B-PER\nLovelace I-PER O\n", 2, "expected 2 columns"),
+    ("conll", "x.conll", "Ada\n", 1, "at least 2 columns"),
+    ("conll", "x.conll", "Ada B-PER\nwrote X\n", 2, "bad IOB tag"),
+    ("jsonl", "x.jsonl", '{"text": "Ada wrote"}\n\n{"txt": "a"}\n', 3, "'text'"),
+    ("jsonl", "x.jsonl", '{"text": "Ada wrote", "spans": [[0, 3]]}\n', 1, "[start, end, label]"),
+    ("jsonl", "x.jsonl", '{"text": "Ada wrote", "spans": [[4, 20, "X"]]}\n', 1, "outside the text"),
+    ("jsonl", "x.jsonl", '{"text": "Ada wrote", "spans": {"a": 1}}\n', 1, "must be a list"),
 ]
 
 
@@ -173,6 +182,49 @@ def test_unterminated_last_sentence_is_kept(tmp_path):
     docs = convert.read_iob2(path)
     assert [doc.text for doc in docs] == ["A", "B"]
     assert ents(docs[1]) == [("B", "PER")]
+
+
+# ---------------------------------------------------------------- your own corpus: CoNLL columns, JSONL
+
+
+def test_conll_columns_word_first_tag_last(tmp_path):
+    two = write(tmp_path, "two.conll", "Ada B-PER\nLovelace I-PER\nwrote O\n\nin O\nLondon B-LOC\n")
+    docs = convert.read_conll(two)
+    assert [doc.text for doc in docs] == ["Ada Lovelace wrote", "in London"]
+    assert ents(docs[0]) == [("Ada Lovelace", "PER")] and ents(docs[1]) == [("London", "LOC")]
+    # Four columns (CoNLL-2003) read the same as the conll2003 reader.
+    fixture = FIXTURES / "conll2003_iob2.txt"
+    assert [ents(d) for d in convert.read_conll(fixture)] == [ents(d) for d in convert.read_conll2003(fixture)]
+    assert convert.read_conll(write(tmp_path, "empty.conll", "\n\n")) == []
+
+
+def test_jsonl_spans_entities_and_dict_spans(tmp_path):
+    lines = [
+        '{"text": "Ada Lovelace lived in London.", "spans": [[0, 12, "PER"], [22, 28, "LOC"]]}',
+        '{"text": "Google hired Ben", "entities": [{"start": 0, "end": 6, "label": "ORG"}, [13, 16, "PER"]]}',
+        '{"text": "Nothing here"}',
+    ]
+    docs = convert.read_jsonl(write(tmp_path, "x.jsonl", "\n".join(lines) + "\n"))
+    assert [ents(doc) for doc in docs] == [[("Ada Lovelace", "PER"), ("London", "LOC")], [("Google", "ORG"), ("Ben", "PER")], []]
+    assert docs[0].text == "Ada Lovelace lived in London."
+    assert docs[2].has_annotation("ENT_IOB")  # no entities is an annotation too: all O
+
+
+def test_jsonl_widens_misaligned_spans_and_keeps_overlaps(tmp_path):
+    text = '{"text": "New Yorkers love it", "spans": [[0, 8, "LOC"], [0, 3, "MISC"]]}\n'
+    with pytest.warns(UserWarning) as caught:
+        (doc,) = convert.read_jsonl(write(tmp_path, "x.jsonl", text))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "widened to whole tokens" in messages and "overlapping" in messages
+    assert ents(doc) == [("New Yorkers", "LOC")]
+    assert sorted((s.text, s.label_) for s in doc.spans["sc"]) == [("New", "MISC"), ("New Yorkers", "LOC")]
+
+
+def test_jsonl_chinese_is_one_token_per_character(tmp_path):
+    text = '{"text": "张三在北京", "spans": [[0, 2, "PER"], [3, 5, "LOC"]]}\n'
+    (doc,) = convert.read_jsonl(write(tmp_path, "x.jsonl", text), "zh")
+    assert [t.text for t in doc] == list("张三在北京")
+    assert ents(doc) == [("张三", "PER"), ("北京", "LOC")]
 
 
 # ---------------------------------------------------------------- CLI
@@ -226,14 +278,25 @@ REAL_COUNTS = [
 ]
 
 
+def locate(relative: str) -> Path:
+    """A corpus file: the shipped copy when the project has one, else the one in shared/data."""
+    shipped = SHIPPED / relative
+    return shipped if shipped.exists() else DATA / relative
+
+
 def read_real(fmt: str, relative: str) -> List[Doc]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return convert.READERS[fmt][0](DATA / relative)
+        return convert.READERS[fmt][0](locate(relative))
 
 
 def needs(relative: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(not (DATA / relative).exists(), reason=f"{relative} not available")
+    return pytest.mark.skipif(not locate(relative).exists(), reason=f"{relative} not available")
+
+
+def test_shipped_corpora_never_skip():
+    for relative in ("uner_en_ewt/en_ewt-ud-dev.iob2", "uner_en_ewt/en_ewt-ud-test.iob2"):
+        assert locate(relative).is_file(), relative
 
 
 @pytest.mark.parametrize(
