@@ -50,6 +50,10 @@ def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
     # Stage 2 started from stage 1 and the final pipeline carries the temperatures.
     config = (project / "training" / "uner_en_ewt" / "final" / "config.cfg").read_text()
     assert "self_sampling" in config and "temperatures = [" in config
+    # tune left a ready-to-load pipeline per reachable target beside `final`.
+    for entry in tune["targets"]:
+        published = project / "training" / "uner_en_ewt" / f"final-{entry['target']:g}x"
+        assert published.exists() == entry["reachable"], entry
     # The benchmark table (issue 4) from the same trained pipelines.
     result = subprocess.run(
         [sys.executable, "-m", "spacy", "project", "run", "calibrate-stage1", str(project), *args],

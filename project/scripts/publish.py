@@ -42,7 +42,9 @@ def publish(report: Dict[str, Any], output_dir: Path, prefix: str = "final-") ->
             raise typer.BadParameter(f"{source}: the tuned copy in the report is missing (run tune with --pipeline-out)")
         shutil.move(str(source), str(destination))
         published.append(destination)
-        print(f"{entry['target']:g}x: {destination} (window {entry.get('window')}, threshold {entry.get('threshold')})")
+        setting = entry.get("fields") or {key: entry.get(key) for key in ("window", "threshold")}
+        shown = ", ".join(f"{key} {value}" for key, value in setting.items() if value is not None)
+        print(f"{entry['target']:g}x: {destination} ({shown}; dev FLOPs x{entry.get('flops_speedup')})")
     return published
 
 
