@@ -37,7 +37,7 @@ CSS = """
   margin: 0.1em 0.05em; padding: 0.05em 0.3em; border-radius: 0.3em; line-height: 1.35; white-space: pre; }
 .tokee-token[data-layer="0"] { border: 1px dashed #999; }
 .tokee-over, .tokee-under { font-size: 0.62em; font-weight: bold; letter-spacing: 0.03em; min-height: 1.2em; }
-.tokee-ent { box-shadow: inset 0 -0.22em 0 #1b1b1b; }
+.tokee-ent { box-shadow: inset 0 -0.24em 0 #e8590c; }  /* orange: visible on pale and dark boxes */
 """
 
 
