@@ -6,13 +6,15 @@ every saved file only ever see them). A prediction at "bf16" or "int8" runs a
 converted copy of the layer stack, made once per process on first use and kept
 until the weights change:
 
-- "int8": torch's dynamic quantization of the layers' Linear modules (Q, K, V,
-  the attention output and both FFN projections): int8 weights, activations
-  quantized on the fly per matrix product. LayerNorms stay fp32. The per-product
-  activation scale spans every row of the sub-batch, so a token's int8 result
-  can move by quantization noise with the other texts in its batch (fp32
-  differs only in the last bits); tags and exit layers follow except where a
-  token's uncertainty sits at the threshold.
+- "int8": W8A8 products in the layers' Linear modules (Q, K, V, the attention
+  output and both FFN projections, `Int8Linear`): int8 weights with one scale
+  per output channel, made once; activations quantized at run time with one
+  scale per row, that is per token; the product accumulated exactly in int32
+  (`torch._int_mm`) and rescaled in fp32. LayerNorms stay fp32. Because every
+  scale belongs to one token or one output channel, a token's result depends
+  on its own hidden state only: int8 is batch-invariant like fp32 and bf16.
+  (torch's dynamic quantization, one activation scale per matrix product over
+  the whole sub-batch, would let a token's logits move with its neighbours.)
 - "bf16": Linear and LayerNorm weights cast once to bfloat16, the hidden states
   bfloat16 inside the stack. The matrix products run on oneDNN even inside
   `memory.native_kernels`: torch's own bf16 product is several times slower
@@ -28,8 +30,10 @@ quantization would add noise to exactly the values compared with the threshold.
 FLOPs are counted from the exit schedule, so they do not depend on precision.
 
 A CPU without fast bf16 instructions (avx512_bf16 or AMX) gets one warning per
-process and still runs bf16; where int8 kernels are missing (no quantized
-engine, or a non-CPU device) one warning says so and the layers run in fp32.
+process and still runs bf16. int8 runs on CPU only (elsewhere one warning,
+and the layers run in fp32); where torch has no fast int8 product
+(`torch._int_mm` on oneDNN) one warning says so and the same integer
+arithmetic is emulated with float products, exactly, and slowly.
 Plain PyTorch: nothing here knows about spaCy.
 """
 import copy
@@ -38,7 +42,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +53,10 @@ from .backbone import LayerParts
 PRECISIONS = ("fp32", "bf16", "int8")
 LINEAR_PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 NORM_PARTS = ("attn_norm", "ffn_norm")
-# torch's engines with dynamic int8 Linear kernels.
-INT8_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+# Symmetric int8: [-127, 127], so that negating a value never overflows.
+INT8_MAX = 127
+# The smallest row maximum given its own scale (a normal float even / 127).
+SCALE_FLOOR = 1e-30
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # Keys of the warnings already given in this process (one each).
@@ -93,24 +99,148 @@ class BF16Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        backend = torch.backends.mkldnn
-        if x.device.type != "cpu" or backend.enabled:
+        if x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
-        # Prediction runs with oneDNN off (memory.native_kernels); switch it on
-        # for the product only, so the elementwise ops keep torch's kernels.
-        backend.enabled = True
-        try:
-            return F.linear(x, self.weight, self.bias)
-        finally:
-            backend.enabled = False
+        return on_onednn(F.linear, x, self.weight, self.bias)
+
+
+def on_onednn(op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """`op(*args)` with oneDNN switched on for this call only.
+
+    Prediction runs with oneDNN off (memory.native_kernels), but torch's own
+    bf16 and int8 products are several times (int8: ~200x) slower than
+    oneDNN's; the elementwise ops around them keep torch's kernels.
+
+    op (Callable[..., torch.Tensor]): the product to run.
+    """
+    backend = torch.backends.mkldnn
+    if backend.enabled:
+        return op(*args)
+    backend.enabled = True
+    try:
+        return op(*args)
+    finally:
+        backend.enabled = False
+
+
+def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per row (over the last dimension).
+
+    x (torch.Tensor): float ``[..., K]``.
+    RETURNS (Tuple[torch.Tensor, torch.Tensor]): int8 values of x's shape and
+        the float scales ``[..., 1]`` (max |row| / 127), so x ~ values * scales.
+    """
+    # Few ops, in place where the tensor is fresh: at batch size 1 every
+    # Linear sees a dozen rows, and per-op overhead rivals the product.
+    # A floor instead of a branch: an all-zero row quantizes to zeros, not 0 / 0.
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=SCALE_FLOOR).div_(INT8_MAX)
+    # |x| / scale <= 127 up to rounding (and < 1 under the floor), so it rounds
+    # into [-127, 127] with no clamp.
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """A frozen W8A8 copy of a Linear layer, exact in int32, batch-invariant.
+
+    Weights: int8 with one scale per output channel, quantized once.
+    Activations: int8 with one scale per row (a token), quantized per call.
+    The int8 x int8 product accumulates exactly in int32 (`torch._int_mm` on
+    oneDNN), and each output is rescaled by its row's and its channel's scale,
+    so every output row depends on that input row alone: the result of a token
+    is the same whatever else is in the batch (a per-tensor activation scale,
+    as in torch's dynamic quantization, would make it depend on the batch).
+
+    linear (nn.Linear): the layer to copy (left unchanged).
+    use_int_mm (Optional[bool]): multiply with `torch._int_mm`; False
+        emulates the same integer product with float products (exact, slow);
+        None = `torch._int_mm` where it runs this shape exactly.
+    """
+
+    def __init__(self, linear: nn.Linear, use_int_mm: Optional[bool] = None) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach().float())
+        # Buffers, as in BF16Linear: nothing trains or saves them. The weight
+        # stays [out, in]; the product reads its transpose, which oneDNN
+        # multiplies as fast as a [in, out] copy, and faster at one row.
+        self.register_buffer("weight_int8", weight.contiguous(), persistent=False)
+        self.register_buffer("weight_scale", scale.squeeze(-1), persistent=False)
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+        self.use_int_mm = int_mm_is_exact(self.weight_int8) if use_int_mm is None else use_int_mm
+        # Float products of int8 values are exact integers while every partial
+        # sum stays below 2^24 (fp32) or 2^53 (fp64): pick the cheaper exact one.
+        exact_in_fp32 = self.in_features * INT8_MAX * INT8_MAX < 2**24
+        self.emulation_dtype = torch.float32 if exact_in_fp32 else torch.float64
+        emulated = None if self.use_int_mm else self.weight_int8.t().to(self.emulation_dtype)
+        self.register_buffer("weight_emulated", emulated, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        values, scale = quantize_rows(rows)
+        # In place (faster than addcmul too): at batch 32 the [rows, out]
+        # temporaries cost more than the multiplications. Elementwise only, so
+        # each row stays its own.
+        out = self.int_product(values).to(torch.float32).mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def int_product(self, values: torch.Tensor) -> torch.Tensor:
+        """The exact integer product ``values @ weight_int8.T``.
+
+        values (torch.Tensor): int8 ``[M, in_features]``.
+        RETURNS (torch.Tensor): ``[M, out_features]``, int32 from `torch._int_mm`,
+            else the same integers as floats.
+        """
+        if self.use_int_mm:
+            return on_onednn(torch._int_mm, values, self.weight_int8.t())
+        return values.to(self.emulation_dtype) @ self.weight_emulated
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, use_int_mm={self.use_int_mm}"
+
+
+def int8_kernels_available() -> bool:
+    """Whether this torch has a fast int8 matrix product: `torch._int_mm`,
+    which on CPU is fast on oneDNN only."""
+    return hasattr(torch, "_int_mm") and torch.backends.mkldnn.is_available()
+
+
+def int_mm_is_exact(weight: torch.Tensor) -> bool:
+    """Whether `torch._int_mm` runs against this ``[out, in]`` int8 weight and
+    gives the exact integer product. Checked on a few full-range rows, so a
+    kernel that saturates its intermediate sums (int8 kernels without VNNI can)
+    is caught as well as one that refuses the shape; warns once otherwise."""
+    if not int8_kernels_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(-INT8_MAX, INT8_MAX + 1, (4, weight.shape[1]), dtype=torch.int8, generator=generator)
+    probe[0] = INT8_MAX
+    probe[1] = -INT8_MAX
+    try:
+        got = on_onednn(torch._int_mm, probe, weight.t())
+    except RuntimeError as err:
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        if torch.equal(got.double(), probe.double() @ weight.t().double()):
+            return True
+        reason = "its result is not the exact integer product"
+    _warn_once(
+        "int8-int-mm",
+        f"precision 'int8': torch._int_mm cannot multiply by a {tuple(weight.shape)} int8 weight here ({reason}); "
+        "that layer emulates the integer product with float products (same results, slower)",
+    )
+    return False
 
 
 class PrecisionCache:
     """One encoder's reduced-precision layer stacks, made on first use.
 
     Each stack is kept with the key it was made for (the encoder's weights
-    version, the device, and for int8 the quantized engine) and made again when
-    that key changes. One stack per precision, so settings that alternate (the
+    version, the device, and for int8 whether a fast int8 product exists) and
+    made again when that key changes. One stack per precision, so settings that alternate (the
     interleaved timings) do not rebuild. The cache is never part of a
     state_dict, and a deepcopy or pickle of the encoder starts it empty.
     """
@@ -130,7 +260,7 @@ class PrecisionCache:
         precision = runnable_precision(precision, device)
         if precision == "fp32":
             return LayerStack(tuple(layers))
-        key = (weights_version, device, torch.backends.quantized.engine if precision == "int8" else None)
+        key = (weights_version, device, int8_kernels_available() if precision == "int8" else None)
         cached = self._stacks.get(precision)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -161,7 +291,7 @@ def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
     """Make a `precision` copy of `layers` (the originals are not touched).
 
     RETURNS (LayerStack): the copy; the fp32 originals, after a warning, when
-        int8 kernels turn out to be missing.
+        the int8 conversion fails.
     """
     # Made outside inference mode (the first prediction is inside it), so the
     # copies are ordinary tensors that any later forward may use.
@@ -171,10 +301,10 @@ def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
         if precision == "int8":
             try:
                 return LayerStack(_int8_parts(layers), "int8")
-            except (RuntimeError, ImportError, AttributeError) as err:
+            except RuntimeError as err:
                 _warn_once(
                     "int8-failed",
-                    f"precision 'int8': dynamic quantization is not available here ({type(err).__name__}: "
+                    f"precision 'int8': the int8 conversion failed ({type(err).__name__}: "
                     f"{err}); the encoder runs in fp32",
                 )
                 return LayerStack(tuple(layers))
@@ -200,15 +330,8 @@ def _swap(layers: Sequence[LayerParts], names: Sequence[str], new: Dict[int, Any
 
 
 def _int8_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
-    from torch.ao.quantization import quantize_dynamic
-
-    linears = _unique_modules(layers, LINEAR_PARTS)
-    with warnings.catch_warnings():
-        # torch.ao announces its move to torchao on every call; the API works.
-        warnings.simplefilter("ignore")
-        # Not in place: quantize_dynamic converts a deep copy of the holder.
-        quantized = quantize_dynamic(nn.ModuleList(linears.values()), {nn.Linear}, dtype=torch.qint8)
-    return _swap(layers, LINEAR_PARTS, dict(zip(linears, quantized)))
+    new: Dict[int, nn.Module] = {key: Int8Linear(m) for key, m in _unique_modules(layers, LINEAR_PARTS).items()}
+    return _swap(layers, LINEAR_PARTS, new)
 
 
 def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
@@ -227,14 +350,13 @@ def runnable_precision(precision: str, device: torch.device) -> str:
         if device.type != "cpu":
             _warn_once("int8-device", f"precision 'int8' runs on CPU only; on {device.type} the encoder runs in fp32")
             return "fp32"
-        engine = torch.backends.quantized.engine
-        if engine not in INT8_ENGINES or engine not in torch.backends.quantized.supported_engines:
+        if not int8_kernels_available():
             _warn_once(
-                "int8-engine",
-                f"precision 'int8': torch has no int8 kernels here (quantized engine {engine!r}, supported: "
-                f"{torch.backends.quantized.supported_engines}); the encoder runs in fp32",
+                "int8-kernels",
+                "precision 'int8': this torch has no fast int8 matrix product (torch._int_mm on oneDNN), so "
+                "the integer products are emulated with float products: same results, likely slower than "
+                "fp32; it still runs",
             )
-            return "fp32"
     elif precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         _warn_once(
             "bf16-cpu",
