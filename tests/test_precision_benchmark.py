@@ -1,0 +1,95 @@
+"""benchmarks/precision.py end to end on a tiny project layout (the layout run.py reads)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from spacy.tokens import DocBin
+
+from conftest import NER_DATA, make_ner_nlp
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "precision.py"
+DATASET = "tinyner"
+PRECISIONS = ("fp32", "bf16", "int8")
+# Enough distinct docs for a dev and a test split; the tiny model has seen the first four.
+EXTRA = [
+    ("Smith said Google will be in Paris", [(0, 5, "PER"), (11, 17, "ORG"), (29, 34, "LOC")]),
+    ("Apple has a company in New York", [(0, 5, "ORG"), (23, 31, "LOC")]),
+    ("Mary and John were in London", [(0, 4, "PER"), (9, 13, "PER"), (22, 28, "LOC")]),
+    ("The city of Paris is not London", [(12, 17, "LOC"), (25, 31, "LOC")]),
+]
+
+
+def write_split(nlp, data, path: Path) -> None:
+    docs = []
+    for text, spans in data:
+        doc = nlp.make_doc(text)
+        doc.ents = [doc.char_span(start, end, label=label) for start, end, label in spans]
+        docs.append(doc)
+    DocBin(docs=docs).to_disk(path)
+
+
+def tiny_project(root: Path, model_dir: Path) -> Path:
+    """corpus/<dataset>/{dev,test}.spacy + meta.json and training/<dataset>/final."""
+    nlp = make_ner_nlp(model_dir, steps=15, threshold=0.5, window=1, temperatures=[0.25] * 4)
+    corpus = root / "corpus" / DATASET
+    corpus.mkdir(parents=True)
+    data = NER_DATA + EXTRA
+    write_split(nlp, data[::2] + data[1::2], corpus / "dev.spacy")
+    write_split(nlp, data[1::2] + data[::2], corpus / "test.spacy")
+    # What project/scripts/prepare.py writes beside the splits.
+    meta = {"dataset": DATASET, "task": "ner", "lang": "en", "metric": "ents_f",
+            "files": {split: [DATASET, f"{DATASET}/{split}.txt"] for split in ("train", "dev", "test")},
+            "in_assets": False, "hold_out": 0, "note": ""}
+    (corpus / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf8")
+    final = root / "training" / DATASET / "final"
+    final.parent.mkdir(parents=True)
+    nlp.to_disk(final)
+    return root
+
+
+def run_phase(project: Path, output: Path, phase: str) -> dict:
+    args = [
+        sys.executable, str(SCRIPT), DATASET, "--phase", phase, "--project", str(project), "--output-dir", str(output),
+        "--windows", "0,1", "--steps", "2", "--repeats", "1", "--timing-docs", "4",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((output / f"precision_{DATASET}.json").read_text(encoding="utf8"))
+
+
+@pytest.mark.slow
+def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
+    project = tiny_project(tmp_path / "project", tiny_model_dir)
+    output = tmp_path / "results"
+    scored = run_phase(project, output, "score")
+    assert all(row["words_per_second"] is None and row["vs_hf_full"] is None for row in scored["rows"])
+    assert scored["metric"] == "ents_f" and scored["test_docs"] == len(NER_DATA + EXTRA)
+    report = run_phase(project, output, "time")
+
+    rows = {(r["method"], r["precision"], r["target"]): r for r in report["rows"]}
+    expected = {(m, p, t) for p in PRECISIONS for m, t in (("full", 1), ("tokee", 2), ("tokee", 3))}
+    expected |= {("hf-full", "fp32", 1), ("hf-int8", "int8", 1)}
+    assert set(rows) == expected, report["unreachable"]
+    for (method, precision, target), row in rows.items():
+        assert {"method", "precision", "target", "score", "flops_speedup", "words_per_second", "vs_hf_full", "fields"} <= set(row)
+        assert set(row["words_per_second"]) == set(row["vs_hf_full"]) == {"1", "32"}
+        assert all(v > 0 for v in row["words_per_second"].values())
+        assert row["score"] is not None
+        if method in ("full", "tokee"):
+            assert row["fields"]["precision"] == precision
+            assert row["fields"]["exit_mode"] == ("off" if method == "full" else "tokee")
+        if method != "tokee":
+            assert row["flops_speedup"] == 1.0
+    assert rows[("hf-full", "fp32", 1)]["vs_hf_full"] == {"1": 1.0, "32": 1.0}
+    # The same weights at full depth outside spaCy label the words identically.
+    assert rows[("hf-full", "fp32", 1)]["score"] == rows[("full", "fp32", 1)]["score"]
+    # The scores survive the timing phase unchanged.
+    assert {(r["method"], r["precision"], r["target"]): r["score"] for r in scored["rows"]} == {k: r["score"] for k, r in rows.items()}
+    assert report["threads"] == 1 and report["docs"]["timing"] == 4 and report["machine"]
+    assert report["command"].startswith("python benchmarks/precision.py") and "--phase time" in report["command"]
+    table = (output / f"precision_{DATASET}.md").read_text(encoding="utf8")
+    assert table.count("\n|") == len(expected) + 2 and "hf-int8" in table  # head, rule, rows
