@@ -285,6 +285,7 @@ def main(
     static_layers: str = typer.Option("3,2", help="Static exit layers (the efficient baseline)"),
     windows: str = typer.Option("0,1,2", help="TOKEE windows tried on dev"),
     tune_limit: int = typer.Option(0, help="Dev docs used for tuning, evenly spaced (0: all)"),
+    ablation_tune_limit: int = typer.Option(0, help="Dev docs for tuning the stage-1 and distillation models (0: as --tune-limit)"),
     steps: int = typer.Option(6, help="Most bisection runs per measured schedule and target"),
     margin: float = typer.Option(0.02, help="Relative safety margin on each TOKEE target (tuned on dev)"),
     timing_docs: int = typer.Option(500, help="Test docs timed, evenly spaced (0: all); every score uses all"),
@@ -315,7 +316,10 @@ def main(
         rows = [from_report_row(r) for r in report["rows"]]
     else:
         metric = main_metric(models["stage2"])
-        devs = {name: load_examples(nlp, corpus / "dev.spacy", tune_limit) for name, nlp in models.items()}
+        # The ablation models (stage 1 only, self-distillation) may tune on an evenly
+        # spaced dev subset to save time; the main model always uses --tune-limit.
+        limits = {name: tune_limit if name == "stage2" or not ablation_tune_limit else ablation_tune_limit for name in models}
+        devs = {name: load_examples(nlp, corpus / "dev.spacy", limits[name]) for name, nlp in models.items()}
         dev = devs["stage2"]
         print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
         chosen = choose_rows(
@@ -337,6 +341,7 @@ def main(
             "vocabulary_extension": bool(meta["lang"] == "zh"),
             "test_docs": len(test),
             "tune_docs": len(dev),
+            "ablation_tune_docs": {name: len(examples) for name, examples in devs.items() if name != "stage2"},
             "windows_tried": parse_numbers(windows, int, "--windows"),
             "unreachable": chosen["unreachable"],
             "tuning": chosen["tune_reports"],
