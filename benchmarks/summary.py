@@ -80,12 +80,15 @@ def checks(report: Dict[str, Any]) -> List[str]:
 def headline(reports: List[Dict[str, Any]]) -> str:
     """One line per corpus: full depth, then each TOKEE target as score change,
     FLOPs speed-up and wall-clock speed-up at batch 1 / 32."""
-    head = ["corpus", "metric", "full", "TOKEE ~2x", "TOKEE ~3x", "TOKEE ~4x", "stage 1 only ~3x", "SENTEE ~2x", "static-3 (2x)"]
+    head = ["corpus", "metric", "full", "TOKEE ~2x", "TOKEE ~3x", "TOKEE ~4x", "stage 1 only ~3x", "distillation ~3x",
+            "SENTEE ~2x", "static-3 (2x)", "static-2 (3x)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(r: Optional[Dict[str, Any]], full: float) -> str:
         if r is None:
             return "–"
+        if "wall_speedup" not in r:
+            return f"{r['score'] - full:+.2f} at {r['flops_speedup']:.2f}x"
         wall = "/".join(f"{r['wall_speedup'][b]:.2f}" for b in ("1", "32"))
         return f"{r['score'] - full:+.2f} at {r['flops_speedup']:.2f}x (wall {wall})"
 
@@ -93,7 +96,8 @@ def headline(reports: List[Dict[str, Any]]) -> str:
         full = row(report, "full", 1)["score"]
         cells = [report["corpus"], report["metric"], f"{full:.2f}"]
         cells += [cell(row(report, "tokee", t), full) for t in (2, 3, 4)]
-        cells += [cell(row(report, "tokee-stage1", 3), full), cell(row(report, "sentee", 2), full), cell(row(report, "static-3", 2), full)]
+        cells += [cell(row(report, "tokee-stage1", 3), full), cell(row(report, "tokee-distill", 3), full),
+                  cell(row(report, "sentee", 2), full), cell(row(report, "static-3", 2), full), cell(row(report, "static-2", 3), full)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,8 +110,10 @@ def main(
     print(headline(reports) + "\n")
     for corpus, report in zip(corpora, reports):
         print(f"### {corpus}\n")
-        print((results / f"{corpus}.md").read_text(encoding="utf8"))
-        print(f"![{corpus}](benchmarks/results/{corpus}.png)\n")
+        table = results / f"{corpus}.md"
+        if table.exists():
+            print(table.read_text(encoding="utf8"))
+            print(f"![{corpus}](benchmarks/results/{corpus}.png)\n")
         train = report.get("training") or {}
         if train:
             seconds = train["seconds"]
