@@ -110,6 +110,10 @@ def test_corpus_overrides_build_the_right_pipeline(task, lang, chars, tiny_model
     nlp = load_model_from_config(config, auto_fill=True)
     name = nlp.pipe_names[0]
     assert nlp.get_pipe(name).extend_vocab is (lang == "zh")
+    # The default configs show the training and precision fields users may set.
+    assert config["components"][name]["training"]["distill_weight"] == 0.0
+    assert config["components"][name]["precision"] == "fp32"
+    assert nlp.get_pipe(name).precision == "fp32" and nlp.get_pipe(name).training.distill_weight == 0.0
     text = "张三在北京" if lang == "zh" else "Ada lives in London"
     expected = list(text) if chars else text.split()
     assert [t.text for t in nlp.make_doc(text)] == expected
