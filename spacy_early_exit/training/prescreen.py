@@ -177,7 +177,7 @@ def cheapest_reaching(profile: ExitProfile, schedule: ExitSchedule, goal: float,
             high, best = middle, point
         else:
             low = middle + 1
-    return best if best.base == grid[high] else profile.simulate(schedule, grid[high])
+    return best  # always the point at grid[high]: set whenever high moves, and top is grid[-1]
 
 
 def screen(profile: ExitProfile, schedules: Sequence[ExitSchedule], goal: float, keep: int) -> List[ScreenPoint]:
