@@ -14,9 +14,9 @@ import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from spacy_early_exit.architectures import get_shim
+from spacy_early_exit.layers.architecture import get_shim
 from spacy_early_exit.encoder.backbone import backbone_spec
-from spacy_early_exit.evaluation import early_exit_pipes
+from spacy_early_exit.tools.evaluate import early_exit_pipes
 
 
 class HFFullDepth:

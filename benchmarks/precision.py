@@ -44,11 +44,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_full import HFFullDepth  # noqa: E402
-from run import load_examples, spread_sample  # noqa: E402
 
 from spacy_early_exit.encoder.precision import PRECISIONS, cpu_has_fast_bf16, int8_kernels_available  # noqa: E402
-from spacy_early_exit.evaluation import Setting, early_exit_pipes, interleaved_seconds, setting_runner  # noqa: E402
-from spacy_early_exit.training.tuning import main_metric, measure, metric_value, parse_numbers, tune  # noqa: E402
+from spacy_early_exit.tools.data import load_examples, spread_sample  # noqa: E402
+from spacy_early_exit.tools.evaluate import Setting, early_exit_pipes, interleaved_seconds, setting_runner  # noqa: E402
+from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
+from spacy_early_exit.tools.tune import main_metric, measure, metric_value, tune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -276,7 +277,7 @@ def main(
         rows = [Row.from_json(r) for r in report["rows"]]
     else:
         metric = main_metric(nlp)
-        dev = load_examples(nlp, corpus / "dev.spacy", tune_limit)
+        dev = load_examples(nlp, corpus / "dev.spacy", tune_limit, spread=True)
         meta_path = corpus / "meta.json"
         meta = json.loads(meta_path.read_text(encoding="utf8")) if meta_path.exists() else {}
         print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)

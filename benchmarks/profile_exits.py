@@ -20,13 +20,13 @@ from typing import Any, Dict, List
 import spacy
 import torch
 import typer
-from spacy.tokens import DocBin
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import PROJECT, RESULTS, spread_sample  # noqa: E402
+from run import PROJECT, RESULTS  # noqa: E402
 
-from spacy_early_exit.architectures import get_shim  # noqa: E402
-from spacy_early_exit.evaluation import early_exit_pipes, exit_settings  # noqa: E402
+from spacy_early_exit.layers.architecture import get_shim  # noqa: E402
+from spacy_early_exit.tools.data import load_examples  # noqa: E402
+from spacy_early_exit.tools.evaluate import early_exit_pipes, exit_settings  # noqa: E402
 from spacy_early_exit.memory import native_kernels  # noqa: E402
 from spacy_early_exit.pipes.base import EXTENSION  # noqa: E402
 
@@ -120,8 +120,8 @@ def main(
 ) -> None:
     report = json.loads((RESULTS / f"{dataset}.json").read_text(encoding="utf8"))
     nlp = spacy.load(PROJECT / "training" / dataset / "final")
-    refs = list(DocBin().from_disk(PROJECT / "corpus" / dataset / "test.spacy").get_docs(nlp.vocab))
-    texts = [doc.text for doc in spread_sample(refs, docs)]
+    test = load_examples(nlp, PROJECT / "corpus" / dataset / "test.spacy", docs, spread=True)
+    texts = [eg.reference.text for eg in test]
     out: Dict[str, Any] = {"corpus": dataset, "docs": len(texts), "threads": torch.get_num_threads(), "rows": []}
     for row in report["rows"]:
         if row["model"] != "stage2" or row["method"] == "hf-full":

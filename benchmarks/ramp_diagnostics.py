@@ -21,10 +21,11 @@ import torch
 import typer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import PROJECT, RESULTS, load_examples  # noqa: E402
+from run import PROJECT, RESULTS  # noqa: E402
 
-from spacy_early_exit.evaluation import early_exit_pipes  # noqa: E402
-from spacy_early_exit.training.prescreen import ExitProfile  # noqa: E402
+from spacy_early_exit.tools.data import load_examples  # noqa: E402
+from spacy_early_exit.tools.evaluate import early_exit_pipes  # noqa: E402
+from spacy_early_exit.tools.prescreen import ExitProfile  # noqa: E402
 
 THRESHOLDS = (0.05, 0.1, 0.2)
 

@@ -34,27 +34,22 @@ import torch
 import typer
 from spacy.language import Language
 from spacy.scorer import Scorer
-from spacy.tokens import DocBin
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_full import HFFullDepth  # noqa: E402
 
 from spacy_early_exit.encoder.exits import static_thresholds  # noqa: E402
-from spacy_early_exit.evaluation import (  # noqa: E402
+from spacy_early_exit.tools.data import load_examples, spread_sample  # noqa: E402
+from spacy_early_exit.tools.evaluate import (  # noqa: E402
     Setting,
     early_exit_pipes,
     interleaved_seconds,
     setting_runner,
 )
-from spacy_early_exit.training.tuning import (  # noqa: E402
-    main_metric,
-    measure,
-    metric_value,
-    parse_numbers,
-    threshold_for_speedup,
-    tune,
-)
+from spacy_early_exit.tools.measure import main_metric, measure, metric_value, threshold_for_speedup  # noqa: E402
+from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
+from spacy_early_exit.tools.tune import tune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -88,13 +83,6 @@ class Row:
     @property
     def key(self) -> str:
         return f"{self.method}@{self.target}"
-
-
-def load_examples(nlp: Language, path: Path, limit: int = 0) -> List[Example]:
-    """Gold examples; with a limit, `limit` docs evenly spaced through the file
-    (corpora are ordered by document: the first N would be a few articles)."""
-    refs = spread_sample(list(DocBin().from_disk(path).get_docs(nlp.vocab)), limit)
-    return [Example(nlp.make_doc(doc.text), doc) for doc in refs]
 
 
 def choose_rows(
@@ -179,13 +167,6 @@ def time_rows(
         row.result["words_per_second"] = {str(b): round(n_words / median[b], 1) for b in batch_sizes}
         row.result["wall_speedup"] = {str(b): round(full[b] / median[b], 3) for b in batch_sizes}
         row.result["seconds"] = {str(b): [round(t, 3) for t in times[row.key][b]] for b in batch_sizes}
-
-
-def spread_sample(items: Sequence[Any], n: int) -> List[Any]:
-    """`n` items evenly spaced through `items` (all when n is 0 or too large)."""
-    if not n or n >= len(items):
-        return list(items)
-    return [items[i * len(items) // n] for i in range(n)]
 
 
 def markdown(report: Dict[str, Any]) -> str:
@@ -319,7 +300,7 @@ def main(
         # The ablation models (stage 1 only, self-distillation) may tune on an evenly
         # spaced dev subset to save time; the main model always uses --tune-limit.
         limits = {name: tune_limit if name == "stage2" or not ablation_tune_limit else ablation_tune_limit for name in models}
-        devs = {name: load_examples(nlp, corpus / "dev.spacy", limits[name]) for name, nlp in models.items()}
+        devs = {name: load_examples(nlp, corpus / "dev.spacy", limits[name], spread=True) for name, nlp in models.items()}
         dev = devs["stage2"]
         print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
         chosen = choose_rows(

@@ -19,7 +19,6 @@ with oneDNN off, because its per-shape kernel cache fragmented glibc's heap
 (what is really in use), and with `--jemalloc PATH` the same stream again in a
 child process under that allocator (LD_PRELOAD), for comparison.
 """
-import ctypes
 import json
 import os
 import platform
@@ -38,7 +37,9 @@ import torch  # noqa: E402
 import typer  # noqa: E402
 from spacy.language import Language  # noqa: E402
 from spacy.tokens import Doc  # noqa: E402
-from spacy_early_exit.memory import HeapTrimmer  # noqa: E402
+from spacy_early_exit.memory import HeapTrimmer, release_free_heap  # noqa: E402
+from spacy_early_exit.pipes.base import EXTENSION  # noqa: E402
+from spacy_early_exit.tools.evaluate import early_exit_pipes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CANDIDATES = [
@@ -46,7 +47,7 @@ CANDIDATES = [
     ROOT / "project/training/uner_en_ewt/stage1/model-best",
 ]
 CORPUS = ROOT / "project/assets/uner_en_ewt"
-EXTENSION = "early_exit"
+TINY_SOURCE = "tiny random model (spacy_early_exit.testing)"  # stream_in_child knows it by the "tiny" prefix
 
 
 def rss_mib() -> float:
@@ -74,9 +75,10 @@ def allocator() -> str:
 
 def rss_after_trim() -> Optional[float]:
     """RSS after glibc returns its free heap pages (None off glibc)."""
-    if allocator() != "glibc":
+    # A preloaded jemalloc leaves glibc's malloc_trim in the process, but
+    # trimming glibc's (unused) heap would say nothing about jemalloc's.
+    if allocator() != "glibc" or not release_free_heap():
         return None
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
     return round(rss_mib(), 1)
 
 
@@ -94,28 +96,21 @@ def corpus_texts() -> List[str]:
 
 
 def tiny_pipeline(tmp: Path) -> Language:
-    """A tiny random BERT, briefly trained on four sentences (tests/conftest.py)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_ner_nlp, save_tiny_backbone
+    """A tiny random BERT, briefly trained on four sentences (spacy_early_exit.testing)."""
+    from spacy_early_exit.testing import make_ner_nlp, save_tiny_backbone
 
     return make_ner_nlp(save_tiny_backbone(tmp / "tiny"), steps=15, threshold=0.5, window=1, temperatures=[0.25] * 4)
 
 
 def load_pipeline(path: Optional[Path], tiny: bool, tmp: Path) -> Tuple[Language, str]:
     if tiny:
-        return tiny_pipeline(tmp), "tiny random model (tests/conftest.py)"
+        return tiny_pipeline(tmp), TINY_SOURCE
     if path is None:
         path = next((p for p in CANDIDATES if p.exists()), None)
     if path is None:
         print("no trained demo pipeline found: using a tiny random model", flush=True)
-        return tiny_pipeline(tmp), "tiny random model (tests/conftest.py)"
+        return tiny_pipeline(tmp), TINY_SOURCE
     return spacy.load(path), str(path.relative_to(ROOT) if path.is_absolute() and ROOT in path.parents else path)
-
-
-def early_exit_names(nlp: Language) -> List[str]:
-    from spacy_early_exit.pipes.base import EarlyExitPipe
-
-    return [name for name, pipe in nlp.pipeline if isinstance(pipe, EarlyExitPipe)]
 
 
 def cycle(texts: Sequence[str], n: int) -> Iterator[str]:
@@ -141,7 +136,7 @@ def check_doc(doc: Doc, names: List[str]) -> int:
 
 def stream(nlp: Language, texts: Sequence[str], n_docs: int, batch_size: int, checkpoints: Sequence[int]) -> Dict[str, Any]:
     """Stream n_docs through nlp.pipe, recording RSS at the checkpoints."""
-    names = early_exit_names(nlp)
+    names = [name for name, _ in early_exit_pipes(nlp)]
     counter = ErrorCounter()
     for _, pipe in nlp.pipeline:
         pipe.set_error_handler(counter)
@@ -200,7 +195,7 @@ def long_document(nlp: Language, texts: Sequence[str], n_tokens: int) -> Doc:
 
 def time_long_documents(nlp: Language, texts: Sequence[str], sizes: Sequence[int], repeats: int) -> List[Dict[str, Any]]:
     """Seconds per 1,000 tokens for documents of the given sizes (best of repeats)."""
-    names = early_exit_names(nlp)
+    names = [name for name, _ in early_exit_pipes(nlp)]
     rows = []
     nlp(long_document(nlp, texts, 500))  # warm-up
     for size in sizes:
@@ -227,7 +222,7 @@ def paragraphs(texts: Sequence[str], size: int) -> List[str]:
 
 def compare_processes(nlp: Language, texts: Sequence[str], n_docs: int, batch_size: int) -> Dict[str, Any]:
     """Throughput of n_process=2 against one process on the same docs; same output."""
-    names = early_exit_names(nlp)
+    names = [name for name, _ in early_exit_pipes(nlp)]
     batch = list(cycle(texts, n_docs))
     tokens = sum(len(doc) for doc in nlp.tokenizer.pipe(batch))
     timing, outputs = {}, {}
@@ -264,7 +259,7 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         nlp, source = load_pipeline(pipeline, tiny, Path(tmp))
         texts = corpus_texts()
-        names = early_exit_names(nlp)
+        names = [name for name, _ in early_exit_pipes(nlp)]
         if heap_trim_interval is not None:
             for name in names:
                 nlp.get_pipe(name).heap_trimmer = HeapTrimmer(heap_trim_interval)

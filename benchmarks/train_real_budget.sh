@@ -17,6 +17,8 @@
 set -euo pipefail
 dataset=$1; s1=$2; s2=$3; threads=${4:-1}; first=${5:-convert}
 distill_weight=${DISTILL_WEIGHT:-1.0}
+# SKIP_DISTILL=1 leaves out the self-distillation ablation (measured on CoNLL and EWT).
+skip_distill=${SKIP_DISTILL:-0}
 cd "$(dirname "$0")/../project"
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 out="metrics/$dataset/training_time.json"
@@ -48,13 +50,15 @@ for step in "${steps[@]}"; do
         --max-steps "$s1" --patience 2000 --select-on full "${common[@]}" ;;
     stage2) run_step stage2 python scripts/train.py "corpus/$dataset" "training/$dataset/stage2" --stage 2 \
         --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" "${common[@]}" ;;
-    distill) run_step distill python scripts/train.py "corpus/$dataset" "training/$dataset/stage2-distill" --stage 2 \
+    distill) [[ $skip_distill == 1 ]] && continue
+      run_step distill python scripts/train.py "corpus/$dataset" "training/$dataset/stage2-distill" --stage 2 \
         --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" --distill-weight "$distill_weight" "${common[@]}" ;;
     calibrate)
       run_step calibrate python -m spacy_early_exit calibrate "training/$dataset/stage2/model-last" "corpus/$dataset/dev.spacy" \
         --output "training/$dataset/final" --metrics "metrics/$dataset/calibration.json"
       run_step calibrate-stage1 python -m spacy_early_exit calibrate "training/$dataset/stage1/model-best" "corpus/$dataset/dev.spacy" \
         --output "training/$dataset/stage1-final" --metrics "metrics/$dataset/stage1/calibration.json"
+      [[ $skip_distill == 1 ]] && continue
       run_step calibrate-distill python -m spacy_early_exit calibrate "training/$dataset/stage2-distill/model-last" "corpus/$dataset/dev.spacy" \
         --output "training/$dataset/distill-final" --metrics "metrics/$dataset/distill/calibration.json" ;;
   esac

@@ -18,23 +18,16 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import List
 
 import spacy
 import torch
 import typer
-from spacy.tokens import DocBin
-from spacy.training import Example
 
-from spacy_early_exit.evaluation import Setting, compare, format_table
-from spacy_early_exit.training.tuning import threshold_for_speedup
+from spacy_early_exit.tools.data import load_examples
+from spacy_early_exit.tools.evaluate import Setting, compare, format_table
+from spacy_early_exit.tools.tune import threshold_for_speedup
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def load(nlp, path: Path) -> List[Example]:
-    docs = DocBin().from_disk(path).get_docs(nlp.vocab)
-    return [Example(nlp.make_doc(doc.text), doc) for doc in docs]
 
 
 def main(
@@ -51,8 +44,8 @@ def main(
     if threads:
         torch.set_num_threads(threads)
     nlp = spacy.load(pipeline)
-    test_examples = load(nlp, test)
-    tune_texts = [eg.reference.text for eg in load(nlp, tune)]
+    test_examples = load_examples(nlp, test)
+    tune_texts = [eg.reference.text for eg in load_examples(nlp, tune)]
     threshold = threshold_for_speedup(nlp, tune_texts, target, "tokee", window)
     if threshold is None:
         raise SystemExit(f"TOKEE cannot reach {target}x FLOPs speed-up on {tune}")

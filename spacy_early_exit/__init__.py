@@ -5,9 +5,9 @@ through entry points when a pipeline names them.
 """
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 # Loaded on first use (PEP 562), so `import spacy_early_exit` stays cheap.
-LAZY = {"render": "visualize", "screenshot": "visualize"}
+LAZY = {"render": "tools.visualize", "screenshot": "tools.visualize"}
 __all__ = ["render", "screenshot"]
 
 

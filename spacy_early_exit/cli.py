@@ -56,15 +56,13 @@ def _load_pipeline(path: Path, config: Optional[Dict[str, Any]] = None):
 
 
 def _load_examples(nlp, path: Path, limit: int = 0):
-    from spacy.tokens import DocBin
-    from spacy.training import Example
+    """Gold examples from a .spacy file (the first `limit`), or fail in one line."""
+    from .tools.data import DataFileError, load_examples
 
-    if not path.exists():
-        _fail(f"No such data file: {path}")
-    refs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
-    if limit:
-        refs = refs[:limit]
-    return [Example(nlp.make_doc(doc.text), doc) for doc in refs]
+    try:
+        return load_examples(nlp, path, limit)
+    except DataFileError as err:
+        _fail(str(err))
 
 
 @app.command()
@@ -86,8 +84,8 @@ def evaluate(
     import spacy
     import torch
 
-    from .evaluation import Setting, compare, format_table
-    from .training.tuning import main_metric, threshold_for_speedup
+    from .tools.evaluate import Setting, compare, format_table
+    from .tools.measure import main_metric, threshold_for_speedup
 
     nlp = _load_pipeline(pipeline)
     metric = metric or main_metric(nlp)
@@ -151,7 +149,7 @@ def calibrate(
     precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to fit the temperatures for; written into the saved config"),
 ) -> None:
     """Fit one temperature per layer on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
-    from .training.calibration import calibrate_pipeline, format_report
+    from .tools.calibrate import calibrate_pipeline, format_report
 
     _check_pipeline(pipeline)
     if not dev_data.exists():
@@ -188,7 +186,8 @@ def tune(
     """For each target FLOPs speed-up, find on dev the exit schedule (window, first exit layer, threshold per layer) that scores best."""
     import spacy
 
-    from .training.tuning import format_tune_report, parse_numbers, tune as tune_pipeline, write_tuned
+    from .tools.options import parse_numbers
+    from .tools.tune import format_tune_report, tune as tune_pipeline, write_tuned
 
     if precision is not None:
         _check_precision(precision)
@@ -228,8 +227,9 @@ def sweep(
     """Score and FLOPs speed-up of SENTEE/TOKEE over a threshold grid, full depth and static-k; CSV, JSON, PNG."""
     import spacy
 
-    from .training.sweep import DEFAULT_THRESHOLDS, run_sweep, write_sweep
-    from .training.tuning import main_metric, parse_numbers
+    from .tools.sweep import DEFAULT_THRESHOLDS, run_sweep, write_sweep
+    from .tools.measure import main_metric
+    from .tools.options import parse_numbers
 
     try:
         grid = parse_numbers(thresholds, float, "--thresholds") if thresholds else list(DEFAULT_THRESHOLDS)
@@ -265,8 +265,8 @@ def visualize(
     height: int = typer.Option(700, "--height", min=100, help="Screenshot height in pixels"),
 ) -> None:
     """Write an HTML page with each token shaded by the layer at which it exited."""
-    from .evaluation import early_exit_pipes
-    from .visualize import LABEL_MODES, render, screenshot as save_screenshot
+    from .tools.evaluate import early_exit_pipes
+    from .tools.visualize import LABEL_MODES, render, screenshot as save_screenshot
 
     _check_pipeline(pipeline)
     if labels not in LABEL_MODES:
@@ -307,3 +307,16 @@ app.command(name="annotate")(annotate_command)
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def migrate(
+    pipelines: List[Path] = typer.Argument(..., help="Pipeline folders saved by an earlier version"),
+) -> None:
+    """Move config fields that moved into blocks (learn_rate -> fine_tuning.learn_rate, ...)."""
+    from .tools.migrate import describe_moves, migrate_pipeline
+
+    for path in pipelines:
+        _check_pipeline(path)
+        moves = migrate_pipeline(path)
+        typer.echo(f"{path}: {describe_moves(moves) if moves else 'already current'}")

@@ -1,4 +1,4 @@
-"""``python -m spacy_early_exit annotate``: the command line of annotate.py.
+"""``python -m spacy_early_exit annotate``: the command line of the annotate package.
 
 Kept apart from cli.py so that the command is one registration line there;
 heavy imports (spaCy, torch, Ray) happen only when the command runs.

@@ -20,23 +20,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from .annotate import (
-    ANNOTATION_KEYS,
-    DEFAULT_BATCH_SIZE,
-    RECORD_KEYS,
-    AnnotateError,
-    Record,
-    RowSpec,
-    describe_range,
-    error_summary,
-    load_pipeline,
-    read_records,
+# annotation_table, annotations_from_table and DOC_COLUMN are this module's
+# public names too (they lived here before annotate/arrow_rows.py).
+from .annotate.arrow_rows import (  # noqa: F401
+    DOC_COLUMN,
+    ROW_COLUMN,
+    TEXT_COLUMN,
+    annotation_table,
+    annotations_from_table,
+    text_table,
 )
+from .annotate.errors import AnnotateError, error_summary
+from .annotate.pipeline import check_pipeline_config, load_pipeline
+from .annotate.records import DEFAULT_BATCH_SIZE, Record, chunks, describe_range, read_records
+from .annotate.rows import RowSpec
+from .threads import set_torch_threads
 
 INSTALL_COMMAND = 'pip install "spacy-early-exit[ray]"'
-ROW_COLUMN = "row"
-TEXT_COLUMN = "text"
-DOC_COLUMN = "doc_bytes"
 # Batches per Ray block in the CLI's dataset: enough blocks to keep every
 # actor busy to the end, few enough that Ray's per-block cost stays small.
 BATCHES_PER_BLOCK = 4
@@ -56,65 +56,6 @@ def import_ray() -> Any:
     except ImportError as err:
         raise AnnotateError(f"--engine ray needs Ray, an optional extra: {INSTALL_COMMAND} ({err})") from None
     return ray
-
-
-# -- rows as Arrow columns ----------------------------------------------------------
-
-
-def _arrow_types() -> Dict[str, Any]:
-    import pyarrow as pa
-
-    strings = pa.list_(pa.string())
-    entity = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.string())])
-    return {
-        "words": strings,
-        "tags": strings,
-        "pos": strings,
-        "ents": pa.list_(entity),
-        "exit_layers": pa.list_(pa.int64()),
-        "flops": pa.int64(),
-        "full_flops": pa.int64(),
-        DOC_COLUMN: pa.large_binary(),
-    }
-
-
-def annotation_table(batch: Any, spec: RowSpec, annotations: List[Dict[str, Any]], docs: Optional[List[bytes]] = None) -> Any:
-    """The batch's columns with the annotation columns appended (replacing same-named ones).
-
-    Types are fixed per key (not inferred), so a batch in which no doc has an
-    entity has the same schema as any other. "ents" is a list of
-    {start, end, label} structs: a JSON row's [start, end, label] triple
-    mixes types, which an Arrow list cannot.
-    """
-    import pyarrow as pa
-
-    types = _arrow_types()
-    keys = list(spec.annotations) + list(RECORD_KEYS)
-    columns: Dict[str, Any] = {}
-    for key in keys:
-        values = [a[key] for a in annotations]
-        if key == "ents":
-            values = [[{"start": s, "end": e, "label": label} for s, e, label in ents] for ents in values]
-        columns[key] = pa.array(values, type=types[key])
-    if docs is not None:
-        columns[DOC_COLUMN] = pa.array(docs, type=types[DOC_COLUMN])
-    table = batch.select([name for name in batch.column_names if name not in columns])
-    for name, array in columns.items():
-        table = table.append_column(name, array)
-    return table
-
-
-def annotations_from_table(table: Any) -> Iterator[Tuple[Any, Dict[str, Any], Optional[bytes]]]:
-    """Back from Arrow: (row id, annotation as the local engine makes it, doc bytes or None)."""
-    names = table.column_names
-    keys = [name for name in names if name in ANNOTATION_KEYS]
-    columns = {key: table.column(key).to_pylist() for key in keys}
-    if "ents" in columns:
-        columns["ents"] = [[[e["start"], e["end"], e["label"]] for e in ents] for ents in columns["ents"]]
-    ids = table.column(ROW_COLUMN).to_pylist()
-    docs = table.column(DOC_COLUMN).to_pylist() if DOC_COLUMN in names else [None] * len(ids)
-    for i, row_id in enumerate(ids):
-        yield row_id, {key: columns[key][i] for key in keys}, docs[i]
 
 
 # -- the worker ---------------------------------------------------------------------
@@ -144,9 +85,8 @@ class PipelineWorker:
         id_column: Optional[str],
         keep_docs: bool,
     ) -> None:
-        import torch
-
-        torch.set_num_threads(threads_per_worker)
+        # Uncapped: the actor's share of the cores is what Ray reserved for it.
+        set_torch_threads(threads_per_worker, capped=False)
         self.nlp = load_pipeline(pipeline_path, config)
         self.spec = RowSpec.from_nlp(self.nlp)
         self.text_column = text_column
@@ -287,18 +227,7 @@ def _quiet_ordered(ds: Any) -> Iterator[None]:
 
 
 def _text_dataset(ray: Any, records: Iterable[Record], rows_per_block: int) -> Any:
-    import pyarrow as pa
-
-    blocks, ids, texts = [], [], []
-    for record in records:
-        ids.append(record.index)
-        texts.append(record.text)
-        if len(ids) == rows_per_block:
-            blocks.append(pa.table({ROW_COLUMN: pa.array(ids, pa.int64()), TEXT_COLUMN: pa.array(texts, pa.string())}))
-            ids, texts = [], []
-    if ids:
-        blocks.append(pa.table({ROW_COLUMN: pa.array(ids, pa.int64()), TEXT_COLUMN: pa.array(texts, pa.string())}))
-    return ray.data.from_arrow(blocks)
+    return ray.data.from_arrow([text_table(block) for block in chunks(records, rows_per_block)])
 
 
 def _in_order(rows: Iterable[Tuple[int, Dict[str, Any], Optional[bytes]]]) -> Iterator[Tuple[int, Dict[str, Any], Optional[bytes]]]:
@@ -312,23 +241,6 @@ def _in_order(rows: Iterable[Tuple[int, Dict[str, Any], Optional[bytes]]]) -> It
             expected += 1
     if pending:
         raise AnnotateError(f"The Ray engine lost rows: row {expected} never came back")
-
-
-def _check_pipeline(pipeline: Union[str, Path], overrides: Optional[Dict[str, Any]]) -> None:
-    # Cheap checks on the driver, which never loads the model: the path and
-    # the config overrides (an unknown section fails here, not on a worker).
-    from spacy.util import load_config
-
-    path = Path(pipeline)
-    if not (path / "config.cfg").is_file():
-        raise AnnotateError(
-            f"No pipeline at {pipeline} (no config.cfg). With --engine ray, PIPELINE must be a path that "
-            "every worker can read, e.g. on a shared filesystem"
-        )
-    try:
-        load_config(path / "config.cfg", overrides=dict(overrides or {}))
-    except Exception as err:
-        raise AnnotateError(f"--config {overrides}: {type(err).__name__}: {err}") from err
 
 
 def _engine_error(err: BaseException, input_path: Path) -> AnnotateError:
@@ -367,7 +279,7 @@ def run_ray(
     YIELDS (Tuple[Record, Dict[str, Any], Optional[Doc]]): the Doc only with `keep_docs`.
     """
     import_ray()
-    _check_pipeline(pipeline, overrides)
+    check_pipeline_config(pipeline, overrides)
     if total == 0:
         return
     need = workers * threads_per_worker

@@ -36,12 +36,20 @@ def check_pipeline_dir(path: PathLike) -> Path:
     return path
 
 
-def load_pipeline(path: PathLike, config: Optional[Dict[str, Any]] = None, require_early_exit: bool = True) -> Language:
+def load_pipeline(
+    path: PathLike,
+    config: Optional[Dict[str, Any]] = None,
+    require_early_exit: bool = True,
+    check_folder: bool = True,
+) -> Language:
     """spacy.load a checked pipeline folder.
 
     path (PathLike): the pipeline folder.
     config (Optional[Dict[str, Any]]): dotted config overrides for spacy.load.
     require_early_exit (bool): fail when no component is an early-exit pipe.
+    check_folder (bool): check the folder first (check_pipeline_dir). False
+        hands `path` to spacy.load as it is, so that it may also name an
+        installed pipeline package (as a Ray worker's pipeline may).
     RETURNS (Language): the loaded pipeline.
     RAISES (PipelineError): the folder is not a pipeline, spaCy cannot read it,
         or (with require_early_exit) it has no early-exit component.
@@ -50,10 +58,17 @@ def load_pipeline(path: PathLike, config: Optional[Dict[str, Any]] = None, requi
 
     from .pipes.base import EarlyExitPipe
 
-    path = check_pipeline_dir(path)
+    if check_folder:
+        path = check_pipeline_dir(path)
     try:
         nlp = spacy.load(path, config=config or {})
     except (OSError, ValueError) as err:
+        moved = _moved_fields(path)
+        if moved:
+            raise PipelineError(
+                f"The pipeline {path} was saved by an earlier version: these config fields moved: {moved}. "
+                f"Run: python -m spacy_early_exit migrate {path}"
+            ) from err
         # Only spaCy's own read errors (E050-E053, bad meta/config) land here;
         # the first line of its message is kept because it says which file.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -61,3 +76,18 @@ def load_pipeline(path: PathLike, config: Optional[Dict[str, Any]] = None, requi
     if require_early_exit and not any(isinstance(pipe, EarlyExitPipe) for _, pipe in nlp.pipeline):
         raise PipelineError(f"The pipeline {path} has no early-exit component (its pipes: {nlp.pipe_names})")
     return nlp
+
+
+def _moved_fields(path: PathLike) -> str:
+    """What an old pipeline's config.cfg still has in the old places ("" if nothing)."""
+    from spacy.util import load_config
+
+    from .tools.migrate import describe_moves, moved_fields
+
+    config_path = Path(path) / "config.cfg"
+    if not config_path.is_file():
+        return ""
+    try:
+        return describe_moves(moved_fields(load_config(config_path, interpolate=False)))
+    except Exception:  # an unreadable config: spaCy's own message says why
+        return ""

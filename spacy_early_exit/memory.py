@@ -71,9 +71,10 @@ def native_kernels() -> Iterator[None]:
         backend.enabled = before
 
 
-def validate_interval(value: object) -> int:
+def validate_interval(value: object, field: str = "heap_trim_interval") -> int:
+    """An interval in docs, >= 0; `field` names it in the error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"'heap_trim_interval' must be an integer >= 0 (0: never trim); got {value!r}")
+        raise ValueError(f"'{field}' must be an integer >= 0 (0: never trim); got {value!r}")
     return value
 
 

@@ -4,8 +4,8 @@ import pytest
 import spacy
 from spacy_transformers.align import get_alignment_via_offset_mapping
 
-from conftest import bert_tokenizer
-from spacy_early_exit.alignment import Aligner, align_pieces, collate
+from spacy_early_exit.layers.alignment import Aligner, align_pieces, collate
+from spacy_early_exit.testing import bert_tokenizer
 
 TEXTS = [
     "John Smith's car-sharing co-op (in New York) isn't cheap!!",

@@ -199,6 +199,7 @@ def test_a_failing_batch_names_its_lines(pipeline, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_forked_workers_give_the_same_rows(pipeline, tmp_path):
     texts = mixed_texts(24)
     source = write_lines(tmp_path / "in.txt", texts)

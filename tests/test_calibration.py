@@ -8,9 +8,9 @@ from spacy.tokens import DocBin
 from thinc.api import Config
 from typer.testing import CliRunner
 
-from conftest import ner_examples
 from spacy_early_exit.cli import app
-from spacy_early_exit.training.calibration import (
+from spacy_early_exit.testing import ner_examples
+from spacy_early_exit.tools.calibrate import (
     MIN_TEMPERATURE,
     calibrate_layers,
     calibrate_pipeline,

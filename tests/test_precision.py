@@ -7,12 +7,13 @@ import pytest
 import spacy
 import torch
 
-from conftest import NER_DATA, make_ner_nlp, ner_examples, tiny_backbone
-from spacy_early_exit.architectures import full_depth_logits, get_shim
 from spacy_early_exit.encoder import precision as precision_module
+from spacy_early_exit.encoder import quantized_linear
 from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
-from spacy_early_exit.evaluation import exit_settings
+from spacy_early_exit.layers.architecture import full_depth_logits, get_shim
+from spacy_early_exit.testing import NER_DATA, make_ner_nlp, ner_examples, tiny_backbone
+from spacy_early_exit.tools.evaluate import exit_settings
 
 REDUCED = ["bf16", "int8"]
 TEXTS = [t for t, _ in NER_DATA] + [
@@ -223,7 +224,7 @@ def test_exit_settings_sets_and_restores_precision(nlp):
     with exit_settings(nlp, {"precision": "int8", "threshold": 0.3}):
         assert (ner.precision, ner.threshold) == ("int8", 0.3)
     assert ner.policy is policy and ner.precision == "fp32"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="inside"):
         with exit_settings(nlp, {"precision": "bf16"}):
             assert ner.precision == "bf16"
             raise RuntimeError("inside")
@@ -391,7 +392,7 @@ def test_a_deepcopy_of_the_encoder_starts_with_an_empty_cache():
 
 
 def test_a_cpu_without_fast_bf16_warns_once_and_runs(nlp, monkeypatch):
-    monkeypatch.setattr(precision_module, "_warned", set())
+    monkeypatch.setattr(quantized_linear, "_warned", set())
     monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="bf16") as record:
         first = predict(nlp, SHORT, precision="bf16")
@@ -403,8 +404,10 @@ def test_a_cpu_without_fast_bf16_warns_once_and_runs(nlp, monkeypatch):
 
 def test_missing_int8_kernels_warn_once_and_emulate_exactly(nlp, monkeypatch):
     fast = predict(nlp, SHORT, precision="int8")
-    monkeypatch.setattr(precision_module, "_warned", set())
+    monkeypatch.setattr(quantized_linear, "_warned", set())
+    # Both the stack's cache key and each layer's kernel check ask.
     monkeypatch.setattr(precision_module, "int8_kernels_available", lambda: False)
+    monkeypatch.setattr(quantized_linear, "int8_kernels_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="int8") as record:
         first = predict(nlp, SHORT, precision="int8")
         predict(nlp, SHORT, precision="int8")
@@ -427,7 +430,7 @@ def test_a_shape_int_mm_refuses_falls_back_with_one_warning(monkeypatch):
     def refuse(*args):
         raise RuntimeError("no kernel for this shape")
 
-    monkeypatch.setattr(precision_module, "_warned", set())
+    monkeypatch.setattr(quantized_linear, "_warned", set())
     monkeypatch.setattr(torch, "_int_mm", refuse)
     with pytest.warns(RuntimeWarning, match="_int_mm") as record:
         layers = [precision_module.Int8Linear(linear) for _ in range(2)]
@@ -437,7 +440,7 @@ def test_a_shape_int_mm_refuses_falls_back_with_one_warning(monkeypatch):
 
 
 def test_this_machine_needs_no_warning(nlp, monkeypatch):
-    monkeypatch.setattr(precision_module, "_warned", set())
+    monkeypatch.setattr(quantized_linear, "_warned", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         predict(nlp, SHORT, precision="int8")

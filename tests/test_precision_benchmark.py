@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from spacy.tokens import DocBin
 
-from conftest import NER_DATA, make_ner_nlp
+from spacy_early_exit.testing import NER_DATA, make_ner_nlp
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "precision.py"
 DATASET = "tinyner"
@@ -78,7 +78,7 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
         assert {"method", "precision", "target", "score", "flops_speedup", "words_per_second", "vs_hf_full", "fields"} <= set(row)
         assert set(row["words_per_second"]) == set(row["vs_hf_full"]) == {"1", "32"}
         assert all(v > 0 for v in row["words_per_second"].values())
-        assert row["score"] is not None
+        assert row["score"] is not None and 0.0 <= row["score"] <= 100.0  # ents_f in percent
         if method in ("full", "tokee"):
             assert row["fields"]["precision"] == precision
             assert row["fields"]["exit_mode"] == ("off" if method == "full" else "tokee")

@@ -99,7 +99,7 @@ def test_thread_cap_from_the_environment(monkeypatch):
         assert environment_cap() is None
         assert set_torch_threads(2) == 2
         assert set_torch_threads(0) == 2  # 0 leaves torch's setting alone
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="threads must be >= 0; got -1"):
             set_torch_threads(-1)
     finally:
         torch.set_num_threads(previous)

@@ -4,8 +4,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from spacy_early_exit.evaluation import format_table
-from spacy_early_exit.plotting import full_depth_label, plot_sweep, sweep_meta, sweep_title
+from spacy_early_exit.tools.evaluate import format_table
+from spacy_early_exit.tools.plotting import full_depth_label, plot_sweep, sweep_meta, sweep_title
 
 DASH = "\u2013"
 

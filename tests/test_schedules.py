@@ -6,13 +6,13 @@ import torch
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from conftest import ner_examples
-from spacy_early_exit.architectures import get_shim
 from spacy_early_exit.cli import app
 from spacy_early_exit.encoder.exit_schedule import ExitSchedule, schedule_grid
-from spacy_early_exit.evaluation import cost_summary, exit_settings
-from spacy_early_exit.training.prescreen import ExitProfile, cheapest_reaching
-from spacy_early_exit.training.tuning import tune
+from spacy_early_exit.layers.architecture import get_shim
+from spacy_early_exit.testing import ner_examples
+from spacy_early_exit.tools.evaluate import cost_summary, exit_settings
+from spacy_early_exit.tools.prescreen import ExitProfile, cheapest_reaching
+from spacy_early_exit.tools.tune import tune
 
 
 def test_schedule_thresholds():
@@ -147,6 +147,6 @@ def test_tune_for_a_precision_writes_it_with_the_schedule(trained_ner, tmp_path)
 
 
 def measure_at(nlp, fields):
-    from spacy_early_exit.training.measure import measure
+    from spacy_early_exit.tools.measure import measure
 
     return measure(nlp, ner_examples(nlp), fields, "ents_f")

@@ -13,12 +13,12 @@ from spacy.tokens import Doc
 from spacy.training import Example
 from thinc.api import fix_random_seed
 
-from conftest import tiny_backbone, write_vocab
-from spacy_early_exit.architectures import DocPrediction
+from spacy_early_exit.layers.architecture import DocPrediction
 from spacy_early_exit.pipes.base import EXIT_DEFAULTS
 from spacy_early_exit.pipes.ner import make_tokee_ner
 from spacy_early_exit.pipes.segmenter import make_tokee_segmenter
 from spacy_early_exit.scorers import score_segmentation
+from spacy_early_exit.testing import TINY_FINE_TUNING, tiny_backbone, write_vocab
 from spacy_early_exit.tokenizers import CharacterTokenizer, create_character_tokenizer
 
 SEG_DATA = ["我 爱 北京 天安门", "北京 是 中国 的 首都", "我 是 学生", "天安门 在 北京", "中国 人 爱 北京", "学生 在 天安门"]
@@ -69,7 +69,8 @@ def make_seg_nlp(model_dir, steps=0, **config) -> Language:
     fix_random_seed(0)
     nlp = blank_zh()
     model = {"name": str(model_dir), **config.pop("model", {})}
-    nlp.add_pipe("tokee_segmenter", config={"model": model, "learn_rate": 1e-3, "warmup_steps": 0, "backbone_lr_factor": 1.0, **config})
+    fine_tuning = {**TINY_FINE_TUNING, "backbone_lr_factor": 1.0, **config.pop("fine_tuning", {})}
+    nlp.add_pipe("tokee_segmenter", config={"model": model, "fine_tuning": fine_tuning, **config})
     examples = [seg_example(nlp, line) for line in SEG_DATA]
     optimizer = nlp.initialize(lambda: examples)
     for _ in range(steps):

@@ -3,10 +3,10 @@ import pytest
 import spacy
 import torch
 
-from conftest import make_ner_nlp, ner_examples, tiny_backbone
 from spacy_early_exit.encoder.exits import simulate_exit_layers
 from spacy_early_exit.encoder.model import EarlyExitEncoder
-from spacy_early_exit.training.self_sampling import ExitPlanner, TrainingSettings
+from spacy_early_exit.encoder.planner import ExitPlanner, TrainingSettings
+from spacy_early_exit.testing import TINY_FINE_TUNING, make_ner_nlp, ner_examples, tiny_backbone
 from test_encoder import BATCH, make_batch
 
 
@@ -101,7 +101,7 @@ def test_stage2_continues_from_stage1(tiny_model_dir, tmp_path, mode, loss, dist
     stage1.to_disk(tmp_path / "stage1")
     nlp = spacy.blank("en")
     nlp.add_pipe("tokee_ner", config={
-        "model": {"name": "no-such-backbone-needed"}, "learn_rate": 1e-3, "warmup_steps": 0,
+        "model": {"name": "no-such-backbone-needed"}, "fine_tuning": dict(TINY_FINE_TUNING),
         "training": {"mode": mode, "loss": loss, "thresholds": [0.3, 0.6, 0.9], "distill_weight": distill},
     })
     examples = ner_examples(nlp)
@@ -148,7 +148,7 @@ def test_init_from_rejects_a_pipeline_without_the_component(tiny_model_dir, tmp_
 
 
 def test_reference_logits_are_cached_per_row_and_match_a_fresh_forward():
-    from spacy_early_exit.training.self_sampling import select_rows
+    from spacy_early_exit.encoder.planner import select_rows
 
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
     batch = make_batch(**BATCH)

@@ -6,10 +6,10 @@ import pytest
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from conftest import ner_examples
 from spacy_early_exit.cli import app
-from spacy_early_exit.plotting import plot_sweep
-from spacy_early_exit.training.sweep import COLUMNS, run_sweep, write_sweep
+from spacy_early_exit.testing import ner_examples
+from spacy_early_exit.tools.plotting import plot_sweep
+from spacy_early_exit.tools.sweep import COLUMNS, run_sweep, write_sweep
 
 THRESHOLDS = [0.1, 0.5, 1.0]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,7 +83,7 @@ def test_cli_sweep(trained_ner, tmp_path):
 
 
 def test_sweep_points_follow_an_exit_schedule():
-    from spacy_early_exit.training.sweep import sweep_points
+    from spacy_early_exit.tools.sweep import sweep_points
 
     points = [p for p in sweep_points(4, [0.1, 0.4], window=1, min_layer=2, slope=2.0) if p.method == "tokee"]
     assert [p.fields["thresholds"] for p in points] == [[0.0, 0.1, 0.2, 0.4], [0.0, 0.4, 0.8, 1.0]]

@@ -8,11 +8,11 @@ from spacy.training import Example
 from spacy.util import registry
 from thinc.api import fix_random_seed
 
-from conftest import save_tiny_backbone
 from spacy_early_exit.pipes.base import EXIT_DEFAULTS
 from spacy_early_exit.pipes.ner import make_tokee_ner
 from spacy_early_exit.pipes.tagger import make_tokee_tagger
 from spacy_early_exit.scorers import score_tagging
+from spacy_early_exit.testing import TINY_FINE_TUNING, save_tiny_backbone
 
 # (text, Penn tags, UPOS)
 TAG_DATA = [
@@ -37,7 +37,8 @@ def make_tagger_nlp(model_dir, steps=0, gold="tags", **config):
     fix_random_seed(0)
     nlp = spacy.blank("en")
     model = {"name": str(model_dir), **config.pop("model", {})}
-    nlp.add_pipe("tokee_tagger", config={"model": model, "learn_rate": 1e-3, "warmup_steps": 0, "backbone_lr_factor": 1.0, **config})
+    fine_tuning = {**TINY_FINE_TUNING, "backbone_lr_factor": 1.0, **config.pop("fine_tuning", {})}
+    nlp.add_pipe("tokee_tagger", config={"model": model, "fine_tuning": fine_tuning, **config})
     examples = tag_examples(nlp, gold)
     optimizer = nlp.initialize(lambda: examples)
     for _ in range(steps):

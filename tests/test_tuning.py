@@ -8,10 +8,10 @@ import spacy
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
-from conftest import ner_examples
 from spacy_early_exit.cli import app
 from spacy_early_exit.encoder.exit_schedule import ExitSchedule
-from spacy_early_exit.training.tuning import (
+from spacy_early_exit.testing import ner_examples
+from spacy_early_exit.tools.tune import (
     GRID,
     Measurement,
     apply_overrides,
@@ -19,11 +19,11 @@ from spacy_early_exit.training.tuning import (
     grid_threshold,
     main_metric,
     measure,
-    parse_numbers,
     search_schedule,
     tune,
     write_tuned,
 )
+from spacy_early_exit.tools.options import parse_numbers
 
 TARGETS = [2.0, 50.0]  # the tiny 4-layer model tops out near 4x: 50x is unreachable
 WINDOWS = [0, 2]
@@ -187,7 +187,7 @@ def test_cli_tune(trained_ner, tmp_path):
 ])
 def test_main_metric_is_a_key_the_component_reports(tiny_model_dir, factory, config, expected):
     import spacy
-    from spacy_early_exit.training.tuning import main_metric
+    from spacy_early_exit.tools.tune import main_metric
 
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, config={"model": {"name": str(tiny_model_dir)}, **config})

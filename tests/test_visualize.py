@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import spacy_early_exit
 from spacy_early_exit.cli import app
 from spacy_early_exit.pipes.base import EXTENSION  # registers doc._.early_exit
-from spacy_early_exit.visualize import find_browser, layer_color, render, screenshot
+from spacy_early_exit.tools.visualize import BROWSERS, find_browser, layer_color, render, screenshot
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN_SPAN = re.compile(r'<span class="tokee-token[ "]')
@@ -192,6 +192,7 @@ def needs_chromium() -> None:
     pytest.skip(reason)
 
 
+@pytest.mark.slow
 def test_the_page_renders_in_headless_chromium(doc, tmp_path):
     needs_chromium()
     page = tmp_path / "exits.html"
@@ -205,6 +206,20 @@ def test_the_page_renders_in_headless_chromium(doc, tmp_path):
     assert any(max(abs(a - b) for a, b in zip(pixel, deepest)) <= 8 for pixel in colours), deepest
 
 
+@pytest.mark.slow
 def test_find_browser_sees_chromium():
     needs_chromium()
-    assert find_browser() is not None
+    found = find_browser()
+    assert found is not None and Path(found).name in BROWSERS and os.access(found, os.X_OK)
+
+
+def test_find_browser_searches_path_in_order(tmp_path, monkeypatch):
+    # Fake executables on an otherwise empty PATH: the first name in BROWSERS wins.
+    for name in ("google-chrome", "chromium-browser"):
+        fake = tmp_path / name
+        fake.write_text("#!/bin/sh\n", encoding="utf8")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_browser() == str(tmp_path / "chromium-browser")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    assert find_browser() is None

@@ -26,10 +26,10 @@ def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
     name = COMPONENTS[meta["task"]]
     chinese = meta["lang"] == "zh"
     overrides: Dict[str, Any] = {
-        f"components.{name}.extend_vocab": chinese,
+        f"components.{name}.fine_tuning.extend_vocab": chinese,
         # Added rows start as random draws around the old mean: they learn at the
         # off-ramp rate, not the backbone's 10x lower one (both stages).
-        f"components.{name}.embedding_lr_factor": 1.0 if chinese else None,
+        f"components.{name}.fine_tuning.embedding_lr_factor": 1.0 if chinese else None,
         # Chinese corpora are character-level: each character its own wordpiece.
         f"components.{name}.model.pretokenized": chinese,
     }
@@ -97,7 +97,7 @@ def main(
         overrides[f"components.{name}.training.loss"] = loss
         overrides[f"initialize.components.{name}.init_from"] = str(init_from)
         # The weights start trained: no vocabulary to extend, short warm-up.
-        overrides[f"components.{name}.extend_vocab"] = False
+        overrides[f"components.{name}.fine_tuning.extend_vocab"] = False
         overrides["training.optimizer.learn_rate.warmup_steps"] = max(1, max_steps // 20)
     elif stage == 1:
         # ~5% of the budget, as in stage 2 (the config's 60 suits short runs).

@@ -16,11 +16,11 @@ Count = Union[int, torch.Tensor]
 
 @dataclass(frozen=True)
 class CostModel:
-    """hidden (int), ffn (int) widths and n_labels (int) of the off-ramps."""
+    """hidden (int), ffn (int) widths and n_classes (int) of the off-ramps."""
 
     hidden: int
     ffn: int
-    n_labels: int
+    n_classes: int
 
     def layer_flops(self, present: Count, active: Count) -> Count:
         """FLOPs of one layer with `present` key/value pieces and `active` query pieces."""
@@ -30,10 +30,4 @@ class CostModel:
 
     def ramp_flops(self, words: Count) -> Count:
         """FLOPs of one off-ramp scoring `words` words."""
-        return 2 * words * self.hidden * self.n_labels
-
-    def full_flops(self, pieces: int, words: int, num_layers: int) -> int:
-        """A standard model's cost: every layer on every piece, then the last off-ramp."""
-        if pieces == 0:
-            return 0
-        return int(num_layers * self.layer_flops(pieces, pieces) + self.ramp_flops(words))
+        return 2 * words * self.hidden * self.n_classes

@@ -52,9 +52,9 @@ class ExitPolicy:
         validate_threshold(self.threshold, "threshold")
         validate_window(self.window)
         if self.thresholds is not None:
-            object.__setattr__(self, "thresholds", validate_per_layer(self.thresholds, "thresholds", None))
+            object.__setattr__(self, "thresholds", validate_per_layer(self.thresholds, "thresholds"))
         if self.temperatures is not None:
-            object.__setattr__(self, "temperatures", validate_per_layer(self.temperatures, "temperatures", None))
+            object.__setattr__(self, "temperatures", validate_per_layer(self.temperatures, "temperatures"))
 
     def check_depth(self, num_layers: int) -> None:
         """Fail when a per-layer list does not have one value per layer."""
@@ -95,7 +95,8 @@ def validate_window(value: object) -> int:
     return value
 
 
-def validate_per_layer(values: object, field: str, num_layers: Optional[int]) -> Tuple[float, ...]:
+def validate_per_layer(values: object, field: str) -> Tuple[float, ...]:
+    """A list of per-layer numbers (its length is checked against the depth by `check_depth`)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValueError(f"'{field}' must be a list of numbers, one per layer; got {values!r}")
     out = []
@@ -108,8 +109,6 @@ def validate_per_layer(values: object, field: str, num_layers: Optional[int]) ->
             out.append(float(value))
         else:
             out.append(validate_threshold(value, field))
-    if num_layers is not None and len(out) != num_layers:
-        raise ValueError(f"'{field}' needs {num_layers} values, one per layer; got {len(out)}")
     return tuple(out)
 
 

@@ -64,22 +64,22 @@ class EncoderOutput:
 
 
 class EarlyExitEncoder(nn.Module):
-    """backbone (nn.Module): a transformers base model; n_labels (int): off-ramp
+    """backbone (nn.Module): a transformers base model; n_classes (int): off-ramp
     output size; ramp_dropout (float): dropout before each off-ramp."""
 
-    def __init__(self, backbone: nn.Module, n_labels: int, ramp_dropout: float = 0.1) -> None:
+    def __init__(self, backbone: nn.Module, n_classes: int, ramp_dropout: float = 0.1) -> None:
         super().__init__()
-        if n_labels < 1:
-            raise ValueError(f"An early-exit encoder needs at least one label; got {n_labels}")
+        if n_classes < 1:
+            raise ValueError(f"An early-exit encoder needs at least one label; got {n_classes}")
         self.backbone = backbone
         self.layers = layer_parts(backbone)
         self.spec: BackboneSpec = backbone_spec(backbone)
-        self.n_labels = n_labels
+        self.n_classes = n_classes
         self.ramps = nn.ModuleList(
-            nn.Sequential(nn.Dropout(ramp_dropout), nn.Linear(self.spec.hidden_size, n_labels))
+            nn.Sequential(nn.Dropout(ramp_dropout), nn.Linear(self.spec.hidden_size, n_classes))
             for _ in self.layers
         )
-        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, n_labels)
+        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, n_classes)
         # Reduced-precision copies of `layers` for prediction: a plain object,
         # not a submodule, so no state_dict (and no saved file) ever holds one.
         self.precision_cache = PrecisionCache()
@@ -152,7 +152,7 @@ class EarlyExitEncoder(nn.Module):
         # Stage 2 scores every word at every layer, whatever its exit layer.
         all_words = WordIndex.build(word_mask, first_pieces, seq) if exit_layers is not None else None
         exits = torch.zeros(word_mask.shape, dtype=torch.long, device=device)
-        logits_out = hidden.new_zeros(*word_mask.shape, self.n_labels)
+        logits_out = hidden.new_zeros(*word_mask.shape, self.n_classes)
         # FLOPs per row, counted on the host from the schedules' sizes: at
         # batch size 1 the same sums as tensor ops cost more than a ramp.
         spent = [0] * n_rows

@@ -4,9 +4,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
-from thinc.api import Config, Model
+from thinc.api import Model
 
-from .base import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, EarlyExitPipe
+from .base import EarlyExitPipe, component_defaults
 
 TAG_SCHEMES = {"BIO": ("B", "I"), "BILUO": ("B", "I", "L", "U")}
 
@@ -71,9 +71,7 @@ class EarlyExitNER(EarlyExitPipe):
     "tokee_ner",
     assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc._.early_exit"],
     default_config={
-        "model": Config().from_str(DEFAULT_MODEL_CONFIG)["model"],
-        "tag_scheme": "BIO",
-        **EXIT_DEFAULTS,
+        **component_defaults(tag_scheme="BIO"),
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -88,22 +86,16 @@ def make_tokee_ner(
     window: int,
     thresholds: Optional[List[float]],
     temperatures: Optional[List[float]],
-    learn_rate: Optional[float],
-    backbone_lr_factor: float,
-    embedding_lr_factor: Optional[float],
-    warmup_steps: int,
-    extend_vocab: bool,
-    heap_trim_interval: int,
     precision: str,
+    fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
+    memory: Dict[str, Any],
     scorer: Optional[Callable],
 ) -> EarlyExitNER:
     """Create a `tokee_ner` component (see README for every field)."""
     return EarlyExitNER(
         nlp.vocab, model, name,
         tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
-        backbone_lr_factor=backbone_lr_factor, embedding_lr_factor=embedding_lr_factor, warmup_steps=warmup_steps,
-        extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, precision=precision,
-        training=training, scorer=scorer,
+        thresholds=thresholds, temperatures=temperatures, precision=precision,
+        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
     )

@@ -13,10 +13,11 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Model
 
-from ..architectures import DocPrediction
-from .base import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, EXTENSION, EarlyExitPipe
+from ..layers.types import DocPrediction
+from .base import EarlyExitPipe, component_defaults
+from .record import read_record
 
 # Per scheme: its classes, those that open a word and those that close one.
 TAG_SCHEMES = {
@@ -114,7 +115,7 @@ class EarlyExitSegmenter(EarlyExitPipe):
         for doc, starts in zip(docs, char_starts):
             if len(doc) == 0:
                 continue
-            record = doc._.get(EXTENSION)[self.name]
+            record = read_record(doc, self.name)
             # Each word starts where one of its characters did.
             first_char = numpy.searchsorted(starts, doc.to_array(IDX))
             record["exit_layers"] = numpy.maximum.reduceat(numpy.asarray(record["exit_layers"]), first_char).tolist()
@@ -126,9 +127,7 @@ class EarlyExitSegmenter(EarlyExitPipe):
     retokenizes=True,
     default_config={
         # Characters are the tokens: each gets its own wordpieces.
-        "model": {**Config().from_str(DEFAULT_MODEL_CONFIG)["model"], "pretokenized": True},
-        "tag_scheme": "BMES",
-        **EXIT_DEFAULTS,
+        **component_defaults({"pretokenized": True}, tag_scheme="BMES"),
         "scorer": {"@scorers": "spacy-early-exit.segmentation_scorer.v1"},
     },
     default_score_weights={"token_f": 1.0, "token_p": 0.0, "token_r": 0.0, "token_acc": None},
@@ -143,14 +142,10 @@ def make_tokee_segmenter(
     window: int,
     thresholds: Optional[List[float]],
     temperatures: Optional[List[float]],
-    learn_rate: Optional[float],
-    backbone_lr_factor: float,
-    embedding_lr_factor: Optional[float],
-    warmup_steps: int,
-    extend_vocab: bool,
-    heap_trim_interval: int,
     precision: str,
+    fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
+    memory: Dict[str, Any],
     scorer: Optional[Callable],
 ) -> EarlyExitSegmenter:
     """Create a `tokee_segmenter` component. Use it with the character tokenizer
@@ -162,8 +157,6 @@ def make_tokee_segmenter(
     return EarlyExitSegmenter(
         nlp.vocab, model, name,
         tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
-        backbone_lr_factor=backbone_lr_factor, embedding_lr_factor=embedding_lr_factor, warmup_steps=warmup_steps,
-        extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, precision=precision,
-        training=training, scorer=scorer,
+        thresholds=thresholds, temperatures=temperatures, precision=precision,
+        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
     )

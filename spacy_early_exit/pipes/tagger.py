@@ -7,10 +7,10 @@ from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.vocab import Vocab
-from thinc.api import Config, Model
+from thinc.api import Model
 
 from ..scorers import TAGGER_ATTRIBUTES
-from .base import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, EarlyExitPipe
+from .base import EarlyExitPipe, component_defaults
 
 # What `token.pos_` accepts: the 17 UD UPOS tags plus spaCy's own (SPACE,
 # the legacy CONJ, EOL). "" is spaCy's "no tag", not a tag.
@@ -94,9 +94,7 @@ class EarlyExitTagger(EarlyExitPipe):
     "tokee_tagger",
     assigns=["token.tag", "token.pos", "doc._.early_exit"],
     default_config={
-        "model": Config().from_str(DEFAULT_MODEL_CONFIG)["model"],
-        "attribute": "tag",
-        **EXIT_DEFAULTS,
+        **component_defaults(attribute="tag"),
         "scorer": {"@scorers": "spacy-early-exit.tagger_scorer.v1"},
     },
     # The scorer reports tag_acc or pos_acc, whichever `attribute` is; only
@@ -115,14 +113,10 @@ def make_tokee_tagger(
     window: int,
     thresholds: Optional[List[float]],
     temperatures: Optional[List[float]],
-    learn_rate: Optional[float],
-    backbone_lr_factor: float,
-    embedding_lr_factor: Optional[float],
-    warmup_steps: int,
-    extend_vocab: bool,
-    heap_trim_interval: int,
     precision: str,
+    fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
+    memory: Dict[str, Any],
     scorer: Optional[Callable],
 ) -> EarlyExitTagger:
     """Create a `tokee_tagger` component.
@@ -133,8 +127,6 @@ def make_tokee_tagger(
     return EarlyExitTagger(
         nlp.vocab, model, name,
         attribute=attribute, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, learn_rate=learn_rate,
-        backbone_lr_factor=backbone_lr_factor, embedding_lr_factor=embedding_lr_factor, warmup_steps=warmup_steps,
-        extend_vocab=extend_vocab, heap_trim_interval=heap_trim_interval, precision=precision,
-        training=training, scorer=scorer,
+        thresholds=thresholds, temperatures=temperatures, precision=precision,
+        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
     )

@@ -228,11 +228,10 @@ def calibrate_pipeline(
         plus ``previous_temperatures`` (what the pipe had before).
     """
     import spacy
-    from spacy.tokens import DocBin
-    from spacy.training import Example
-    from thinc.api import Config
 
-    from ..evaluation import early_exit_pipes
+    from .config_files import save_tuned_pipeline
+    from .data import load_examples
+    from .evaluate import early_exit_pipes
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0; got {limit!r}")
@@ -246,10 +245,7 @@ def calibrate_pipeline(
         if component not in names:
             raise ValueError(f"No early-exit component named {component!r}; the pipeline has {names}")
         pipes = [(name, pipe) for name, pipe in pipes if name == component]
-    refs = list(DocBin().from_disk(dev_path).get_docs(nlp.vocab))
-    if limit:
-        refs = refs[:limit]
-    examples = [Example(nlp.make_doc(ref.text), ref) for ref in refs]
+    examples = load_examples(nlp, dev_path, limit)
     reports: Dict[str, Dict[str, Any]] = {}
     for name, pipe in pipes:
         if precision is not None:
@@ -261,14 +257,12 @@ def calibrate_pipeline(
         report["previous_temperatures"] = pipe.temperatures
         pipe.temperatures = report["temperatures"]
         reports[name] = report
-    nlp.to_disk(output_dir)
-    config_path = output_dir / "config.cfg"
-    config = Config().from_disk(config_path, interpolate=False)
+    overrides: Dict[str, Any] = {}
     for name, report in reports.items():
-        config["components"][name]["temperatures"] = list(report["temperatures"])
+        overrides[f"components.{name}.temperatures"] = list(report["temperatures"])
         if precision is not None:
-            config["components"][name]["precision"] = precision
-    config.to_disk(config_path)
+            overrides[f"components.{name}.precision"] = precision
+    save_tuned_pipeline(nlp, overrides, output_dir)
     return {
         "pipeline": str(pipeline_dir),
         "dev_data": str(dev_path),

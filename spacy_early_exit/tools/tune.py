@@ -30,10 +30,21 @@ from spacy.training import Example
 from tqdm import tqdm
 
 from ..encoder.exit_schedule import ExitSchedule, schedule_grid
-from ..evaluation import early_exit_pipes, exit_settings
-from .measure import Measurement, flops_speedup, main_metric, measure, metric_value, threshold_for_speedup
+from .evaluate import early_exit_pipes, exit_settings
+from .measure import (
+    GRID,
+    Measurement,
+    bisect_steps,
+    flops_speedup,
+    grid_step,
+    grid_threshold,
+    main_metric,
+    measure,
+    metric_value,
+    threshold_for_speedup,
+)
 from .prescreen import ExitProfile, screen
-from .tuned_configs import (
+from .config_files import (
     apply_overrides,
     config_overrides,
     save_tuned_pipeline,
@@ -42,21 +53,16 @@ from .tuned_configs import (
     write_tuned,
 )
 
-# Base thresholds are searched on a 4-decimal grid, so the reported threshold
-# is exactly the one that was run (no rounding after the search).
-GRID = 10_000
 DEFAULT_TARGETS = (2.0, 3.0, 4.0)
 DEFAULT_WINDOWS = (0, 1, 2)
 DEFAULT_SLOPES = (0.5, 1.0, 2.0)
 DEFAULT_MARGIN = 0.02
 DEFAULT_KEEP = 3
 
-Number = TypeVar("Number", int, float)
-
 __all__ = [
     "GRID", "Measurement", "Prober", "Candidate", "apply_overrides", "bracket", "config_overrides",
     "flops_speedup", "format_tune_report", "grid_threshold", "main_metric", "measure", "metric_value",
-    "parse_numbers", "save_tuned_pipeline", "search_schedule", "target_stem", "threshold_for_speedup",
+    "save_tuned_pipeline", "search_schedule", "target_stem", "threshold_for_speedup",
     "tokee_fields", "tune", "write_overrides", "write_tuned",
 ]
 
@@ -65,16 +71,6 @@ def tokee_fields(window: int, threshold: float) -> Dict[str, Any]:
     """Exit fields of one flat TOKEE point. Per-layer `thresholds` are cleared
     because they would override the single threshold."""
     return {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}
-
-
-def grid_threshold(step: int) -> float:
-    """The base threshold of grid step `step` (0..GRID)."""
-    return round(step / GRID, 4)
-
-
-def grid_step(threshold: float) -> int:
-    """The grid step at or just above `threshold`."""
-    return min(GRID, max(0, int(-(-threshold * GRID // 1))))
 
 
 class Prober:
@@ -195,14 +191,7 @@ def search_schedule(
             if step > 0 and prober(schedule, step).flops_speedup < target:
                 break
     low, high = bracket(probed(schedule), target)
-    for _ in range(steps):
-        if high - low <= 1:
-            break
-        middle = (low + high) // 2
-        if prober(schedule, middle).flops_speedup >= target:
-            high = middle
-        else:
-            low = middle
+    high = bisect_steps(lambda step: prober(schedule, step).flops_speedup >= target, low, high, steps)
     return Candidate(schedule, target, high, prober(schedule, high))
 
 
@@ -347,19 +336,3 @@ def format_tune_report(report: Dict[str, Any]) -> str:
         else:
             lines.append(f"{entry['target']:g}x: UNREACHABLE: {entry['reason']}")
     return "\n".join(lines)
-
-
-def parse_numbers(text: str, kind: Callable[[str], Number], option: str) -> List[Number]:
-    """A comma-separated option ("2,3,4") as numbers; fails naming the option.
-
-    text (str): the option's value.
-    kind (Callable[[str], Number]): int or float.
-    option (str): the option name, for the error.
-    """
-    try:
-        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated numbers; got {text!r}") from None
-    if not values:
-        raise ValueError(f"{option} is empty")
-    return values

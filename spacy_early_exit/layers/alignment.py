@@ -14,7 +14,7 @@ import torch
 from spacy.tokens import Doc
 from spacy.attrs import IDX, LENGTH
 
-from .encoder.model import EncoderInput
+from ..encoder.model import EncoderInput
 
 
 @dataclass

@@ -6,7 +6,6 @@ PyTorchWrapper-style "pytorch" layer whose shim owns the torch
 it: wordpiece alignment, long-document windows, length-sorted sub-batches, and
 mapping rows back to tokens.
 """
-from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy
@@ -16,45 +15,11 @@ from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 
+from ..encoder.exits import ExitPolicy
+from ..encoder.model import EncoderInput, EncoderOutput
 from .alignment import Aligner, DocLayout, SequenceRow, collate
-from .encoder.backbone import backbone_spec
-from .encoder.exits import ExitPolicy
-from .encoder.model import EncoderInput, EncoderOutput
 from .shim import EarlyExitShim
-
-# (docs, exit policy for prediction) or, in training, (docs, None, planner):
-# the planner decides stage 2's forced exit layers for each batch.
-ModelInput = Tuple[Any, ...]
-
-
-@dataclass
-class DocPrediction:
-    """What the encoder says about one doc.
-
-    logits (numpy.ndarray): ``[n_tokens, n_labels]`` at each token's exit layer
-        (zeros for tokens without wordpieces).
-    exit_layers (numpy.ndarray): ``[n_tokens]``, 1-based; 0 = no wordpieces.
-    flops, full_flops (int): FLOPs spent, and what full depth would cost.
-    """
-
-    logits: numpy.ndarray
-    exit_layers: numpy.ndarray
-    flops: int
-    full_flops: int
-
-
-@dataclass
-class TrainingOutput:
-    """layer_logits: ``[n_layers, n_words, n_labels]`` for every word of every row;
-    token_index: per doc, each token's row in `n_words` (-1: not scored);
-    reference_logits: stage 2 only, the frozen stage-1 model's logits, same shape;
-    exit_layers: stage 2 only, ``[n_words]`` forced exit layers."""
-
-    layer_logits: Any
-    token_index: List[numpy.ndarray]
-    reference_logits: Optional[numpy.ndarray] = None
-    exit_layers: Optional[numpy.ndarray] = None
-
+from .types import DocPrediction, ModelInput, TrainingOutput
 
 @registry.architectures("spacy-early-exit.EarlyExitTransformer.v1")
 def build_early_exit_transformer(
@@ -63,7 +28,7 @@ def build_early_exit_transformer(
     ramp_dropout: float = 0.1,
     batch_pieces: int = 8192,
     pretokenized: bool = False,
-) -> Model[ModelInput, Any]:
+) -> Model[ModelInput, List[DocPrediction]]:
     """Build the early-exit encoder model (weights load at initialize).
 
     name (str): backbone: Hugging Face id, local directory, or ``pkg:<module>``.
@@ -98,44 +63,30 @@ def build_early_exit_transformer(
             "ramp_dropout": ramp_dropout,
             "batch_pieces": batch_pieces,
             "pretokenized": pretokenized,
-            "n_labels": None,
+            "n_classes": None,
         },
     )
 
 
 def get_shim(model: Model) -> EarlyExitShim:
+    """The shim that owns the torch encoder and its tokenizer."""
     return model.layers[0].shims[0]
 
 
 def init(model: Model, X: Any = None, Y: Any = None) -> None:
-    n_labels = model.attrs["n_labels"]
-    if not n_labels:
-        raise ValueError("Set model.attrs['n_labels'] (the component does) before initializing")
-    get_shim(model).build(model.attrs["name"], n_labels, model.attrs["ramp_dropout"])
+    n_classes = model.attrs["n_classes"]
+    if not n_classes:
+        raise ValueError("Set model.attrs['n_classes'] (the component does) before initializing")
+    get_shim(model).build(model.attrs["name"], n_classes, model.attrs["ramp_dropout"])
 
 
 def get_aligner(model: Model) -> Aligner:
-    shim = get_shim(model)
-    encoder = shim.encoder
-    if encoder is None or shim.tokenizer is None:
-        raise ValueError(
-            "The early-exit encoder is not initialized: call nlp.initialize() "
-            "(or train the pipeline) before using it"
-        )
-    cached = getattr(shim, "aligner", None)
-    if cached is None:
-        limit = backbone_spec(encoder.backbone, shim.tokenizer).max_positions
-        wanted = model.attrs["max_length"] or limit
-        if wanted > limit:
-            raise ValueError(f"'max_length' {wanted} exceeds the backbone's position limit {limit}")
-        cached = Aligner(shim.tokenizer, wanted, pretokenized=model.attrs.get("pretokenized", False))
-        shim.aligner = cached
-    return cached
+    """The layer's aligner (built once by the shim, for this layer's settings)."""
+    return get_shim(model).aligner(model.attrs["max_length"], model.attrs.get("pretokenized", False))
 
 
 def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
-    docs, policy, *rest = inputs
-    planner = rest[0] if rest else None
+    docs, policy, planner = ModelInput(*inputs)
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
     pad_id = aligner.tokenizer.pad_token_id or 0
@@ -143,8 +94,8 @@ def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Call
     if is_train:
         return _all_layers_forward(torch_layer, rows, layouts, pad_id, is_train=True, planner=planner)
     outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"])
-    n_labels = get_shim(model).encoder.n_labels
-    return [_doc_prediction(doc, lay, outputs, n_labels) for doc, lay in zip(docs, layouts)], _no_backprop
+    n_classes = get_shim(model).encoder.n_classes
+    return [_doc_prediction(doc, lay, outputs, n_classes) for doc, lay in zip(docs, layouts)], _no_backprop
 
 
 def _no_backprop(d_output: Any) -> None:
@@ -231,9 +182,9 @@ def _predict_rows(
     return results
 
 
-def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_labels: int) -> DocPrediction:
+def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_classes: int) -> DocPrediction:
     n_tokens = len(doc)
-    logits = numpy.zeros((n_tokens, n_labels), dtype="float32")
+    logits = numpy.zeros((n_tokens, n_classes), dtype="float32")
     exit_layers = numpy.zeros(n_tokens, dtype="int64")
     for row in layout.rows:
         owned = numpy.flatnonzero(layout.token_rows == row)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 from spacy.language import Language
 from thinc.api import Config
 
-from ..evaluation import early_exit_pipes
+from .evaluate import early_exit_pipes
 
 
 def config_overrides(nlp: Language, fields: Dict[str, Any]) -> Dict[str, Any]:

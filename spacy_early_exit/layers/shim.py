@@ -18,9 +18,10 @@ import torch
 from thinc.api import Optimizer, PyTorchShim, torch2xp, xp2torch
 from torch import nn
 
-from .encoder.backbone import build_from_config, check_tokenizer, load_pretrained
-from .encoder.model import EarlyExitEncoder
-from .memory import native_kernels
+from ..encoder.backbone import backbone_spec, build_from_config, check_tokenizer, load_pretrained
+from ..encoder.model import EarlyExitEncoder
+from .alignment import Aligner
+from ..memory import native_kernels
 
 RAMP_PREFIX = "encoder.ramps."
 PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
@@ -71,18 +72,21 @@ class EncoderHolder(nn.Module):
         return self.encoder(*args, **kwargs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearningRates:
-    """learn_rate (Optional[float]): off-ramp rate; None keeps the optimizer's own.
-    backbone_factor (float): backbone rate = off-ramp rate x this.
+    """Per-group learning rates the shim applies on each update.
+
+    learn_rate (Optional[float]): off-ramp rate; None keeps the optimizer's own.
+    backbone_lr_factor (float): backbone rate = off-ramp rate x this.
     warmup_steps (int): linear warm-up over this many updates.
-    embedding_factor (Optional[float]): the input word embeddings' rate =
-        off-ramp rate x this; None = the backbone's factor."""
+    embedding_lr_factor (Optional[float]): the input word embeddings' rate =
+        off-ramp rate x this; None = `backbone_lr_factor`.
+    """
 
     learn_rate: Optional[float] = None
-    backbone_factor: float = 1.0
+    backbone_lr_factor: float = 1.0
     warmup_steps: int = 0
-    embedding_factor: Optional[float] = None
+    embedding_lr_factor: Optional[float] = None
 
 
 class EarlyExitShim(PyTorchShim):
@@ -91,7 +95,9 @@ class EarlyExitShim(PyTorchShim):
     def __init__(self) -> None:
         super().__init__(EncoderHolder())
         self.tokenizer: Any = None
-        self.aligner: Any = None  # built lazily by the Thinc layer, reset on rebuild
+        # Built on first use for the layer's (max_length, pretokenized); reset
+        # whenever the tokenizer changes (build, vocabulary extension, load).
+        self._aligner: Optional[Aligner] = None
         self.rates = LearningRates()
         self.n_updates = 0
 
@@ -99,12 +105,33 @@ class EarlyExitShim(PyTorchShim):
     def encoder(self) -> Optional[EarlyExitEncoder]:
         return self._model.encoder
 
-    def build(self, name: str, n_labels: int, ramp_dropout: float) -> None:
+    def aligner(self, max_length: Optional[int], pretokenized: bool) -> Aligner:
+        """The token-to-wordpiece aligner for this tokenizer (cached).
+
+        max_length (Optional[int]): longest row in wordpieces; None = the
+            backbone's position limit, which it may not exceed.
+        pretokenized (bool): tokenize each spaCy token on its own.
+        """
+        encoder = self.encoder
+        if encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "The early-exit encoder is not initialized: call nlp.initialize() "
+                "(or train the pipeline) before using it"
+            )
+        if self._aligner is None:
+            limit = backbone_spec(encoder.backbone, self.tokenizer).max_positions
+            wanted = max_length or limit
+            if wanted > limit:
+                raise ValueError(f"'max_length' {wanted} exceeds the backbone's position limit {limit}")
+            self._aligner = Aligner(self.tokenizer, wanted, pretokenized=pretokenized)
+        return self._aligner
+
+    def build(self, name: str, n_classes: int, ramp_dropout: float) -> None:
         """Load the pretrained backbone `name` and add fresh off-ramps."""
         backbone, tokenizer = load_pretrained(name)
         self.tokenizer = tokenizer
-        self.aligner = None
-        self._model.encoder = EarlyExitEncoder(backbone, n_labels, ramp_dropout)
+        self._aligner = None
+        self._model.encoder = EarlyExitEncoder(backbone, n_classes, ramp_dropout)
         self._model.to(self.device_for_build())
 
     def extend_vocabulary(self, texts: Iterable[str]) -> List[str]:
@@ -126,7 +153,7 @@ class EarlyExitShim(PyTorchShim):
         if unknown:
             tokenizer.add_tokens(unknown)
             encoder.backbone.resize_token_embeddings(len(tokenizer))
-            self.aligner = None
+            self._aligner = None
         return unknown
 
     def device_for_build(self) -> torch.device:
@@ -157,10 +184,10 @@ class EarlyExitShim(PyTorchShim):
             scale = warm
             if rates.learn_rate is not None:
                 scale *= rates.learn_rate / base
-            if param is embeddings and rates.embedding_factor is not None:
-                scale *= rates.embedding_factor
+            if param is embeddings and rates.embedding_lr_factor is not None:
+                scale *= rates.embedding_lr_factor
             elif not name.startswith(RAMP_PREFIX):
-                scale *= rates.backbone_factor
+                scale *= rates.backbone_lr_factor
             weights, _ = optimizer(
                 (self.id, name), torch2xp(param.data), torch2xp(param.grad), lr_scale=scale
             )
@@ -182,7 +209,7 @@ class EarlyExitShim(PyTorchShim):
         msg: Dict[str, Any] = {
             "initialized": True,
             "backbone_config": encoder.backbone.config.to_dict(),
-            "n_labels": encoder.n_labels,
+            "n_classes": encoder.n_classes,
             "ramp_dropout": float(encoder.ramps[0][0].p),
             "tokenizer": files,
             "state": state.getvalue(),
@@ -197,7 +224,9 @@ class EarlyExitShim(PyTorchShim):
             return self
         device = self.device_for_build()
         backbone = build_from_config(msg["backbone_config"])
-        encoder = EarlyExitEncoder(backbone, msg["n_labels"], msg["ramp_dropout"])
+        # Pipelines saved before the rename wrote the class count as "n_labels".
+        n_classes = msg["n_classes"] if "n_classes" in msg else msg["n_labels"]
+        encoder = EarlyExitEncoder(backbone, n_classes, msg["ramp_dropout"])
         try:
             state = torch.load(BytesIO(msg["state"]), map_location=device)
             encoder.load_state_dict(state)
@@ -210,5 +239,5 @@ class EarlyExitShim(PyTorchShim):
         check_tokenizer(tokenizer, "saved tokenizer")
         self._model.encoder = encoder.to(device)
         self.tokenizer = tokenizer
-        self.aligner = None
+        self._aligner = None
         return self

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from ..encoder.exit_schedule import ExitSchedule
 from ..encoder.exits import static_thresholds
-from ..evaluation import early_exit_pipes
-from .tuning import main_metric, measure
+from .evaluate import early_exit_pipes
+from .tune import main_metric, measure
 
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 COLUMNS = ("method", "window", "threshold", "layer", "score", "flops_speedup", "mean_exit_layer")
@@ -140,7 +140,7 @@ def write_sweep(
     meta (Optional[Dict[str, Any]]): extra JSON fields (pipeline, data, ...).
     RETURNS (Dict[str, Path]): the written files by kind ("csv", "json", "png").
     """
-    from ..plotting import plot_sweep  # matplotlib only when a plot is made
+    from .plotting import plot_sweep  # matplotlib only when a plot is made
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

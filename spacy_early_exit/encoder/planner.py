@@ -5,13 +5,15 @@ come from running the exit rule on the frozen stage-1 model's predictions; the
 model is then trained with halt-and-copy at those layers, which closes the gap
 between joint training (every token at every layer) and early-exit inference.
 """
+import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..encoder.exits import normalized_entropy, simulate_exit_layers
-from ..encoder.model import EarlyExitEncoder, EncoderInput
+from .config_block import is_number, read_block
+from .exits import normalized_entropy, simulate_exit_layers
+from .model import EarlyExitEncoder, EncoderInput
 
 TRAINING_MODES = ("joint", "self_sampling", "random")
 LOSSES = ("ce", "flooding")
@@ -51,15 +53,9 @@ class TrainingSettings:
     distill_temperature: float = 2.0
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "TrainingSettings":
+    def from_config(cls, cfg: Optional[Dict[str, Any]]) -> "TrainingSettings":
         """Validate a `[components.<name>.training]` block; errors name the key."""
-        if not isinstance(cfg, dict):
-            raise ValueError(f"'training' must be a table of settings; got {cfg!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"Unknown 'training' settings {sorted(unknown)}; expected {sorted(known)}")
-        values = {**{k: f.default for k, f in cls.__dataclass_fields__.items()}, **cfg}
+        values = read_block("training", cfg, cls)
         mode, loss = values["mode"], values["loss"]
         if mode not in TRAINING_MODES:
             raise ValueError(f"'training.mode' must be one of {TRAINING_MODES}; got {mode!r}")
@@ -75,9 +71,9 @@ class TrainingSettings:
         if len(sandwich) != 2 or any(s < 0 for s in sandwich) or sum(sandwich) > 1.0:
             raise ValueError(f"'training.sandwich' must be two shares summing to <= 1; got {values['sandwich']!r}")
         weight, temperature = values["distill_weight"], values["distill_temperature"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight:
+        if not is_number(weight) or not 0.0 <= weight:
             raise ValueError(f"'training.distill_weight' must be a number >= 0; got {weight!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        if not is_number(temperature) or not temperature > 0:
             raise ValueError(f"'training.distill_temperature' must be a positive number; got {temperature!r}")
         return cls(
             mode=mode, windows=windows, thresholds=thresholds, double_upper=bool(values["double_upper"]),
@@ -128,6 +124,15 @@ class ExitPlanner:
         # The frozen model's logits per row, computed once as in the reference
         # code: after the first epoch stage 2 costs no extra forward pass.
         self.cache: Dict[bytes, torch.Tensor] = {}
+
+    @classmethod
+    def from_current(cls, settings: TrainingSettings, encoder: EarlyExitEncoder) -> "ExitPlanner":
+        """A planner over a frozen copy of `encoder` as it is now (stage 2
+        starts from the stage-1 weights, which then keep changing)."""
+        reference = copy.deepcopy(encoder)
+        for param in reference.parameters():
+            param.requires_grad_(False)
+        return cls(settings, reference)
 
     def __call__(self, batch: EncoderInput) -> ExitPlan:
         reference_logits = None

@@ -2,17 +2,16 @@
 
 `measure` runs the examples through `nlp.pipe` under the given exit fields and
 scores them with spaCy's Scorer; `threshold_for_speedup` bisects a single
-threshold for a FLOPs target from FLOPs alone (no labels read).
+threshold for a FLOPs target from FLOPs alone (no labels read); the tuner
+bisects exit schedules with the same grid and `bisect_steps`.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from spacy.language import Language
 from spacy.training import Example
 
-from ..evaluation import cost_summary, early_exit_pipes, exit_settings, score
-
-
+from .evaluate import cost_summary, early_exit_pipes, exit_settings, score
 
 
 def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size: int = 64) -> float:
@@ -20,6 +19,40 @@ def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size:
     with exit_settings(nlp, fields):
         docs = list(nlp.pipe(texts, batch_size=batch_size))
     return cost_summary(docs, nlp)["flops_speedup"]
+
+
+# Thresholds are searched on a 4-decimal grid, so a reported threshold is
+# exactly the one that was run (no rounding after the search).
+GRID = 10_000
+
+
+def grid_threshold(step: int) -> float:
+    """The threshold of grid step `step` (0..GRID)."""
+    return round(step / GRID, 4)
+
+
+def grid_step(threshold: float) -> int:
+    """The grid step at or just above `threshold`."""
+    return min(GRID, max(0, int(-(-threshold * GRID // 1))))
+
+
+def bisect_steps(reaches: Callable[[int], bool], low: int, high: int, steps: int) -> int:
+    """Narrow (low misses, high reaches) to the smallest reaching grid step.
+
+    reaches (Callable[[int], bool]): runs one grid step; True when it reaches the target.
+    low (int), high (int): a step known to miss and one known to reach.
+    steps (int): the most runs.
+    RETURNS (int): the smallest step found to reach.
+    """
+    for _ in range(steps):
+        if high - low <= 1:
+            break
+        middle = (low + high) // 2
+        if reaches(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def threshold_for_speedup(
@@ -30,22 +63,20 @@ def threshold_for_speedup(
     window: int = 2,
     steps: int = 12,
 ) -> Optional[float]:
-    """The smallest threshold whose FLOPs speed-up on `texts` reaches `target`.
+    """The smallest grid threshold whose FLOPs speed-up on `texts` reaches
+    `target`, from FLOPs alone (no labels read).
 
-    RETURNS (Optional[float]): the threshold (rounded up to 4 decimals), or
-        None when even threshold 1.0 does not reach the target.
+    RETURNS (Optional[float]): the threshold, or None when even threshold 1.0
+        does not reach the target.
     """
     fields = {"exit_mode": exit_mode, "window": window, "thresholds": None}
-    if flops_speedup(nlp, texts, {**fields, "threshold": 1.0}) < target:
+
+    def reaches(step: int) -> bool:
+        return flops_speedup(nlp, texts, {**fields, "threshold": grid_threshold(step)}) >= target
+
+    if not reaches(GRID):
         return None
-    low, high = 0.0, 1.0
-    for _ in range(steps):
-        middle = (low + high) / 2
-        if flops_speedup(nlp, texts, {**fields, "threshold": middle}) >= target:
-            high = middle
-        else:
-            low = middle
-    return round(high + 5e-5, 4) if high < 1.0 else 1.0
+    return grid_threshold(bisect_steps(reaches, 0, GRID, steps))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from spacy.tokens import Doc, Token
 
-EXTENSION = "early_exit"  # = pipes.base.EXTENSION; not imported, to keep this module light
+from ..pipes.record import EXTENSION
+
 LABEL_MODES = ("auto", "ents", "tags", "none")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 NO_PIECES = "#e9e9e9"  # tokens with no wordpieces (exit layer 0)

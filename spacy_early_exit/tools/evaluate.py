@@ -7,7 +7,7 @@ full-depth setting.
 """
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -16,9 +16,11 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc
 from spacy.training import Example
 
-from .pipes.base import EXTENSION, EarlyExitPipe
+from ..pipes.base import EarlyExitPipe
+from ..pipes.exit_fields import POLICY_FIELDS
+from ..pipes.record import read_record
 
-SETTING_FIELDS = ("exit_mode", "threshold", "window", "thresholds", "temperatures", "precision")
+SETTING_FIELDS = tuple(POLICY_FIELDS)
 
 
 @dataclass
@@ -43,21 +45,15 @@ def early_exit_pipes(nlp: Language) -> List[Tuple[str, EarlyExitPipe]]:
 
 @contextmanager
 def exit_settings(nlp: Language, fields: Dict[str, Any]) -> Iterator[None]:
-    """Apply exit fields (and `precision`) to every early-exit pipe, restoring
-    them afterwards: all of them live in the pipe's policy, which is put back."""
+    """Run every early-exit pipe under the given exit fields (and `precision`)
+    inside a ``with`` block; each pipe's own setting comes back afterwards."""
     unknown = set(fields) - set(SETTING_FIELDS)
     if unknown:
         raise ValueError(f"Unknown exit fields {sorted(unknown)}; expected {SETTING_FIELDS}")
-    saved = []
-    try:
+    with ExitStack() as stack:
         for _, pipe in early_exit_pipes(nlp):
-            saved.append((pipe, pipe.policy))
-            for key, value in fields.items():
-                setattr(pipe, key, value)
+            stack.enter_context(pipe.using(**fields))
         yield
-    finally:
-        for pipe, policy in saved:
-            pipe._policy = policy
 
 
 def cost_summary(docs: Sequence[Doc], nlp: Language) -> Dict[str, float]:
@@ -66,7 +62,9 @@ def cost_summary(docs: Sequence[Doc], nlp: Language) -> Dict[str, float]:
     layers: List[int] = []
     for doc in docs:
         for name, _ in early_exit_pipes(nlp):
-            record = doc._.get(EXTENSION)[name]
+            record = read_record(doc, name)
+            if record is None:
+                raise ValueError(f"Component '{name}' has not annotated the doc {doc.text[:40]!r}")
             flops += record["flops"]
             full += record["full_flops"]
             layers.extend(layer for layer in record["exit_layers"] if layer > 0)

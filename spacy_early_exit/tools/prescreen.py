@@ -20,7 +20,7 @@ import numpy
 import torch
 from spacy.training import Example
 
-from ..architectures import full_depth_logits, get_aligner, get_shim
+from ..layers.architecture import full_depth_logits, get_aligner, get_shim
 from ..encoder.exit_schedule import ExitSchedule, RowShapes, simulated_exits, simulated_flops
 from ..encoder.exits import normalized_entropy
 from ..pipes.base import EarlyExitPipe

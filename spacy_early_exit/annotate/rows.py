@@ -1,0 +1,114 @@
+"""One processed doc as one plain, JSON-ready row.
+
+Both engines build rows here (the Ray engine on its workers, with the same
+:class:`RowSpec`), so both give byte-identical JSONL.
+"""
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+from .errors import AnnotateError
+from .records import Record
+
+RECORD_KEYS = ("exit_layers", "flops", "full_flops")
+# Every key a row's annotation may have, in the order rows list them.
+ANNOTATION_KEYS = ("words", "tags", "pos", "ents") + RECORD_KEYS
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What a pipeline's rows hold, read from its early-exit components.
+
+    components (Tuple[str, ...]): the early-exit components, in pipeline order.
+    annotations (Tuple[str, ...]): the annotation keys: "words" (segmenter),
+        "tags" / "pos" (tagger), "ents" (NER), in pipeline order.
+
+    The exit record: "exit_layers" is the last early-exit component's (one
+    entry per final token, so per word after a segmenter); "flops" and
+    "full_flops" add up every early-exit component's cost of the doc.
+    """
+
+    components: Tuple[str, ...]
+    annotations: Tuple[str, ...]
+
+    @classmethod
+    def from_nlp(cls, nlp: Any) -> "RowSpec":
+        """The spec of a loaded pipeline.
+
+        nlp (Language): a loaded pipeline with at least one early-exit component.
+        RETURNS (RowSpec): its components and annotation keys.
+        RAISES (AnnotateError): the pipeline has no early-exit component.
+        """
+        from ..pipes.base import EarlyExitPipe
+        from ..pipes.ner import EarlyExitNER
+        from ..pipes.segmenter import EarlyExitSegmenter
+        from ..pipes.tagger import EarlyExitTagger
+
+        components: List[str] = []
+        keys: List[str] = []
+        for name, pipe in nlp.pipeline:
+            if not isinstance(pipe, EarlyExitPipe):
+                continue
+            components.append(name)
+            if isinstance(pipe, EarlyExitSegmenter):
+                keys.append("words")
+            elif isinstance(pipe, EarlyExitTagger):
+                keys.extend((["tags"] if pipe.attribute == "tag" else []) + (["pos"] if pipe.writes_pos else []))
+            elif isinstance(pipe, EarlyExitNER):
+                keys.append("ents")
+        if not components:
+            raise AnnotateError(f"The pipeline has no early-exit component (tokee_*); its components: {nlp.pipe_names}")
+        return cls(tuple(components), tuple(dict.fromkeys(keys)))
+
+    def annotate(self, doc: Any) -> Dict[str, Any]:
+        """One doc's annotations and exit record.
+
+        doc (Doc): a doc processed by the pipeline.
+        RETURNS (Dict[str, Any]): the annotation keys, then RECORD_KEYS.
+        RAISES (AnnotateError): a component left no doc._.early_exit record.
+        """
+        row: Dict[str, Any] = {}
+        for key in self.annotations:
+            if key == "words":
+                row[key] = [token.text for token in doc]
+            elif key == "tags":
+                row[key] = [token.tag_ for token in doc]
+            elif key == "pos":
+                row[key] = [token.pos_ for token in doc]
+            else:
+                row[key] = [[ent.start_char, ent.end_char, ent.label_] for ent in doc.ents]
+        records = doc._.early_exit or {}
+        missing = [name for name in self.components if name not in records]
+        if missing:
+            raise AnnotateError(f"No doc._.early_exit record from {missing}: is the component disabled?")
+        row["exit_layers"] = list(records[self.components[-1]]["exit_layers"])
+        row["flops"] = sum(int(records[name]["flops"]) for name in self.components)
+        row["full_flops"] = sum(int(records[name]["full_flops"]) for name in self.components)
+        return row
+
+
+def compose_row(record: Record, annotation: Dict[str, Any]) -> Dict[str, Any]:
+    """The output row: carried fields (in input order), "text", then the annotation.
+
+    A carried field named like an output key is replaced by the output's value.
+
+    record (Record): the input document.
+    annotation (Dict[str, Any]): its annotation (RowSpec.annotate).
+    RETURNS (Dict[str, Any]): the row.
+    """
+    row = {k: v for k, v in record.fields.items() if k != "text" and k not in annotation}
+    row["text"] = record.text
+    row.update(annotation)
+    return row
+
+
+def jsonl_line(row: Dict[str, Any]) -> str:
+    """One JSON line, UTF-8 text kept as is (emoji stay emoji).
+
+    row (Dict[str, Any]): a row (compose_row).
+    RETURNS (str): the line, without its newline.
+    """
+    line = json.dumps(row, ensure_ascii=False)
+    # Line separators that JSON allows unescaped would split the line for a
+    # reader that uses str.splitlines: escape them.
+    return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")

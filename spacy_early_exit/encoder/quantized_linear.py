@@ -1,0 +1,178 @@
+"""The Linear modules of a reduced-precision layer stack (see precision.py).
+
+`BF16Linear` runs a bfloat16 product on oneDNN; `Int8Linear` is a W8A8
+product with per-token activation scales and per-channel weight scales,
+accumulated exactly in int32. Plain PyTorch.
+"""
+import warnings
+from typing import Any, Callable, Optional, Set, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Symmetric int8: [-127, 127], so that negating a value never overflows.
+INT8_MAX = 127
+# The smallest row maximum given its own scale (a normal float even / 127).
+SCALE_FLOOR = 1e-30
+# Keys of the warnings already given in this process (one each).
+_warned: Set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Warn about a hardware limit once per process, not once per batch."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class BF16Linear(nn.Module):
+    """A frozen bfloat16 copy of a Linear layer whose product runs on oneDNN.
+
+    linear (nn.Linear): the layer to copy (left unchanged).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        # Buffers, not parameters: nothing trains them, and a copy that an
+        # optimizer or a state_dict could reach would defeat "fp32 is the truth".
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16), persistent=False)
+        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        return on_onednn(F.linear, x, self.weight, self.bias)
+
+
+def on_onednn(op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """`op(*args)` with oneDNN switched on for this call only.
+
+    Prediction runs with oneDNN off (memory.native_kernels), but torch's own
+    bf16 and int8 products are several times (int8: ~200x) slower than
+    oneDNN's; the elementwise ops around them keep torch's kernels.
+
+    op (Callable[..., torch.Tensor]): the product to run.
+    """
+    backend = torch.backends.mkldnn
+    if backend.enabled:
+        return op(*args)
+    backend.enabled = True
+    try:
+        return op(*args)
+    finally:
+        backend.enabled = False
+
+
+def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per row (over the last dimension).
+
+    x (torch.Tensor): float ``[..., K]``.
+    RETURNS (Tuple[torch.Tensor, torch.Tensor]): int8 values of x's shape and
+        the float scales ``[..., 1]`` (max |row| / 127), so x ~ values * scales.
+    """
+    # Few ops, in place where the tensor is fresh: at batch size 1 every
+    # Linear sees a dozen rows, and per-op overhead rivals the product.
+    # A floor instead of a branch: an all-zero row quantizes to zeros, not 0 / 0.
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=SCALE_FLOOR).div_(INT8_MAX)
+    # |x| / scale <= 127 up to rounding (and < 1 under the floor), so it rounds
+    # into [-127, 127] with no clamp.
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """A frozen W8A8 copy of a Linear layer, exact in int32, batch-invariant.
+
+    Weights: int8 with one scale per output channel, quantized once.
+    Activations: int8 with one scale per row (a token), quantized per call.
+    The int8 x int8 product accumulates exactly in int32 (`torch._int_mm` on
+    oneDNN), and each output is rescaled by its row's and its channel's scale,
+    so every output row depends on that input row alone: the result of a token
+    is the same whatever else is in the batch (a per-tensor activation scale,
+    as in torch's dynamic quantization, would make it depend on the batch).
+
+    linear (nn.Linear): the layer to copy (left unchanged).
+    use_int_mm (Optional[bool]): multiply with `torch._int_mm`; False
+        emulates the same integer product with float products (exact, slow);
+        None = `torch._int_mm` where it runs this shape exactly.
+    """
+
+    def __init__(self, linear: nn.Linear, use_int_mm: Optional[bool] = None) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach().float())
+        # Buffers, as in BF16Linear: nothing trains or saves them. The weight
+        # stays [out, in]; the product reads its transpose, which oneDNN
+        # multiplies as fast as a [in, out] copy, and faster at one row.
+        self.register_buffer("weight_int8", weight.contiguous(), persistent=False)
+        self.register_buffer("weight_scale", scale.squeeze(-1), persistent=False)
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+        self.use_int_mm = int_mm_is_exact(self.weight_int8) if use_int_mm is None else use_int_mm
+        # Float products of int8 values are exact integers while every partial
+        # sum stays below 2^24 (fp32) or 2^53 (fp64): pick the cheaper exact one.
+        exact_in_fp32 = self.in_features * INT8_MAX * INT8_MAX < 2**24
+        self.emulation_dtype = torch.float32 if exact_in_fp32 else torch.float64
+        emulated = None if self.use_int_mm else self.weight_int8.t().to(self.emulation_dtype)
+        self.register_buffer("weight_emulated", emulated, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        values, scale = quantize_rows(rows)
+        # In place (faster than addcmul too): at batch 32 the [rows, out]
+        # temporaries cost more than the multiplications. Elementwise only, so
+        # each row stays its own.
+        out = self.int_product(values).to(torch.float32).mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def int_product(self, values: torch.Tensor) -> torch.Tensor:
+        """The exact integer product ``values @ weight_int8.T``.
+
+        values (torch.Tensor): int8 ``[M, in_features]``.
+        RETURNS (torch.Tensor): ``[M, out_features]``, int32 from `torch._int_mm`,
+            else the same integers as floats.
+        """
+        if self.use_int_mm:
+            return on_onednn(torch._int_mm, values, self.weight_int8.t())
+        return values.to(self.emulation_dtype) @ self.weight_emulated
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, use_int_mm={self.use_int_mm}"
+
+
+def int8_kernels_available() -> bool:
+    """Whether this torch has a fast int8 matrix product: `torch._int_mm`,
+    which on CPU is fast on oneDNN only."""
+    return hasattr(torch, "_int_mm") and torch.backends.mkldnn.is_available()
+
+
+def int_mm_is_exact(weight: torch.Tensor) -> bool:
+    """Whether `torch._int_mm` runs against this ``[out, in]`` int8 weight and
+    gives the exact integer product. Checked on a few full-range rows, so a
+    kernel that saturates its intermediate sums (int8 kernels without VNNI can)
+    is caught as well as one that refuses the shape; warns once otherwise."""
+    if not int8_kernels_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(-INT8_MAX, INT8_MAX + 1, (4, weight.shape[1]), dtype=torch.int8, generator=generator)
+    probe[0] = INT8_MAX
+    probe[1] = -INT8_MAX
+    try:
+        got = on_onednn(torch._int_mm, probe, weight.t())
+    except RuntimeError as err:
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        if torch.equal(got.double(), probe.double() @ weight.t().double()):
+            return True
+        reason = "its result is not the exact integer product"
+    warn_once(
+        "int8-int-mm",
+        f"precision 'int8': torch._int_mm cannot multiply by a {tuple(weight.shape)} int8 weight here ({reason}); "
+        "that layer emulates the integer product with float products (same results, slower)",
+    )
+    return False
