@@ -35,6 +35,13 @@ def _check_pipeline(path: Path) -> Path:
         _fail(str(err))
 
 
+def _write(path: Path, text: str) -> None:
+    """Write an output file (making its folder) and say where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf8")
+    typer.echo(f"Wrote {path}")
+
+
 def _check_precision(value: str) -> str:
     """Fail in one line on a precision that is not one of the known ones."""
     from .encoder.precision import validate_precision
@@ -121,7 +128,6 @@ def evaluate(
     rows = compare(nlp, examples, settings, metric, timing, sizes, repeats)
     typer.echo(format_table(rows, metric))
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "pipeline": str(pipeline),
             "data": str(data),
@@ -134,8 +140,7 @@ def evaluate(
             "timing_docs": len(timing),
             "rows": rows,
         }
-        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
-        typer.echo(f"Wrote {output}")
+        _write(output, json.dumps(report, indent=2) + "\n")
 
 
 @app.command()
@@ -160,9 +165,7 @@ def calibrate(
     typer.echo(format_report(report))
     typer.echo(f"Saved the calibrated pipeline to {output}")
     if metrics is not None:
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
-        typer.echo(f"Wrote {metrics}")
+        _write(metrics, json.dumps(report, indent=2) + "\n")
 
 
 @app.command()
@@ -207,9 +210,7 @@ def tune(
     write_tuned(nlp, report, write_configs, pipeline_out)
     report = {"pipeline": str(pipeline), "dev_data": str(dev_data), "limit": limit, **report}
     typer.echo(format_tune_report(report))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
-    typer.echo(f"Wrote {output}")
+    _write(output, json.dumps(report, indent=2) + "\n")
 
 
 @app.command()
@@ -290,9 +291,7 @@ def visualize(
     if window is not None:
         pipes[name].window = window
     page = render(list(nlp.pipe(lines)), component=name, num_layers=pipes[name].num_layers, labels=labels, title=f"Early exits: {pipeline.name}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(page, encoding="utf8")
-    typer.echo(f"Wrote {output}")
+    _write(output, page)
     if screenshot is not None:
         try:
             typer.echo(f"Wrote {save_screenshot(output, screenshot, width, height)}")

@@ -167,19 +167,11 @@ class QuadraticAligner(Aligner):
     """The windowing as it was before it was made linear (a windows x words
     table), kept as the reference the faster code must match exactly."""
 
-    def _layout_doc(self, doc, ids, pairs, rows):
-        n_tokens = len(doc)
-        token_rows = numpy.full(n_tokens, -1, dtype="int64")
-        token_slots = numpy.full(n_tokens, -1, dtype="int64")
-        if n_tokens == 0 or len(ids) == 0:
-            return DocLayout(token_rows, token_slots, [])
-        ids = numpy.asarray(ids, dtype="int64")
+    def _windowed_rows(self, ids, first, words, pairs, token_rows, token_slots, rows):
+        # The base class finds each token's first piece; from there on, both
+        # the single-row and the windowed layout are replaced by this one.
+        n_tokens = len(token_rows)
         pair_token, pair_piece = pairs
-        first = numpy.full(n_tokens, len(ids), dtype="int64")
-        numpy.minimum.at(first, pair_token, pair_piece)
-        words = numpy.flatnonzero(first < len(ids))
-        if len(words) == 0:
-            return DocLayout(token_rows, token_slots, [])
         starts = self._window_starts(len(ids))
         word_first = first[words]
         s = starts[:, None]
@@ -211,6 +203,8 @@ class QuadraticAligner(Aligner):
             token_slots[owned] = slot_of_token[owned]
             doc_rows.append(len(rows) - 1)
         return DocLayout(token_rows, token_slots, doc_rows)
+
+    _single_row = _windowed_rows
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ from ..memory import HeapTrimmer
 from .exit_fields import ExitSettings
 from .persistence import CheckedLoading
 from .record import EXTENSION, write_record
-from .settings import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, FineTuning, MemorySettings, component_defaults
+from .settings import DEFAULT_MODEL_CONFIG, EXIT_DEFAULTS, FineTuning, MemorySettings, component_defaults, component_fields
 from .targets import gold_targets, labeled_rows, unaligned_tokens
 
-__all__ = ["EXTENSION", "DEFAULT_MODEL_CONFIG", "EXIT_DEFAULTS", "EarlyExitPipe", "component_defaults"]
+__all__ = ["EXTENSION", "DEFAULT_MODEL_CONFIG", "EXIT_DEFAULTS", "EarlyExitPipe", "component_defaults", "component_fields"]
 
 # Above this share of predicted tokens that do not match exactly one gold
 # token, initialize warns.

@@ -6,7 +6,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from thinc.api import Model
 
-from .base import EarlyExitPipe, component_defaults
+from .base import EarlyExitPipe, component_defaults, component_fields
 
 TAG_SCHEMES = {"BIO": ("B", "I"), "BILUO": ("B", "I", "L", "U")}
 
@@ -93,9 +93,4 @@ def make_tokee_ner(
     scorer: Optional[Callable],
 ) -> EarlyExitNER:
     """Create a `tokee_ner` component (see README for every field)."""
-    return EarlyExitNER(
-        nlp.vocab, model, name,
-        tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, precision=precision,
-        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
-    )
+    return EarlyExitNER(nlp.vocab, model, name, **component_fields(locals()))

@@ -16,7 +16,7 @@ from spacy.vocab import Vocab
 from thinc.api import Model
 
 from ..layers.types import DocPrediction
-from .base import EarlyExitPipe, component_defaults
+from .base import EarlyExitPipe, component_defaults, component_fields
 from .record import read_record
 
 # Per scheme: its classes, those that open a word and those that close one.
@@ -154,9 +154,4 @@ def make_tokee_segmenter(
     tag_scheme (str): "BMES" or "BI", the classes the off-ramps predict.
     The other fields are the shared ones of `tokee_ner` (see README).
     """
-    return EarlyExitSegmenter(
-        nlp.vocab, model, name,
-        tag_scheme=tag_scheme, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, precision=precision,
-        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
-    )
+    return EarlyExitSegmenter(nlp.vocab, model, name, **component_fields(locals()))

@@ -129,6 +129,16 @@ def component_defaults(model: Optional[Dict[str, Any]] = None, **task_fields: An
     }
 
 
+def component_fields(factory_args: Mapping[str, Any]) -> Dict[str, Any]:
+    """A factory's arguments as the component's keyword arguments.
+
+    spaCy validates a factory against its signature, so each factory must
+    spell out its fields; this passes them on without spelling them twice.
+    factory_args (Mapping[str, Any]): the factory's ``locals()``.
+    """
+    return {key: value for key, value in factory_args.items() if key not in ("nlp", "name", "model")}
+
+
 # Fields that were top-level before the blocks existed: old name -> block.
 MOVED_FIELDS: Dict[str, str] = {
     **{name: "fine_tuning" for name in ("learn_rate", "backbone_lr_factor", "embedding_lr_factor", "warmup_steps", "extend_vocab")},

@@ -10,7 +10,7 @@ from spacy.vocab import Vocab
 from thinc.api import Model
 
 from ..scorers import TAGGER_ATTRIBUTES
-from .base import EarlyExitPipe, component_defaults
+from .base import EarlyExitPipe, component_defaults, component_fields
 
 # What `token.pos_` accepts: the 17 UD UPOS tags plus spaCy's own (SPACE,
 # the legacy CONJ, EOL). "" is spaCy's "no tag", not a tag.
@@ -124,9 +124,4 @@ def make_tokee_tagger(
     attribute (str): "tag" (learn and write `token.tag_`) or "pos" (`token.pos_`).
     The other fields are the shared ones of `tokee_ner` (see README).
     """
-    return EarlyExitTagger(
-        nlp.vocab, model, name,
-        attribute=attribute, exit_mode=exit_mode, threshold=threshold, window=window,
-        thresholds=thresholds, temperatures=temperatures, precision=precision,
-        fine_tuning=fine_tuning, training=training, memory=memory, scorer=scorer,
-    )
+    return EarlyExitTagger(nlp.vocab, model, name, **component_fields(locals()))
