@@ -5,6 +5,11 @@ specials the tokenizer adds). A document longer than the position limit is cut
 into overlapping windows; each token is read from the window in which its
 first piece sits farthest from a cut, so no token is dropped and none is read
 next to an artificial edge when a better window exists.
+
+Names, here and in the encoder: a *token* is a spaCy token; a *piece* is a
+wordpiece of the backbone's tokenizer; a *word* is a token that has pieces, as
+the encoder sees it: one slot of a row, scored at its first piece. Tokens
+without pieces (whitespace) have no word and are not scored.
 """
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
