@@ -167,9 +167,10 @@ class QuadraticAligner(Aligner):
     """The windowing as it was before it was made linear (a windows x words
     table), kept as the reference the faster code must match exactly."""
 
-    def _windowed_rows(self, ids, first, words, pairs, token_rows, token_slots, rows):
+    def _windowed_rows(self, doc, rows):
         # The base class finds each token's first piece; from there on, both
         # the single-row and the windowed layout are replaced by this one.
+        ids, first, words, pairs, token_rows, token_slots = doc.unpack()
         n_tokens = len(token_rows)
         pair_token, pair_piece = pairs
         starts = self._window_starts(len(ids))

@@ -52,6 +52,28 @@ class DocLayout:
     rows: List[int]
 
 
+@dataclass
+class DocPieces:
+    """One doc's pieces, as the row builders read them.
+
+    ids (numpy.ndarray): the doc's wordpiece ids, no specials.
+    first (numpy.ndarray): per token, its first piece (len(ids) if it has none).
+    words (numpy.ndarray): the tokens that have pieces.
+    pairs (Tuple[numpy.ndarray, numpy.ndarray]): (token, piece) pairs, by piece.
+    token_rows, token_slots (numpy.ndarray): the layout to fill, -1 so far.
+    """
+
+    ids: numpy.ndarray
+    first: numpy.ndarray
+    words: numpy.ndarray
+    pairs: Tuple[numpy.ndarray, numpy.ndarray]
+    token_rows: numpy.ndarray
+    token_slots: numpy.ndarray
+
+    def unpack(self) -> Tuple[Any, ...]:
+        return self.ids, self.first, self.words, self.pairs, self.token_rows, self.token_slots
+
+
 class Aligner:
     """Tokenize docs and lay them out as encoder rows.
 
@@ -114,20 +136,12 @@ class Aligner:
             return DocLayout(token_rows, token_slots, [])
         fits = len(ids) <= self.content
         build = self._single_row if fits else self._windowed_rows
-        return build(ids, first, words, pairs, token_rows, token_slots, rows)
+        return build(DocPieces(ids, first, words, pairs, token_rows, token_slots), rows)
 
-    def _windowed_rows(
-        self,
-        ids: numpy.ndarray,
-        first: numpy.ndarray,
-        words: numpy.ndarray,
-        pairs: Tuple[numpy.ndarray, numpy.ndarray],
-        token_rows: numpy.ndarray,
-        token_slots: numpy.ndarray,
-        rows: List[SequenceRow],
-    ) -> DocLayout:
+    def _windowed_rows(self, doc: "DocPieces", rows: List[SequenceRow]) -> DocLayout:
         """Overlapping windows of at most `content` pieces; each word is read
         from one of them (the one where it sits farthest from a cut)."""
+        ids, first, words, pairs, token_rows, token_slots = doc.unpack()
         n_tokens = len(token_rows)
         pair_token, pair_piece = pairs
         starts = self._window_starts(len(ids))
@@ -174,19 +188,11 @@ class Aligner:
             slot_of_token[in_window] = -1
         return DocLayout(token_rows, token_slots, doc_rows)
 
-    def _single_row(
-        self,
-        ids: numpy.ndarray,
-        first: numpy.ndarray,
-        words: numpy.ndarray,
-        pairs: Tuple[numpy.ndarray, numpy.ndarray],
-        token_rows: numpy.ndarray,
-        token_slots: numpy.ndarray,
-        rows: List[SequenceRow],
-    ) -> DocLayout:
+    def _single_row(self, doc: "DocPieces", rows: List[SequenceRow]) -> DocLayout:
         """The layout of a doc that fits one row, most docs: the windowing
         searches all reduce to "everything", and at batch size 1 their numpy
         calls cost several percent of the encoder's time."""
+        ids, first, words, pairs, token_rows, token_slots = doc.unpack()
         pair_token, pair_piece = pairs
         slot_of_token = numpy.full(len(token_rows), -1, dtype="int64")
         slot_of_token[words] = numpy.arange(len(words))
