@@ -84,8 +84,8 @@ class EarlyExitPipe(ExitSettings, CheckedLoading, TrainablePipe):
             mode=exit_mode,
             threshold=threshold,
             window=window,
-            thresholds=tuple(thresholds) if thresholds is not None else None,
-            temperatures=tuple(temperatures) if temperatures is not None else None,
+            thresholds=thresholds,
+            temperatures=temperatures,
             precision=precision,
         )
         self.fine_tuning = FineTuning.from_config(fine_tuning)

@@ -39,8 +39,7 @@ class ExitField:
         return list(value) if self.field in PER_LAYER and value is not None else value
 
     def __set__(self, pipe: Any, value: Any) -> None:
-        if self.field in PER_LAYER and value is not None and isinstance(value, (list, tuple)):
-            value = tuple(value)
+        # ExitPolicy validates the value and stores per-layer lists as tuples.
         pipe.set_policy(dataclasses.replace(pipe.policy, **{self.field: value}))
 
 
@@ -91,7 +90,7 @@ class ExitSettings:
         unknown = set(changes) - set(POLICY_FIELDS)
         if unknown:
             raise ValueError(f"Unknown exit fields {sorted(unknown)}; expected {sorted(POLICY_FIELDS)}")
-        fields = {POLICY_FIELDS[name]: tuple(v) if name in PER_LAYER and isinstance(v, list) else v for name, v in changes.items()}
+        fields = {POLICY_FIELDS[name]: value for name, value in changes.items()}
         chosen = dataclasses.replace(policy or self._policy, **fields)
         previous = self._policy
         self.set_policy(chosen)
