@@ -1,5 +1,6 @@
 """precision = "fp32" | "bf16" | "int8": reduced-precision prediction on fp32 weights."""
 import copy
+import dataclasses
 import warnings
 
 import numpy
@@ -9,6 +10,7 @@ import torch
 
 from spacy_early_exit.encoder import precision as precision_module
 from spacy_early_exit.encoder import quantized_linear
+from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
 from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
 from spacy_early_exit.layers.architecture import full_depth_logits, get_shim
@@ -379,6 +381,49 @@ def test_albert_keeps_its_shared_layer_shared(precision):
     assert reduced.logits.dtype == torch.float32
     torch.testing.assert_close(reduced.logits[mask], fp32.logits[mask], atol=0.1, rtol=0.1)
     assert torch.equal(reduced.flops, fp32.flops)
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+def test_attention_inputs_are_slices_of_one_fused_projection(precision):
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    for parts, original in zip(encoder.layer_stack(precision).parts, encoder.layers):
+        fused = parts.query_key_value
+        assert fused is not None and fused.out_features == 3 * original.query.out_features
+        # No second copy of the weights: the three projections view the fused one.
+        name = "weight_int8" if precision == "int8" else "weight"
+        storage = getattr(fused, name).untyped_storage().data_ptr()
+        for piece in (parts.query, parts.key, parts.value, parts.key_value):
+            assert getattr(piece, name).untyped_storage().data_ptr() == storage
+        x = torch.randn(5, original.query.in_features)
+        with torch.no_grad():
+            q, k, v = fused(x.to(torch.bfloat16) if precision == "bf16" else x).chunk(3, dim=-1)
+            separate = (parts.query, parts.key, parts.value)
+            for got, module in zip((q, k, v), separate):
+                assert torch.equal(got, module(x.to(torch.bfloat16) if precision == "bf16" else x))
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("dense", [True, False])
+def test_a_layer_with_fused_projections_equals_one_without(precision, dense):
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    stack = encoder.layer_stack(precision)
+    parts = stack.parts[1]
+    unfused = dataclasses.replace(parts, query_key_value=None, key_value=None)
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 7, encoder.spec.hidden_size, generator=generator).to(stack.dtype or torch.float32)
+    present = torch.ones(3, 7, dtype=torch.bool)
+    active = present.clone()
+    if not dense:
+        present[1, 4:] = False  # padding: keys and values are scattered
+        present[2] = False  # a finished row
+        active = present.clone()
+        active[0, ::2] = False  # halted tokens stay keys and values
+    rows = PackedRows(active)
+    with torch.no_grad():
+        fused_out = halt_and_copy_layer(parts, hidden, present, rows, encoder.spec.num_heads)
+        plain_out = halt_and_copy_layer(unfused, hidden, present, rows, encoder.spec.num_heads)
+    assert torch.equal(fused_out, plain_out)
+    assert not torch.equal(fused_out[active], hidden[active])
 
 
 def test_a_deepcopy_of_the_encoder_starts_with_an_empty_cache():

@@ -33,6 +33,13 @@ class LayerParts:
     ffn_act (Callable): the feed-forward activation.
     ffn_norm (nn.LayerNorm): the norm after the feed-forward residual.
     ffn_dropout (bool): whether the family applies hidden dropout after the FFN.
+    query_key_value, key_value (Optional[Callable]): one projection that gives
+        the concatenation of [query, key, value] (or [key, value]) outputs, on
+        the last dimension. Only the reduced-precision stacks set them (see
+        precision.py): at batch size 1 a projection costs about as much in
+        per-call overhead (activation quantization, rescaling) as in
+        arithmetic, so three calls cost nearly three times one. None: the
+        layer calls query, key and value one by one.
     """
 
     query: nn.Linear
@@ -45,6 +52,8 @@ class LayerParts:
     ffn_out: nn.Linear
     ffn_norm: nn.LayerNorm
     ffn_dropout: bool = True
+    query_key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 @dataclass

@@ -102,12 +102,16 @@ def halt_and_copy_layer(
         key_mask = present.index_select(0, live_rows)[:, :span]
     if all(counts[i] == span for i in live_list):
         # No padding among the live rows: project them as they are.
-        keys, values, attn_mask = parts.key(keys_in), parts.value(keys_in), None
+        (keys, values), attn_mask = _keys_values(parts, keys_in), None
     else:
         kv_rows = key_mask.nonzero(as_tuple=True)
         kv_in = keys_in[kv_rows]
-        keys = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.key(kv_in))
-        values = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.value(kv_in))
+        if parts.key_value is not None:
+            both = keys_in.new_zeros(n_live, span, 2 * width).index_put(kv_rows, parts.key_value(kv_in))
+            keys, values = both.chunk(2, dim=-1)
+        else:
+            keys = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.key(kv_in))
+            values = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.value(kv_in))
         attn_mask = key_mask[:, None, None, :]
 
     x = hidden[active.rows, active.cols]
@@ -148,10 +152,11 @@ def _dense_layer(
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, seq, num_heads, head_dim).transpose(1, 2)
 
-    context = F.scaled_dot_product_attention(
-        heads(parts.query(hidden)), heads(parts.key(hidden)), heads(parts.value(hidden)),
-        dropout_p=attention_dropout,
-    )
+    if parts.query_key_value is not None:
+        queries, keys, values = parts.query_key_value(hidden).chunk(3, dim=-1)
+    else:
+        queries, keys, values = parts.query(hidden), parts.key(hidden), parts.value(hidden)
+    context = F.scaled_dot_product_attention(heads(queries), heads(keys), heads(values), dropout_p=attention_dropout)
     context = context.transpose(1, 2).reshape(batch, seq, width)
     attn = F.dropout(parts.attn_out(context), hidden_dropout, training=hidden_dropout > 0)
     attn = parts.attn_norm(attn + hidden)
@@ -159,3 +164,11 @@ def _dense_layer(
     if parts.ffn_dropout:
         ffn = F.dropout(ffn, hidden_dropout, training=hidden_dropout > 0)
     return parts.ffn_norm(ffn + attn)
+
+
+def _keys_values(parts: LayerParts, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The key and value projections of `x`, in one call where the layer has a fused one."""
+    if parts.key_value is not None:
+        keys, values = parts.key_value(x).chunk(2, dim=-1)
+        return keys, values
+    return parts.key(x), parts.value(x)

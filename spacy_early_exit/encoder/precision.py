@@ -41,16 +41,19 @@ import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
 from .backbone import LayerParts
-from .quantized_linear import BF16Linear, Int8Linear, int8_kernels_available, warn_once as _warn_once
+from .quantized_linear import BF16Linear, Int8Linear, concatenated, int8_kernels_available, warn_once as _warn_once
 
 PRECISIONS = ("fp32", "bf16", "int8")
 LINEAR_PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+# The projections each converted on their own; query, key and value are one
+# fused projection (see _with_attention_inputs).
+OUTPUT_PARTS = ("attn_out", "ffn_in", "ffn_out")
 NORM_PARTS = ("attn_norm", "ffn_norm")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -172,17 +175,43 @@ def _swap(layers: Sequence[LayerParts], names: Sequence[str], new: Dict[int, Any
 
 
 def _int8_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
-    new: Dict[int, nn.Module] = {key: Int8Linear(m) for key, m in _unique_modules(layers, LINEAR_PARTS).items()}
-    return _swap(layers, LINEAR_PARTS, new)
+    new: Dict[int, nn.Module] = {key: Int8Linear(m) for key, m in _unique_modules(layers, OUTPUT_PARTS).items()}
+    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS, new), layers, Int8Linear)
 
 
 def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
-    new: Dict[int, nn.Module] = {key: BF16Linear(m) for key, m in _unique_modules(layers, LINEAR_PARTS).items()}
+    new: Dict[int, nn.Module] = {key: BF16Linear(m) for key, m in _unique_modules(layers, OUTPUT_PARTS).items()}
     for key, module in _unique_modules(layers, NORM_PARTS).items():
         norm = copy.deepcopy(module).to(torch.bfloat16)
         norm.requires_grad_(False)
         new[key] = norm
-    return _swap(layers, LINEAR_PARTS + NORM_PARTS, new)
+    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS + NORM_PARTS, new), layers, BF16Linear)
+
+
+def _with_attention_inputs(
+    converted: Sequence[LayerParts], originals: Sequence[LayerParts], make: Callable[[nn.Linear], Any]
+) -> Tuple[LayerParts, ...]:
+    """`converted` with query, key and value made by `make` from one
+    concatenated [Q; K; V] projection per layer, and set as its slices, so a
+    layer can run all three (or keys and values) in one call with no extra
+    weight memory. Shared modules (ALBERT) stay shared."""
+    made: Dict[Tuple[int, ...], Dict[str, Any]] = {}
+    out = []
+    for parts, original in zip(converted, originals):
+        inputs = (original.query, original.key, original.value)
+        key = tuple(id(m) for m in inputs)
+        if key not in made:
+            sizes = [m.out_features for m in inputs]
+            fused = make(concatenated(inputs))
+            q, k = sizes[0], sizes[0] + sizes[1]
+            entry = {"query": fused.output_slice(0, q), "key": fused.output_slice(q, k),
+                     "value": fused.output_slice(k, fused.out_features)}
+            # The layer splits fused outputs into equal parts (every family here has them).
+            if len(set(sizes)) == 1:
+                entry.update(query_key_value=fused, key_value=fused.output_slice(q, fused.out_features))
+            made[key] = entry
+        out.append(dataclasses.replace(parts, **made[key]))
+    return tuple(out)
 
 
 def runnable_precision(precision: str, device: torch.device) -> str:

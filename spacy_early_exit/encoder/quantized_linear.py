@@ -5,7 +5,7 @@ product with per-token activation scales and per-channel weight scales,
 accumulated exactly in int32. Plain PyTorch.
 """
 import warnings
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class BF16Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
         # Buffers, not parameters: nothing trains them, and a copy that an
         # optimizer or a state_dict could reach would defeat "fp32 is the truth".
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16), persistent=False)
@@ -45,6 +47,12 @@ class BF16Linear(nn.Module):
         if x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
         return on_onednn(F.linear, x, self.weight, self.bias)
+
+    def output_slice(self, start: int, stop: int) -> "BF16Linear":
+        """This layer restricted to output channels [start, stop), sharing its memory."""
+        part = _sliced(self, start, stop, {"weight": 0, "bias": 0})
+        part.out_features = stop - start
+        return part
 
 
 def on_onednn(op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
@@ -141,8 +149,51 @@ class Int8Linear(nn.Module):
             return on_onednn(torch._int_mm, values, self.weight_int8.t())
         return values.to(self.emulation_dtype) @ self.weight_emulated
 
+    def output_slice(self, start: int, stop: int) -> "Int8Linear":
+        """This layer restricted to output channels [start, stop), sharing its
+        memory; its outputs are exactly those columns of this layer's, since
+        every weight scale belongs to one output channel."""
+        part = _sliced(self, start, stop, {"weight_int8": 0, "weight_scale": 0, "bias": 0, "weight_emulated": 1})
+        part.out_features = stop - start
+        return part
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, use_int_mm={self.use_int_mm}"
+
+
+def _sliced(module: nn.Module, start: int, stop: int, buffer_dims: Dict[str, int]) -> Any:
+    """A shallow copy of `module` whose buffers are views of rows (dim 0) or
+    columns (dim 1) [start, stop) of the original's; plain attributes are shared.
+
+    buffer_dims (Dict[str, int]): each buffer's output-channel dimension.
+    """
+    part = type(module).__new__(type(module))
+    nn.Module.__init__(part)
+    for name, value in vars(module).items():
+        if not name.startswith("_") and name != "training":
+            setattr(part, name, value)
+    for name, dim in buffer_dims.items():
+        tensor = getattr(module, name)
+        part.register_buffer(name, None if tensor is None else tensor.narrow(dim, start, stop - start), persistent=False)
+    part.train(module.training)
+    return part
+
+
+def concatenated(linears: Sequence[nn.Linear]) -> nn.Linear:
+    """A throwaway fp32 Linear whose output is the concatenation of
+    `linears`' outputs (same input size), for conversion into one projection.
+    A missing bias counts as zeros."""
+    first = linears[0]
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    fused = nn.Linear(first.in_features, weight.shape[0], bias=any(l.bias is not None for l in linears),
+                      device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([
+                l.bias.detach() if l.bias is not None else weight.new_zeros(l.out_features) for l in linears
+            ]))
+    return fused
 
 
 def int8_kernels_available() -> bool:
