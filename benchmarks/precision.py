@@ -3,10 +3,12 @@
 On one corpus of the four-corpus benchmark, with its trained pipeline
 (`project/training/<dataset>/final`, or --pipeline):
 
-1. for each precision (fp32, bf16, int8): `full` depth, and `tokee` at each
-   target FLOPs speed-up (2x, 3x) with the exit schedule tuned on dev *for that
-   precision* (`training.tuning.tune(..., precision=p)`: thresholds fitted to
-   the uncertainties that precision produces);
+1. for each precision (fp32, bf16, int8): `full` depth, `tokee` at each
+   target FLOPs speed-up (2x, 3x), and `tokee-layers` at each target speed-up
+   in encoder layers per doc (what batch size 1 pays for: see
+   `tools.evaluate.cost_summary`), with the exit schedule tuned on dev *for
+   that precision* (`tools.tune.tune(..., precision=p, cost=c)`: thresholds
+   fitted to the uncertainties that precision produces);
 2. two outside rows with the same weights outside spaCy: `hf-full` (plain
    transformers, fp32; hf_full.py) and `hf-int8` (the same after
    `torch.ao.quantization.quantize_dynamic` on its nn.Linear layers: the one
@@ -56,14 +58,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 PROJECT = ROOT / "project"
 HF_METHODS = ("hf-full", "hf-int8")
 # What the report keeps of each tuned target (the full tune report is long).
-TUNE_KEYS = ("target", "reachable", "reason", "window", "min_layer", "slope", "threshold", "score", "flops_speedup")
+TUNE_KEYS = ("target", "cost", "reachable", "reason", "window", "min_layer", "slope", "max_layer", "threshold", "score",
+             "flops_speedup", "layer_speedup")
+# The row name of a TOKEE schedule tuned for each cost (tune's `cost`): FLOPs,
+# or encoder layers per doc (what batch size 1 pays for).
+TOKEE_METHODS = {"flops": "tokee", "layers": "tokee-layers"}
 
 
 @dataclass
 class Row:
     """One line of the table.
 
-    method (str): "full", "tokee", "hf-full" or "hf-int8".
+    method (str): "full", "tokee" (tuned for FLOPs), "tokee-layers" (tuned for
+        layers per doc), "hf-full" or "hf-int8".
     precision (str): what the encoder layers compute in.
     target (int): the FLOPs speed-up aimed at (1 for full depth).
     fields (Dict[str, Any]): the exit fields that reproduce the row, precision
@@ -114,26 +121,30 @@ def practitioner_int8(nlp: Language) -> HFFullDepth:
 
 def choose_rows(
     nlp: Language, dev: List[Example], precisions: Sequence[str], targets: Sequence[float], windows: Sequence[int],
-    steps: int, metric: str, margin: float,
+    steps: int, metric: str, margin: float, costs: Sequence[str] = ("flops",),
 ) -> Dict[str, Any]:
-    """Every row's exit fields; the TOKEE schedules tuned on dev, per precision."""
+    """Every row's exit fields; the TOKEE schedules tuned on dev, per precision and cost."""
     rows: List[Row] = []
     unreachable: List[str] = []
     tuning: Dict[str, Any] = {}
     for precision in precisions:
         rows.append(Row("full", precision, 1, {"exit_mode": "off", "precision": precision}))
-        print(f"[tune] {precision}: targets {list(targets)}, windows {list(windows)} on {len(dev)} dev docs", flush=True)
-        started = time.time()
-        report = tune(nlp, dev, targets, windows, metric=metric, steps=steps, margin=margin, precision=precision, progress=True)
-        summary = [{k: entry.get(k) for k in TUNE_KEYS} for entry in report["targets"]]
-        tuning[precision] = {"full": report["full"], "seconds": round(time.time() - started), "targets": summary}
-        for entry in report["targets"]:
-            if not entry["reachable"]:
-                unreachable.append(f"tokee {entry['target']:g}x/{precision}: {entry['reason']}")
-                continue
-            dev_result = {"score": entry["score"], "flops_speedup": entry["flops_speedup"], "window": entry["window"],
-                          "min_layer": entry["min_layer"], "slope": entry["slope"], "threshold": entry["threshold"]}
-            rows.append(Row("tokee", precision, int(entry["target"]), entry["fields"], dev=dev_result))
+        for cost in costs:
+            method = TOKEE_METHODS[cost]
+            print(f"[tune] {precision}, {cost}: targets {list(targets)}, windows {list(windows)} on {len(dev)} dev docs", flush=True)
+            started = time.time()
+            report = tune(nlp, dev, targets, windows, metric=metric, steps=steps, margin=margin, precision=precision,
+                          progress=True, cost=cost)
+            summary = [{k: entry.get(k) for k in TUNE_KEYS} for entry in report["targets"]]
+            key = precision if cost == "flops" else f"{precision}/{cost}"
+            tuning[key] = {"full": report["full"], "seconds": round(time.time() - started), "targets": summary}
+            for entry in report["targets"]:
+                if not entry["reachable"]:
+                    unreachable.append(f"{method} {entry['target']:g}x/{precision}: {entry['reason']}")
+                    continue
+                dev_result = {k: entry[k] for k in ("score", "flops_speedup", "layer_speedup", "window", "min_layer",
+                                                    "slope", "max_layer", "threshold")}
+                rows.append(Row(method, precision, int(entry["target"]), entry["fields"], dev=dev_result))
     rows += [Row("hf-full", "fp32", 1), Row("hf-int8", "int8", 1)]
     return {"rows": rows, "unreachable": unreachable, "tuning": tuning}
 
@@ -146,7 +157,7 @@ def score_rows(rows: Sequence[Row], nlp: Language, hfs: Dict[str, HFFullDepth], 
             docs = hf.annotate([eg.predicted for eg in test])
             value = metric_value(Scorer(nlp).score([Example(d, eg.reference) for d, eg in zip(docs, test)]), metric)
             row.result = {"score": round(100 * value, 2) if value is not None else None, "flops_speedup": 1.0,
-                          "mean_exit_layer": float(len(hf.encoder.layers))}
+                          "mean_exit_layer": float(len(hf.encoder.layers)), "layer_speedup": 1.0}
         else:
             row.result = measure(nlp, test, row.fields, metric).as_row()
         print(f"[score] {row.key:22s} {metric}={row.result['score']} FLOPs x{row.result['flops_speedup']:.2f}", flush=True)
@@ -199,14 +210,15 @@ def markdown(report: Dict[str, Any]) -> str:
     """The table: score, its change against the fp32 twin, FLOPs speed-up,
     words/s and words/s relative to hf-full per batch size ("–" until timed)."""
     sizes = [str(b) for b in report.get("batch_sizes", [1, 32])]
-    head = ["method", "precision", "target", report["metric"], "Δ vs fp32", "FLOPs x"]
+    head = ["method", "precision", "target", report["metric"], "Δ vs fp32", "FLOPs x", "layers x"]
     head += [f"words/s b{b}" for b in sizes] + [f"vs hf-full b{b}" for b in sizes] + [f"vs hf-int8 b{b}" for b in sizes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = report["rows"]
     for r in rows:
         delta = fp32_twin_delta(r, rows)
         cells = [r["method"], r["precision"], f"{r['target']}x", "–" if r["score"] is None else f"{r['score']:.2f}",
-                 "–" if delta is None else f"{delta:+.2f}", f"{r['flops_speedup']:.2f}"]
+                 "–" if delta is None else f"{delta:+.2f}", f"{r['flops_speedup']:.2f}",
+                 f"{r['layer_speedup']:.2f}" if r.get("layer_speedup") is not None else "–"]
         for key, form in (("words_per_second", "{:.0f}"), ("vs_hf_full", "{:.2f}"), ("vs_hf_int8", "{:.2f}")):
             values = r.get(key)
             cells += [form.format(values[b]) if values else "–" for b in sizes]
@@ -242,7 +254,9 @@ def main(
     project: Path = typer.Option(PROJECT, help="The project folder"),
     pipeline: Optional[Path] = typer.Option(None, help="The trained pipeline (default: <project>/training/<dataset>/final)"),
     precisions: str = typer.Option(",".join(PRECISIONS), help="Precisions, comma-separated"),
-    targets: str = typer.Option("2,3", help="TOKEE target FLOPs speed-ups"),
+    targets: str = typer.Option("2,3", help="TOKEE target speed-ups"),
+    costs: str = typer.Option("flops,layers", help="What the TOKEE targets count, comma-separated: flops (row 'tokee') "
+                              "and/or layers per doc (row 'tokee-layers', the batch-size-1 cost)"),
     windows: str = typer.Option("0,1,2", help="TOKEE windows tried on dev"),
     tune_limit: int = typer.Option(0, help="Dev docs used for tuning, evenly spaced (0: all)"),
     steps: int = typer.Option(6, help="Most bisection runs per measured schedule and target"),
@@ -258,6 +272,9 @@ def main(
     chosen_precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     if not chosen_precisions or any(p not in PRECISIONS for p in chosen_precisions):
         raise typer.BadParameter(f"--precisions must be some of {', '.join(PRECISIONS)}; got {precisions!r}")
+    chosen_costs = [c.strip() for c in costs.split(",") if c.strip()]
+    if not chosen_costs or any(c not in TOKEE_METHODS for c in chosen_costs):
+        raise typer.BadParameter(f"--costs must be some of {', '.join(TOKEE_METHODS)}; got {costs!r}")
     started = time.time()
     if threads:
         torch.set_num_threads(threads)
@@ -283,7 +300,7 @@ def main(
         print(f"{dataset}: metric {metric}, {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
         chosen = choose_rows(
             nlp, dev, chosen_precisions, parse_numbers(targets, float, "--targets"), parse_numbers(windows, int, "--windows"),
-            steps, metric, margin,
+            steps, metric, margin, chosen_costs,
         )
         rows = chosen["rows"]
         score_rows(rows, nlp, hfs, test, metric)
@@ -299,6 +316,7 @@ def main(
             "test_docs": len(test),
             "tune_docs": len(dev),
             "windows_tried": parse_numbers(windows, int, "--windows"),
+            "costs": chosen_costs,
             "margin": margin,
             "unreachable": chosen["unreachable"],
             "tuning": chosen["tuning"],

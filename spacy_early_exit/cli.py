@@ -172,10 +172,12 @@ def calibrate(
 def tune(
     pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
     dev_data: Path = typer.Argument(..., help="Dev .spacy file (never the test set)"),
-    targets: str = typer.Option("2,3,4", "--targets", help="Target FLOPs speed-ups, comma separated"),
+    targets: str = typer.Option("2,3,4", "--targets", help="Target speed-ups (see --cost), comma separated"),
+    cost: str = typer.Option("flops", "--cost", help="What a target counts: flops (corpus FLOPs: batches of many docs) or layers (encoder layers per doc: one doc at a time)"),
     windows: str = typer.Option("0,1,2", "--windows", help="TOKEE windows k in the schedule grid, comma separated"),
     min_layers: Optional[str] = typer.Option(None, "--min-layers", help="First exit layers in the schedule grid, comma separated (default: 1 to depth-1)"),
     slopes: str = typer.Option("0.5,1,2", "--slopes", help="Per-layer threshold growth factors in the schedule grid, comma separated"),
+    max_layers: Optional[str] = typer.Option(None, "--max-layers", help="Layers by which every token has left, in the schedule grid, comma separated; 0 = no cap (default: 0 for --cost flops, 0 and 2 to depth-1 for --cost layers)"),
     keep: int = typer.Option(3, "--keep", min=1, help="Schedules measured for real per target (best simulated first)"),
     margin: float = typer.Option(0.02, "--margin", min=0.0, max=0.99, help="Relative safety margin on each target: 0.02 tunes 2x to 2.04x on dev"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to tune for; the chosen settings then set it (default: the pipeline's, not written)"),
@@ -186,10 +188,11 @@ def tune(
     write_configs: Optional[Path] = typer.Option(None, "--write-configs", help="Folder for <target>x.json config overrides"),
     pipeline_out: Optional[Path] = typer.Option(None, "--pipeline-out", help="Folder for a <target>x/ pipeline copy per target"),
 ) -> None:
-    """For each target FLOPs speed-up, find on dev the exit schedule (window, first exit layer, threshold per layer) that scores best."""
+    """For each target speed-up, find on dev the exit schedule (window, first and last exit layer, threshold per layer) that scores best."""
     import spacy
 
     from .tools.options import parse_numbers
+    from .tools.measure import validate_cost
     from .tools.tune import format_tune_report, tune as tune_pipeline, write_tuned
 
     if precision is not None:
@@ -199,14 +202,20 @@ def tune(
         window_list = parse_numbers(windows, int, "--windows")
         layer_list = parse_numbers(min_layers, int, "--min-layers") if min_layers else None
         slope_list = parse_numbers(slopes, float, "--slopes")
+        cap_list = [c or None for c in parse_numbers(max_layers, int, "--max-layers")] if max_layers else None
+        validate_cost(cost)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     nlp = _load_pipeline(pipeline)
     examples = _load_examples(nlp, dev_data, limit)
-    report = tune_pipeline(
-        nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True,
-        min_layers=layer_list, slopes=slope_list, keep=keep, margin=margin, precision=precision,
-    )
+    try:
+        report = tune_pipeline(
+            nlp, examples, target_list, window_list, metric=metric, steps=steps, progress=True,
+            min_layers=layer_list, slopes=slope_list, keep=keep, margin=margin, precision=precision,
+            cost=cost, max_layers=cap_list,
+        )
+    except ValueError as err:
+        _fail(str(err))
     write_tuned(nlp, report, write_configs, pipeline_out)
     report = {"pipeline": str(pipeline), "dev_data": str(dev_data), "limit": limit, **report}
     typer.echo(format_tune_report(report))

@@ -71,7 +71,8 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
     report = run_phase(project, output, "time")
 
     rows = {(r["method"], r["precision"], r["target"]): r for r in report["rows"]}
-    expected = {(m, p, t) for p in PRECISIONS for m, t in (("full", 1), ("tokee", 2), ("tokee", 3))}
+    tokee = [(m, t) for m in ("tokee", "tokee-layers") for t in (2, 3)]
+    expected = {(m, p, t) for p in PRECISIONS for m, t in [("full", 1)] + tokee}
     expected |= {("hf-full", "fp32", 1), ("hf-int8", "int8", 1)}
     assert set(rows) == expected, report["unreachable"]
     for (method, precision, target), row in rows.items():
@@ -79,11 +80,17 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
         assert set(row["words_per_second"]) == set(row["vs_hf_full"]) == {"1", "32"}
         assert all(v > 0 for v in row["words_per_second"].values())
         assert row["score"] is not None and 0.0 <= row["score"] <= 100.0  # ents_f in percent
-        if method in ("full", "tokee"):
+        if method in ("full", "tokee", "tokee-layers"):
             assert row["fields"]["precision"] == precision
             assert row["fields"]["exit_mode"] == ("off" if method == "full" else "tokee")
-        if method != "tokee":
-            assert row["flops_speedup"] == 1.0
+        if not method.startswith("tokee"):
+            assert row["flops_speedup"] == 1.0 and row["layer_speedup"] == 1.0
+    # The layers-per-doc rows were tuned for that cost: on dev they reach it.
+    for key, tuned in scored["tuning"].items():
+        for entry in tuned["targets"]:
+            speedup = entry["layer_speedup"] if key.endswith("/layers") else entry["flops_speedup"]
+            assert entry["cost"] == ("layers" if key.endswith("/layers") else "flops")
+            assert speedup >= entry["target"] * 1.02
     assert rows[("hf-full", "fp32", 1)]["vs_hf_full"] == {"1": 1.0, "32": 1.0}
     # The same weights at full depth outside spaCy label the words identically.
     assert rows[("hf-full", "fp32", 1)]["score"] == rows[("full", "fp32", 1)]["score"]

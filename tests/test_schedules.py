@@ -150,3 +150,66 @@ def measure_at(nlp, fields):
     from spacy_early_exit.tools.measure import measure
 
     return measure(nlp, ner_examples(nlp), fields, "ents_f")
+
+
+# -- a cap on the last exit layer, and tuning for layers per doc (batch size 1) --
+
+
+def test_a_cap_lets_every_token_out_by_its_layer():
+    assert ExitSchedule(0, 2, 2.0, max_layer=4).thresholds(0.1, 6) == (0.0, 0.1, 0.2, 1.0, 1.0, 1.0)
+    assert ExitSchedule(0, 2, 1.0, max_layer=4).key == "w0-m2-s1-c4"
+    assert ExitSchedule(0, 2, 1.0).key == "w0-m2-s1"  # keys of uncapped schedules are unchanged
+    assert ExitSchedule(1, 1, 1.0, 3).as_dict() == {"window": 1, "min_layer": 1, "slope": 1.0, "max_layer": 3}
+    with pytest.raises(ValueError, match="'max_layer' must be an integer >= min_layer"):
+        ExitSchedule(0, 3, 1.0, max_layer=2)
+    with pytest.raises(ValueError, match="max_layer 7 exceeds"):
+        ExitSchedule(0, 1, 1.0, max_layer=7).thresholds(0.1, 6)
+    # A cap at or below min_layer (the static cut) or at the last layer adds nothing: left out.
+    grid = schedule_grid(4, [0], [1, 2], [1.0], [None, 2, 3, 4])
+    assert [s.key for s in grid] == ["w0-m1-s1", "w0-m1-s1-c2", "w0-m1-s1-c3", "w0-m2-s1", "w0-m2-s1-c3"]
+
+
+def test_simulated_layer_speedup_counts_each_rows_last_exit():
+    from spacy_early_exit.encoder.exit_schedule import simulated_layer_speedup
+
+    exits = torch.tensor([[1, 3, 2, 0], [4, 4, 0, 0], [0, 0, 0, 0]])  # last row: no words
+    assert simulated_layer_speedup(exits, 4) == pytest.approx(4 * 2 / (3 + 4))
+    assert simulated_layer_speedup(torch.zeros(2, 3, dtype=torch.long), 4) == 1.0
+
+
+@pytest.mark.parametrize("schedule, layers_run", [
+    (ExitSchedule(0, 2, 1.0), 2),  # static-2: every doc runs 2 of 4 layers
+    (ExitSchedule(1, 1, 1.0, max_layer=3), 3),  # nothing exits below the cap
+])
+def test_layer_speedup_is_full_depth_over_each_docs_last_layer(trained_ner, profile, schedule, layers_run):
+    base = 1.0 if schedule.max_layer is None else 0.0
+    cost = real_cost(trained_ner, schedule.fields(base, 4))
+    assert cost["layer_speedup"] == pytest.approx(4 / layers_run)
+    # The replay says the same (no halted state is read in either case).
+    assert profile.simulate(schedule, base).layer_speedup == pytest.approx(4 / layers_run)
+    # FLOPs are less than halved at static-2: specials, keys and the last ramp still cost.
+    assert cost["flops_speedup"] < cost["layer_speedup"] or layers_run == 3
+
+
+def test_tuning_for_layers_per_doc_reaches_the_target_in_layers(trained_ner):
+    examples = ner_examples(trained_ner)
+    by_layers = tune(trained_ner, examples, [1.3], [0, 1], steps=4, keep=2, cost="layers")
+    assert by_layers["cost"] == "layers" and 3 in by_layers["grid"]["max_layers"]
+    chosen = by_layers["targets"][0]
+    assert chosen["reachable"] and chosen["cost"] == "layers"
+    assert chosen["layer_speedup"] >= 1.3 * 1.02
+    # The written thresholds reproduce the tuned point, cap included.
+    again = measure_at(trained_ner, chosen["fields"])
+    assert again.layer_speedup == pytest.approx(chosen["layer_speedup"], abs=1e-3)
+    if chosen["max_layer"] is not None:
+        assert chosen["thresholds"][chosen["max_layer"] - 1:] == [1.0] * (4 - chosen["max_layer"] + 1)
+    # Every measured candidate that reached the goal did so in layers per doc.
+    assert all(c["layer_speedup"] >= 1.3 * 1.02 for c in chosen["candidates"] if c["reached"])
+    # Never worse on dev than a static cut as fast in layers per doc.
+    static = [c for c in chosen["candidates"] if c["source"] == "static" and c["reached"]]
+    assert static and chosen["score"] >= max(c["score"] for c in static)
+
+
+def test_tune_cli_rejects_an_unknown_cost(tmp_path):
+    result = CliRunner().invoke(app, ["tune", str(tmp_path), str(tmp_path / "dev.spacy"), "--cost", "seconds"])
+    assert result.exit_code != 0 and "'cost' must be one of flops, layers" in result.output

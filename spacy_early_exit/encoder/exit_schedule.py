@@ -7,7 +7,11 @@ lets nobody out still costs its logits. An :class:`ExitSchedule` says
 - from which layer tokens may leave (``min_layer``): below it the threshold is
   0, so no off-ramp runs there and none is paid for;
 - how the threshold changes with depth (``slope``): layer ``min_layer + i``
-  uses ``base * slope**i``, capped at 1.
+  uses ``base * slope**i``, capped at 1;
+- optionally, the layer by which every token has left (``max_layer``): its
+  threshold is 1. That bounds the layers a doc runs, which is what one doc at
+  a time pays for (at batch size 1 a layer costs about the same however few
+  tokens are still in it), at a small FLOPs cost.
 
 The static cut after layer k (every token leaves there) is the schedule
 ``min_layer=k`` at base 1.0, so a search over schedules always contains it.
@@ -18,7 +22,7 @@ The simulation below reads full-depth uncertainties: it says where tokens
 and then measure the few best for real.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,11 +40,14 @@ class ExitSchedule:
     window (int): TOKEE's k.
     min_layer (int): the first layer (1-based) whose off-ramp may let tokens out.
     slope (float): threshold growth per layer above `min_layer` (1.0: flat).
+    max_layer (Optional[int]): the layer at which every token left exits
+        (threshold 1); None = the last layer.
     """
 
     window: int = 2
     min_layer: int = 1
     slope: float = 1.0
+    max_layer: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
@@ -49,11 +56,16 @@ class ExitSchedule:
             raise ValueError(f"schedule 'min_layer' must be an integer >= 1; got {self.min_layer!r}")
         if not self.slope > 0:
             raise ValueError(f"schedule 'slope' must be positive; got {self.slope!r}")
+        if self.max_layer is not None and (
+            isinstance(self.max_layer, bool) or not isinstance(self.max_layer, int) or self.max_layer < self.min_layer
+        ):
+            raise ValueError(f"schedule 'max_layer' must be an integer >= min_layer ({self.min_layer}) or None; got {self.max_layer!r}")
 
     @property
     def key(self) -> str:
-        """A stable name, e.g. "w2-m1-s1"."""
-        return f"w{self.window}-m{self.min_layer}-s{self.slope:g}"
+        """A stable name, e.g. "w2-m1-s1" ("w2-m1-s1-c4" with max_layer 4)."""
+        cap = f"-c{self.max_layer}" if self.max_layer is not None else ""
+        return f"w{self.window}-m{self.min_layer}-s{self.slope:g}{cap}"
 
     def thresholds(self, base: float, num_layers: int) -> Tuple[float, ...]:
         """The per-layer thresholds at `base`, one per layer.
@@ -63,12 +75,16 @@ class ExitSchedule:
         """
         if self.min_layer > num_layers:
             raise ValueError(f"schedule min_layer {self.min_layer} exceeds the encoder's {num_layers} layers")
+        if self.max_layer is not None and self.max_layer > num_layers:
+            raise ValueError(f"schedule max_layer {self.max_layer} exceeds the encoder's {num_layers} layers")
         if not 0.0 <= base <= 1.0:
             raise ValueError(f"base threshold must be in [0, 1]; got {base!r}")
         out = []
         for layer in range(1, num_layers + 1):
             if layer < self.min_layer:
                 out.append(0.0)
+            elif self.max_layer is not None and layer >= self.max_layer:
+                out.append(1.0)
             else:
                 out.append(round(min(1.0, base * self.slope ** (layer - self.min_layer)), DECIMALS))
         return tuple(out)
@@ -83,19 +99,23 @@ class ExitSchedule:
         }
 
     def as_dict(self) -> Dict[str, object]:
-        return {"window": self.window, "min_layer": self.min_layer, "slope": self.slope}
+        return {"window": self.window, "min_layer": self.min_layer, "slope": self.slope, "max_layer": self.max_layer}
 
 
 def schedule_grid(
-    num_layers: int, windows: List[int], min_layers: List[int], slopes: List[float]
+    num_layers: int, windows: List[int], min_layers: List[int], slopes: List[float],
+    max_layers: Sequence[Optional[int]] = (None,),
 ) -> List[ExitSchedule]:
-    """Every schedule of the grid whose `min_layer` fits the encoder."""
+    """Every schedule of the grid whose layers fit the encoder. A cap at or
+    below `min_layer`, or at the last layer, adds nothing and is left out."""
     return [
-        ExitSchedule(window, layer, slope)
+        ExitSchedule(window, layer, slope, cap)
         for window in windows
         for layer in min_layers
         if layer <= num_layers
         for slope in slopes
+        for cap in max_layers
+        if cap is None or layer < cap < num_layers
     ]
 
 
@@ -153,3 +173,14 @@ def simulated_flops(exits: torch.Tensor, shapes: RowShapes, thresholds: Tuple[fl
     n = shapes.row_pieces.double()
     full = (n_layers * cost.layer_flops(n, n) + cost.ramp_flops(mask.sum(dim=1).double())).sum()
     return int(flops.item()), int(full.item())
+
+
+def simulated_layer_speedup(exits: torch.Tensor, num_layers: int) -> float:
+    """Full depth's layers per row over the layers each row runs (its last
+    exit), for rows with a word: the batch-size-1 cost, when rows are docs.
+
+    exits (torch.Tensor): long ``[rows, words]``, 1-based, 0 on padding.
+    """
+    last = exits.max(dim=1).values
+    ran = last[last > 0]
+    return num_layers * len(ran) / float(ran.sum()) if len(ran) else 1.0

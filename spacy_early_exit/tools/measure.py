@@ -87,11 +87,18 @@ class Measurement:
         the scorer has nothing to score (e.g. no gold or predicted entities).
     flops_speedup (float): corpus FLOPs speed-up against full depth.
     mean_exit_layer (float): mean 1-based exit layer over scored tokens.
+    layer_speedup (float): full depth's layers per doc over the layers each
+        doc runs (see `evaluate.cost_summary`): the batch-size-1 cost.
     """
 
     score: Optional[float]
     flops_speedup: float
     mean_exit_layer: float
+    layer_speedup: float = 1.0
+
+    def speedup(self, cost: str) -> float:
+        """The speed-up under one cost measure (see COSTS)."""
+        return self.flops_speedup if validate_cost(cost) == "flops" else self.layer_speedup
 
     def as_row(self) -> Dict[str, Any]:
         """Rounded like `evaluation.compare` rows: score in 0-100."""
@@ -99,6 +106,7 @@ class Measurement:
             "score": round(100.0 * self.score, 2) if self.score is not None else None,
             "flops_speedup": round(self.flops_speedup, 3),
             "mean_exit_layer": round(self.mean_exit_layer, 3),
+            "layer_speedup": round(self.layer_speedup, 3),
         }
 
     @property
@@ -152,4 +160,16 @@ def measure(
     """
     with exit_settings(nlp, fields):
         scores, cost = score(nlp, examples, batch_size=batch_size)
-    return Measurement(metric_value(scores, metric), cost["flops_speedup"], cost["mean_exit_layer"])
+    return Measurement(metric_value(scores, metric), cost["flops_speedup"], cost["mean_exit_layer"], cost["layer_speedup"])
+
+
+# What a target speed-up counts: "flops", the corpus FLOPs (what batches of
+# many docs pay for), or "layers", the encoder layers each doc runs (what one
+# doc at a time pays for; see evaluate.cost_summary).
+COSTS = ("flops", "layers")
+
+
+def validate_cost(value: object) -> str:
+    if value not in COSTS:
+        raise ValueError(f"'cost' must be one of {', '.join(COSTS)}; got {value!r}")
+    return value  # type: ignore[return-value]

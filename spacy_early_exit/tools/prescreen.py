@@ -21,9 +21,10 @@ import torch
 from spacy.training import Example
 
 from ..layers.architecture import full_depth_logits, get_aligner, get_shim
-from ..encoder.exit_schedule import ExitSchedule, RowShapes, simulated_exits, simulated_flops
+from ..encoder.exit_schedule import ExitSchedule, RowShapes, simulated_exits, simulated_flops, simulated_layer_speedup
 from ..encoder.exits import normalized_entropy
 from ..pipes.base import EarlyExitPipe
+from .measure import validate_cost
 
 OUTSIDE = "O"
 # Base thresholds the screen tries per schedule: geometric, dense at the low end
@@ -39,12 +40,18 @@ class ScreenPoint:
     base (float): its base threshold.
     flops_speedup (float): simulated corpus FLOPs speed-up.
     proxy (float): simulated token-level score (0-1).
+    layer_speedup (float): simulated layers-per-doc speed-up (rows as docs).
     """
 
     schedule: ExitSchedule
     base: float
     flops_speedup: float
     proxy: float
+    layer_speedup: float = 1.0
+
+    def speedup(self, cost: str) -> float:
+        """The simulated speed-up under one cost measure ("flops" or "layers")."""
+        return self.flops_speedup if validate_cost(cost) == "flops" else self.layer_speedup
 
 
 class ExitProfile:
@@ -144,7 +151,8 @@ class ExitProfile:
         exits = simulated_exits(self.uncertainty, self.shapes.word_mask, schedule.window, thresholds)
         flops, full = simulated_flops(exits, self.shapes, thresholds, get_shim(self.pipe.model).encoder.cost)
         chosen = self.predicted.gather(0, (exits.clamp(min=1) - 1)[None]).squeeze(0)
-        return ScreenPoint(schedule, base, full / flops if flops else 1.0, self.proxy_score(chosen))
+        return ScreenPoint(schedule, base, full / flops if flops else 1.0, self.proxy_score(chosen),
+                           simulated_layer_speedup(exits, self.num_layers))
 
     def proxy_score(self, predicted: torch.Tensor) -> float:
         """Token accuracy, or the non-outside micro F1 when there is an outside class."""
@@ -162,29 +170,34 @@ class ExitProfile:
         return 2 * precision * recall / (precision + recall)
 
 
-def cheapest_reaching(profile: ExitProfile, schedule: ExitSchedule, goal: float, grid: Sequence[float] = BASE_GRID) -> Optional[ScreenPoint]:
-    """The smallest grid base threshold whose simulated speed-up reaches `goal`
-    (the most accurate point fast enough), or None when 1.0 does not."""
+def cheapest_reaching(
+    profile: ExitProfile, schedule: ExitSchedule, goal: float, grid: Sequence[float] = BASE_GRID, cost: str = "flops"
+) -> Optional[ScreenPoint]:
+    """The smallest grid base threshold whose simulated speed-up (under
+    `cost`) reaches `goal` (the most accurate point fast enough), or None when 1.0 does not."""
     top = profile.simulate(schedule, grid[-1])
-    if top.flops_speedup < goal:
+    if top.speedup(cost) < goal:
         return None
     low, high = 0, len(grid) - 1
     best = top
     while low < high:  # the speed-up grows with the threshold: bisect the grid
         middle = (low + high) // 2
         point = profile.simulate(schedule, grid[middle])
-        if point.flops_speedup >= goal:
+        if point.speedup(cost) >= goal:
             high, best = middle, point
         else:
             low = middle + 1
     return best  # always the point at grid[high]: set whenever high moves, and top is grid[-1]
 
 
-def screen(profile: ExitProfile, schedules: Sequence[ExitSchedule], goal: float, keep: int) -> List[ScreenPoint]:
-    """The `keep` schedules whose simulated point at `goal` has the best proxy score.
+def screen(
+    profile: ExitProfile, schedules: Sequence[ExitSchedule], goal: float, keep: int, cost: str = "flops"
+) -> List[ScreenPoint]:
+    """The `keep` schedules whose simulated point at `goal` (a speed-up under
+    `cost`) has the best proxy score.
 
     RETURNS (List[ScreenPoint]): best first; schedules that cannot reach `goal` are left out.
     """
-    points = [p for p in (cheapest_reaching(profile, s, goal) for s in schedules) if p is not None]
-    points.sort(key=lambda p: (-p.proxy, -p.flops_speedup))
+    points = [p for p in (cheapest_reaching(profile, s, goal, cost=cost) for s in schedules) if p is not None]
+    points.sort(key=lambda p: (-p.proxy, -p.speedup(cost)))
     return points[:keep]
