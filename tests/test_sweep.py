@@ -42,6 +42,8 @@ def test_static_k_exits_at_layer_k(rows):
     static = [r for r in rows if r["method"].startswith("static-")]
     assert [r["mean_exit_layer"] for r in static] == [1.0, 2.0, 3.0, 4.0]
     assert [r["layer"] for r in static] == [1, 2, 3, 4]
+    # Every doc runs k of the 4 layers.
+    assert [r["layer_speedup"] for r in static] == [4.0, 2.0, round(4 / 3, 3), 1.0]
     speedups = [r["flops_speedup"] for r in static]
     assert speedups == sorted(speedups, reverse=True)
     # Threshold 1.0 sends every token out after layer 1, whatever the rule.

@@ -21,7 +21,7 @@ from .evaluate import early_exit_pipes
 from .tune import main_metric, measure
 
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-COLUMNS = ("method", "window", "threshold", "layer", "score", "flops_speedup", "mean_exit_layer")
+COLUMNS = ("method", "window", "threshold", "layer", "score", "flops_speedup", "mean_exit_layer", "layer_speedup")
 FILE_STEM = "sweep"
 
 
