@@ -10,7 +10,11 @@ until the weights change:
   output and both FFN projections, `Int8Linear`): int8 weights with one scale
   per output channel, made once; activations quantized at run time with one
   scale per row, that is per token; the product accumulated exactly in int32
-  (`torch._int_mm`) and rescaled in fp32. LayerNorms stay fp32. Because every
+  (`torch._int_mm`) and rescaled in fp32. Q, K and V are one product against
+  their concatenated weights (and K, V one where only keys and values are
+  needed), so a layer quantizes its input once for all three: at batch size 1
+  the per-call work around a product costs as much as the product itself.
+  LayerNorms stay fp32. Because every
   scale belongs to one token or one output channel, a token's result depends
   on its own hidden state only: int8 is batch-invariant like fp32 and bf16.
   (torch's dynamic quantization, one activation scale per matrix product over
