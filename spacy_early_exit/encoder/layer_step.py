@@ -105,13 +105,10 @@ def halt_and_copy_layer(
         (keys, values), attn_mask = _keys_values(parts, keys_in), None
     else:
         kv_rows = key_mask.nonzero(as_tuple=True)
-        kv_in = keys_in[kv_rows]
-        if parts.key_value is not None:
-            both = keys_in.new_zeros(n_live, span, 2 * width).index_put(kv_rows, parts.key_value(kv_in))
-            keys, values = both.chunk(2, dim=-1)
-        else:
-            keys = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.key(kv_in))
-            values = keys_in.new_zeros(n_live, span, width).index_put(kv_rows, parts.value(kv_in))
+        keys, values = (
+            keys_in.new_zeros(n_live, span, width).index_put(kv_rows, projected)
+            for projected in _keys_values(parts, keys_in[kv_rows])
+        )
         attn_mask = key_mask[:, None, None, :]
 
     x = hidden[active.rows, active.cols]

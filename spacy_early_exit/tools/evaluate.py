@@ -68,8 +68,9 @@ def cost_summary(docs: Sequence[Doc], nlp: Language) -> Dict[str, float]:
     flops = full = 0
     layers: List[int] = []
     layers_run = layers_full = 0
+    pipes = early_exit_pipes(nlp)
     for doc in docs:
-        for name, pipe in early_exit_pipes(nlp):
+        for name, pipe in pipes:
             record = read_record(doc, name)
             if record is None:
                 raise ValueError(f"Component '{name}' has not annotated the doc {doc.text[:40]!r}")
