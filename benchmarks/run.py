@@ -16,6 +16,13 @@ From the two trained pipelines of the project workflow (stage 2 calibrated,
     python benchmarks/run.py conll2003 --phase score   # steps 1-2 only (JSON without timing)
     python benchmarks/run.py conll2003 --phase time    # step 3 on the scored rows, then outputs
 
+A training ablation trained later (its pipeline training/<dataset>/NAME-final)
+joins an existing table as rows tokee-NAME, tuned and scored the same way, and
+timed against the same pipeline at full depth:
+
+    python benchmarks/run.py conll2003 --phase ablation --ablation distill-stage1
+    python benchmarks/run.py conll2003 --phase ablation-time --ablation distill-stage1
+
 Scoring does not need a quiet machine; timing does (ratios are side by side,
 but other load adds noise), hence the two phases. Progress goes to stdout.
 """
@@ -27,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 import torch
@@ -62,9 +69,10 @@ TOKEE_MODELS = (("stage2", "tokee"), ("stage1", "tokee-stage1"), ("distill", "to
 class Row:
     """One line of the table.
 
-    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | tokee-distill | hf-full.
+    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | tokee-distill |
+        tokee-<ablation> | hf-full.
     target (int): the FLOPs speed-up aimed at (1 for full depth).
-    model (str): "stage2", "stage1" or "distill": which trained pipeline runs it.
+    model (str): "stage2", "stage1", "distill" or an ablation's name: which trained pipeline runs it.
     fields (Dict[str, Any]): exit fields (empty for hf-full).
     window, threshold: as chosen on dev (None where they do not apply).
     schedule (Dict[str, Any]): TOKEE rows: min_layer, slope, per-layer
@@ -117,24 +125,45 @@ def choose_rows(
     for model, method in TOKEE_MODELS:
         if model not in models:
             continue
-        nlp, examples = models[model], devs[model]
-        print(f"[tune] TOKEE {model}: schedules over windows {list(windows)}, targets {list(targets)} on {len(examples)} dev docs", flush=True)
-        started = time.time()
-        report = tune(nlp, examples, targets, windows, metric=metric, steps=steps, progress=True, margin=margin)
-        report["seconds"] = round(time.time() - started)
-        reports[model] = {k: v for k, v in report.items() if k != "runs"}
-        for entry in report["targets"]:
-            if not entry["reachable"]:
-                unreachable.append(f"{method} {entry['target']:g}x: {entry['reason']}")
-                continue
-            schedule = {"min_layer": entry["min_layer"], "slope": entry["slope"], "thresholds": entry["thresholds"],
-                        "source": entry["source"], "dev_flops_speedup": entry["flops_speedup"], "dev_score": entry["score"]}
-            rows.append(Row(method, int(entry["target"]), model, entry["fields"], entry["window"], entry["threshold"], schedule=schedule))
+        found, reports[model], missed = tokee_rows(models[model], devs[model], model, method, targets, windows, steps, metric, margin)
+        rows += found
+        unreachable += missed
     rows.append(Row("hf-full", 1, "stage2"))
     return {"rows": rows, "unreachable": unreachable, "tune_reports": reports}
 
 
-def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example], metric: str, hf: HFFullDepth) -> None:
+def tokee_rows(
+    nlp: Language,
+    examples: List[Example],
+    model: str,
+    method: str,
+    targets: Sequence[float],
+    windows: Sequence[int],
+    steps: int,
+    metric: str,
+    margin: float,
+) -> Tuple[List[Row], Dict[str, Any], List[str]]:
+    """One pipeline's TOKEE rows: the exit schedule per target, searched on dev.
+
+    RETURNS (Tuple[List[Row], Dict[str, Any], List[str]]): the rows, the tuner's
+        report (without its per-run log) and the targets dev could not reach.
+    """
+    print(f"[tune] TOKEE {model}: schedules over windows {list(windows)}, targets {list(targets)} on {len(examples)} dev docs", flush=True)
+    started = time.time()
+    report = tune(nlp, examples, targets, windows, metric=metric, steps=steps, progress=True, margin=margin)
+    report["seconds"] = round(time.time() - started)
+    rows, unreachable = [], []
+    for entry in report["targets"]:
+        if not entry["reachable"]:
+            unreachable.append(f"{method} {entry['target']:g}x: {entry['reason']}")
+            continue
+        schedule = {"min_layer": entry["min_layer"], "slope": entry["slope"], "thresholds": entry["thresholds"],
+                    "source": entry["source"], "dev_flops_speedup": entry["flops_speedup"], "dev_score": entry["score"]}
+        rows.append(Row(method, int(entry["target"]), model, entry["fields"], entry["window"], entry["threshold"], schedule=schedule))
+    return rows, {k: v for k, v in report.items() if k != "runs"}, unreachable
+
+
+def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example], metric: str, hf: Optional[HFFullDepth]) -> None:
     """Score, FLOPs speed-up and mean exit layer of every row on the whole test split."""
     for row in rows:
         if row.method == "hf-full":
@@ -148,10 +177,11 @@ def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example]
 
 
 def time_rows(
-    rows: List[Row], models: Dict[str, Language], hf: HFFullDepth, texts: List[str], batch_sizes: Sequence[int], repeats: int
+    rows: List[Row], models: Dict[str, Language], hf: Optional[HFFullDepth], texts: List[str], batch_sizes: Sequence[int], repeats: int
 ) -> None:
-    """Median words/second per row and batch size; repetitions interleaved across rows."""
-    words = [[t.text for t in doc] for doc in models["stage2"].tokenizer.pipe(texts)]
+    """Median words/second per row and batch size; repetitions interleaved across
+    rows. Speed-ups are against the row `full@1`, which `rows` must contain."""
+    words = [[t.text for t in doc] for doc in models[rows[0].model].tokenizer.pipe(texts)]
     n_words = sum(len(w) for w in words)
     runners: Dict[str, Callable[[slice, int], Any]] = {
         row.key: (lambda part, batch_size: hf.run(words[part], batch_size)) if row.method == "hf-full"
@@ -179,7 +209,9 @@ def markdown(report: Dict[str, Any]) -> str:
     for r in report["rows"]:
         delta = f"{r['score'] - full:+.2f}" if r["score"] is not None and full is not None else "–"
         cells = [r["method"], f"{r['target']}x", f"{r['score']:.2f}", delta, f"{r['flops_speedup']:.2f}"]
-        cells += [f"{r['wall_speedup'][b]:.2f}" for b in sizes] + [f"{r['words_per_second'][b]:.0f}" for b in sizes]
+        timed = "wall_speedup" in r  # an ablation scored but not yet timed
+        cells += [f"{r['wall_speedup'][b]:.2f}" if timed else "–" for b in sizes]
+        cells += [f"{r['words_per_second'][b]:.0f}" if timed else "–" for b in sizes]
         cells += [f"{r['mean_exit_layer']:.2f}", "–" if r["window"] is None else str(r["window"])]
         cells += ["–" if r["threshold"] is None else f"{r['threshold']:g}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -194,7 +226,8 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     styles = {
         "tokee": ("tab:blue", "o-", "TOKEE (stage 2)"),
         "tokee-stage1": ("tab:cyan", "s--", "TOKEE (stage 1 only)"),
-        "tokee-distill": ("tab:purple", "v-.", "TOKEE (self-distillation)"),
+        "tokee-distill": ("tab:purple", "v-.", "TOKEE (self-distillation, stage 2)"),
+        "tokee-distill-stage1": ("tab:red", "P-.", "TOKEE (self-distillation, stage 1)"),
         "sentee": ("tab:orange", "^-", "SENTEE"),
         "static": ("tab:gray", "D:", "static-k"),
     }
@@ -206,7 +239,10 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
         axes = figure.add_subplot(1, 2, i + 1)
         for method, (color, style, label) in styles.items():
             chosen = [r for r in rows if r["method"] == method or (method == "static" and r["method"].startswith("static-"))]
-            points = sorted((r["flops_speedup"] if xkey == "flops" else r["wall_speedup"]["32"], r["score"]) for r in [full] + chosen)
+            if not chosen:
+                continue
+            chosen = [r for r in [full] + chosen if xkey == "flops" or "wall_speedup" in r]
+            points = sorted((r["flops_speedup"] if xkey == "flops" else r["wall_speedup"]["32"], r["score"]) for r in chosen)
             axes.plot([x for x, _ in points], [y for _, y in points], style, color=color, label=label)
         axes.plot([1.0], [full["score"]], "k*", markersize=12, label="full depth")
         axes.set_xlabel(xlabel)
@@ -257,9 +293,90 @@ def write_outputs(report: Dict[str, Any], output_dir: Path) -> None:
     print(f"Wrote {output_dir / dataset}.json/.md/.png")
 
 
+def run_ablation(
+    dataset: str,
+    name: str,
+    timing: bool,
+    project: Path,
+    output_dir: Path,
+    targets: Sequence[float],
+    windows: Sequence[int],
+    tune_limit: int,
+    steps: int,
+    margin: float,
+    timing_docs: int,
+    batch_sizes: Sequence[int],
+    repeats: int,
+) -> None:
+    """Add one more trained pipeline's TOKEE rows to an existing table.
+
+    A training ablation (say, self-distillation in stage 1) is trained after the
+    table was made, when the table's own pipelines may be gone. Its rows get
+    the same schedule search on dev and the same test scoring as the main
+    rows; timing (`timing`) runs them side by side with the same pipeline at
+    full depth, which costs what any full-depth run of the architecture costs,
+    so the wall-clock speed-ups compare with the table's.
+
+    dataset (str): the corpus; benchmarks/results/<dataset>.json must exist.
+    name (str): the pipeline training/<dataset>/<name>-final; rows tokee-<name>.
+    timing (bool): time the rows scored before instead of scoring.
+    """
+    report_path = output_dir / f"{dataset}.json"
+    if not report_path.exists():
+        raise typer.BadParameter(f"No table at {report_path}: an ablation adds rows to it, so run --phase score first")
+    path = project / "training" / dataset / f"{name}-final"
+    if not path.exists():
+        raise typer.BadParameter(f"No pipeline at {path}")
+    report = json.loads(report_path.read_text(encoding="utf8"))
+    method = f"tokee-{name}"
+    nlp = spacy.load(path)
+    corpus = project / "corpus" / dataset
+    test = load_examples(nlp, corpus / "test.spacy")
+    started = time.time()
+    if not timing:
+        dev = load_examples(nlp, corpus / "dev.spacy", tune_limit, spread=True)
+        print(f"{dataset} ablation {name}: {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
+        rows, tuning, unreachable = tokee_rows(nlp, dev, name, method, targets, windows, steps, report["metric"], margin)
+        score_rows(rows, {name: nlp}, test, report["metric"], None)
+        full = measure(nlp, test, {"exit_mode": "off"}, report["metric"]).as_row()
+        training_time = project / "metrics" / dataset / name.replace("-", "_") / "training_time.json"
+        report.setdefault("ablations", {})[name] = {
+            "pipeline": str(path.relative_to(project)),
+            "rows": method,
+            "tune_docs": len(dev),
+            "unreachable": unreachable,
+            "tuning": tuning,
+            "full_depth_score": full["score"],  # this pipeline at full depth, for reference
+            "training": json.loads(training_time.read_text(encoding="utf8")) if training_time.exists() else None,
+            "score_command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "score_seconds": round(time.time() - started),
+        }
+        others = [r for r in report["rows"] if r["method"] != method]
+        at = next((i for i, r in enumerate(others) if r["method"] == "hf-full"), len(others))
+        report["rows"] = others[:at] + [to_report_row(r) for r in rows] + others[at:]
+    else:
+        rows = [from_report_row(r) for r in report["rows"] if r["method"] == method]
+        if not rows:
+            raise typer.BadParameter(f"No {method} rows in {report_path}: run --phase ablation first")
+        texts = spread_sample([eg.reference.text for eg in test], timing_docs)
+        reference = Row("full", 1, name, {"exit_mode": "off"})
+        print(f"[time] {method}: {len(rows)} rows and full depth, {len(texts)} test docs, batch sizes {list(batch_sizes)}, "
+              f"{repeats} repetitions, {torch.get_num_threads()} threads", flush=True)
+        time_rows([reference] + rows, {name: nlp}, None, texts, batch_sizes, repeats)
+        timed = {r.key: to_report_row(r) for r in rows}
+        report["rows"] = [timed.get(f"{r['method']}@{r['target']}", r) for r in report["rows"]]
+        report["ablations"][name].update(
+            full_words_per_second=reference.result["words_per_second"], timing_docs=len(texts), repeats=repeats,
+            threads=torch.get_num_threads(), time_command="python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            time_seconds=round(time.time() - started),
+        )
+    write_outputs(report, output_dir)
+
+
 def main(
     dataset: str = typer.Argument(..., help="Corpus name (project/corpus/<dataset>, project/training/<dataset>)"),
-    phase: str = typer.Option("all", help="all | score (tune on dev, score on test) | time (time the scored rows)"),
+    phase: str = typer.Option("all", help="all | score (tune on dev, score on test) | time (time the scored rows) | ablation | ablation-time"),
+    ablation: str = typer.Option("", help="--phase ablation(-time): NAME of a further pipeline, training/<dataset>/NAME-final, added to the table as rows tokee-NAME (e.g. distill-stage1)"),
     project: Path = typer.Option(PROJECT, help="The project folder"),
     targets: str = typer.Option("2,3,4", help="TOKEE target FLOPs speed-ups"),
     sentee_targets: str = typer.Option("2,3", help="SENTEE target FLOPs speed-ups"),
@@ -275,8 +392,19 @@ def main(
     threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
     output_dir: Path = typer.Option(RESULTS, help="Where <dataset>.json/.md/.png go"),
 ) -> None:
-    if phase not in ("all", "score", "time"):
-        raise typer.BadParameter(f"--phase must be all, score or time; got {phase!r}")
+    if phase not in ("all", "score", "time", "ablation", "ablation-time"):
+        raise typer.BadParameter(f"--phase must be all, score, time, ablation or ablation-time; got {phase!r}")
+    if phase.startswith("ablation"):
+        if not ablation:
+            raise typer.BadParameter(f"--phase {phase} needs --ablation NAME (the pipeline training/{dataset}/NAME-final)")
+        if threads:
+            torch.set_num_threads(threads)
+        run_ablation(
+            dataset, ablation, phase == "ablation-time", project, output_dir, parse_numbers(targets, float, "--targets"),
+            parse_numbers(windows, int, "--windows"), ablation_tune_limit or tune_limit, steps, margin, timing_docs,
+            parse_numbers(batch_sizes, int, "--batch-sizes"), repeats,
+        )
+        return
     started = time.time()
     if threads:
         torch.set_num_threads(threads)
@@ -295,6 +423,8 @@ def main(
     if phase == "time":
         report = json.loads((output_dir / f"{dataset}.json").read_text(encoding="utf8"))
         rows = [from_report_row(r) for r in report["rows"]]
+        for model in {r.model for r in rows} - set(models):  # ablation rows added by --phase ablation
+            models[model] = spacy.load(training / f"{model}-final")
     else:
         metric = main_metric(models["stage2"])
         # The ablation models (stage 1 only, self-distillation) may tune on an evenly

@@ -56,13 +56,14 @@ def checks(report: Dict[str, Any]) -> List[str]:
             f"- 3x: stage 2 {stage2['score']:.2f} ({stage2['flops_speedup']:.2f}x) vs stage 1 {stage1['score']:.2f} "
             f"({stage1['flops_speedup']:.2f}x): {'stage 2 better' if ok else 'stage 2 NOT better'}"
         )
-    for target in (2, 3):
-        base, distill = row(report, "tokee", target), row(report, "tokee-distill", target)
-        if base and distill:
-            lines.append(
-                f"- {target}x: self-distillation {distill['score']:.2f} ({distill['flops_speedup']:.2f}x) vs "
-                f"the paper's loss {base['score']:.2f} ({base['flops_speedup']:.2f}x)"
-            )
+    for method, where in (("tokee-distill", "stage 2"), ("tokee-distill-stage1", "stage 1")):
+        for target in (2, 3):
+            base, distill = row(report, "tokee", target), row(report, method, target)
+            if base and distill:
+                lines.append(
+                    f"- {target}x: self-distillation in {where} {distill['score']:.2f} ({distill['flops_speedup']:.2f}x) vs "
+                    f"the paper's loss {base['score']:.2f} ({base['flops_speedup']:.2f}x)"
+                )
     if "wall_speedup" not in full:
         return lines
     for r in report["rows"]:
