@@ -12,6 +12,9 @@
 # the first update, and its dev score (TOKEE at the config's threshold) favours
 # a model whose off-ramps are less confident, i.e. slower. On CoNLL and EWT that
 # step-0 score won, so model-best was the untouched stage-1 model.
+# STOP_AFTER=N ends stage 1 after update N's dev evaluation (the schedule still
+# runs over stage1_steps), which is how the runs below were "stopped by hand":
+# CoNLL 6000 at 3000 (3500 in the first run), EWT 5000 at 2500, Weibo 2000 at 1500.
 # Each step's wall time goes to project/metrics/<dataset>/training_time.json.
 # Model binaries stay in project/training/ (not in git).
 set -euo pipefail
@@ -19,6 +22,7 @@ dataset=$1; s1=$2; s2=$3; threads=${4:-1}; first=${5:-convert}
 distill_weight=${DISTILL_WEIGHT:-1.0}
 # SKIP_DISTILL=1 leaves out the self-distillation ablation (measured on CoNLL and EWT).
 skip_distill=${SKIP_DISTILL:-0}
+stop_after=${STOP_AFTER:-0}
 cd "$(dirname "$0")/../project"
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 out="metrics/$dataset/training_time.json"
@@ -39,6 +43,19 @@ data.setdefault("seconds", {})[name] = seconds
 path.write_text(json.dumps(data, indent=2) + "\n")
 EOF
 }
+stop_stage1_after() {  # N log command...: run it, end it after update N's evaluation row
+  local n=$1 log=$2; shift 2
+  PYTHONUNBUFFERED=1 "$@" &
+  local pid=$!
+  # spaCy prints an evaluation row ("epoch  step  losses ... score") after
+  # saving model-best, so once row N is in the log the checkpoint is on disk.
+  while kill -0 "$pid" 2>/dev/null; do
+    if grep -Eq "^ *[0-9]+ +$n " "$log"; then kill "$pid"; break; fi
+    sleep 20
+  done
+  wait "$pid" || true
+  [[ -d training/$dataset/stage1/model-best ]]
+}
 steps=(convert stage1 stage2 distill calibrate)
 started=false
 for step in "${steps[@]}"; do
@@ -46,8 +63,13 @@ for step in "${steps[@]}"; do
   $started || continue
   case $step in
     convert) run_step convert python scripts/prepare.py "$dataset" "corpus/$dataset" --data-dir ../../shared/data ;;
-    stage1) run_step stage1 python scripts/train.py "corpus/$dataset" "training/$dataset/stage1" --stage 1 \
-        --max-steps "$s1" --patience 2000 --select-on full "${common[@]}" ;;
+    stage1) if [[ $stop_after == 0 ]]; then
+        run_step stage1 python scripts/train.py "corpus/$dataset" "training/$dataset/stage1" --stage 1 \
+          --max-steps "$s1" --patience 2000 --select-on full "${common[@]}"
+      else
+        run_step stage1 stop_stage1_after "$stop_after" "logs/${dataset}_stage1.log" python scripts/train.py \
+          "corpus/$dataset" "training/$dataset/stage1" --stage 1 --max-steps "$s1" --patience 2000 --select-on full "${common[@]}"
+      fi ;;
     stage2) run_step stage2 python scripts/train.py "corpus/$dataset" "training/$dataset/stage2" --stage 2 \
         --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" "${common[@]}" ;;
     distill) [[ $skip_distill == 1 ]] && continue
@@ -63,14 +85,18 @@ for step in "${steps[@]}"; do
         --output "training/$dataset/distill-final" --metrics "metrics/$dataset/distill/calibration.json" ;;
   esac
 done
-python - "$out" "$dataset" "$s1" "$s2" "$threads" "$distill_weight" <<'EOF'
+python - "$out" "$dataset" "$s1" "$s2" "$threads" "$distill_weight" "$stop_after" "$skip_distill" <<'EOF'
 import json, os, platform, sys
 from pathlib import Path
 path, dataset, s1, s2, threads, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+stop, skip = int(sys.argv[7]), sys.argv[8] == "1"
+env = (f"STOP_AFTER={stop} " if stop else "") + ("SKIP_DISTILL=1 " if skip else "")
 data = json.loads(Path(path).read_text())
 data.update(dataset=dataset, threads=threads, machine=f"{os.cpu_count()} CPU cores, {platform.machine()}",
             steps={"stage1": s1, "stage2": s2}, batch_size=16, distill_weight=weight, patience=2000, eval_frequency=500,
-            command=f"bash benchmarks/train_real_budget.sh {dataset} {s1} {s2} {threads}")
+            command=f"{env}bash benchmarks/train_real_budget.sh {dataset} {s1} {s2} {threads}")
+if stop:
+    data["stage1_updates_run"] = stop
 Path(path).write_text(json.dumps(data, indent=2) + "\n")
 print(json.dumps(data, indent=2))
 EOF
