@@ -9,7 +9,7 @@ many words out with a high error rate is what costs accuracy at speed.
 
     python benchmarks/ramp_diagnostics.py conll2003 [--pipeline final] [--split dev]
 
-Writes benchmarks/results/ramps_<dataset>.json and prints a Markdown table.
+Writes benchmarks/results/ramps_<dataset>_<pipeline>_<split>.json and prints a Markdown table.
 """
 import json
 import sys
@@ -77,6 +77,8 @@ def main(
     split: str = typer.Option("dev", help="dev or test"),
     threads: int = typer.Option(1, help="torch threads"),
 ) -> None:
+    if split not in ("dev", "test"):
+        raise typer.BadParameter(f"--split must be dev or test, not {split!r}")
     torch.set_num_threads(threads)
     nlp = spacy.load(PROJECT / "training" / dataset / pipeline)
     examples = load_examples(nlp, PROJECT / "corpus" / dataset / f"{split}.spacy")
@@ -86,7 +88,7 @@ def main(
     report = {"corpus": dataset, "pipeline": pipeline, "split": split, "docs": len(examples), "thresholds": list(THRESHOLDS),
               "command": "python benchmarks/ramp_diagnostics.py " + " ".join(sys.argv[1:]), "layers": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"ramps_{dataset}_{pipeline}.json"
+    path = RESULTS / f"ramps_{dataset}_{pipeline}_{split}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     keys = [k for k in rows[0] if k != "layer"]
     print("| layer | " + " | ".join(keys) + " |")
