@@ -1,4 +1,6 @@
 """The exits picture: HTML from doc._.early_exit, and the page as a real browser draws it."""
+import html
+import json
 import os
 import re
 import struct
@@ -14,7 +16,17 @@ from typer.testing import CliRunner
 import spacy_early_exit
 from spacy_early_exit.cli import app
 from spacy_early_exit.pipes.base import EXTENSION  # registers doc._.early_exit
-from spacy_early_exit.tools.visualize import BROWSERS, find_browser, layer_color, render, screenshot
+from spacy_early_exit.tools.visualize import (
+    BROWSERS,
+    contrast_ratio,
+    exit_setting,
+    find_browser,
+    layer_color,
+    oklab,
+    relative_luminance,
+    render,
+    screenshot,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN_SPAN = re.compile(r'<span class="tokee-token[ "]')
@@ -102,6 +114,101 @@ def test_layer_colours_get_darker_and_stay_distinct():
     assert brightness == sorted(brightness, reverse=True)
 
 
+def test_wcag_contrast_ratio_matches_known_values():
+    assert relative_luminance("#000000") == 0 and relative_luminance("#ffffff") == pytest.approx(1)
+    assert contrast_ratio("#000000", "#ffffff") == pytest.approx(21)
+    assert contrast_ratio("#ffffff", "#000000") == pytest.approx(21)
+    assert contrast_ratio("#777777", "#777777") == 1
+    assert contrast_ratio("#767676", "#ffffff") == pytest.approx(4.54, abs=0.01)  # the well-known AA grey
+
+
+@pytest.mark.parametrize("num_layers", range(1, 25))
+def test_every_layer_colour_is_readable(num_layers):
+    # WCAG 2.x AA for normal text: the token text and the small bold labels
+    # (entity types, tags) are drawn in this ink on this background.
+    for layer in range(0, num_layers + 1):
+        background, ink = layer_color(layer, num_layers)
+        assert contrast_ratio(background, ink) >= 4.5, (layer, num_layers, background, ink)
+
+
+@pytest.mark.parametrize("num_layers", range(2, 25))
+def test_neighbouring_layer_colours_differ_noticeably(num_layers):
+    # OKLab is built so that Euclidean distance follows perceived difference; a
+    # just-noticeable difference there is about 0.02 (roughly CIELAB's 2.3), so
+    # neighbours must be at least 0.025 apart at any depth up to 24 layers and
+    # about three JNDs (0.06) apart up to 12 layers, where a 6-layer and a
+    # 12-layer model have to read at a glance. Lightness alone must fall at
+    # every step too, which orders the layers for every kind of colour vision.
+    points = [oklab(layer_color(layer, num_layers)[0]) for layer in range(1, num_layers + 1)]
+    gaps = [sum((a - b) ** 2 for a, b in zip(p, q)) ** 0.5 for p, q in zip(points, points[1:])]
+    assert min(gaps) >= (0.06 if num_layers <= 12 else 0.025), (num_layers, gaps)
+    steps = [p[0] - q[0] for p, q in zip(points, points[1:])]
+    assert min(steps) >= 0.02, (num_layers, steps)
+    # Every layer colour also stands apart from the box of tokens with no wordpieces.
+    none = oklab(layer_color(0, num_layers)[0])
+    assert all(sum((a - b) ** 2 for a, b in zip(p, none)) ** 0.5 >= 0.06 for p in points)
+
+
+def test_the_first_six_of_twelve_layers_are_distinct():
+    points = [oklab(layer_color(layer, 12)[0]) for layer in range(1, 7)]
+    for i, p in enumerate(points):
+        for q in points[i + 1 :]:
+            assert sum((a - b) ** 2 for a, b in zip(p, q)) ** 0.5 >= 0.06
+
+
+SETTING = {
+    "pipeline": "training/demo/final-2x",
+    "components": ["tokee_ner", "tokee_tagger"],
+    "component": "tokee_ner",
+    "exit_mode": "tokee",
+    "threshold": 0.1,
+    "thresholds": [0.0, 0.05, 0.125, 1.0, 1.0, 1.0],
+    "window": 2,
+    "precision": "bf16",
+    "temperatures": [1.5, 1.25, 1.0, 1.0, 0.75, 0.5],
+    "config": "configs/2x.json",
+    "config_keys": ["components.tokee_ner.thresholds", "components.tokee_ner.window"],
+    "run_overrides": {},
+}
+
+
+def setting_text(page: str) -> str:
+    """The setting box's words: tags dropped, entities decoded, spaces collapsed."""
+    box = re.search(r'<div class="tokee-setting">(.*?)</div>', page).group(1)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", box)).split())
+
+
+def test_the_page_states_the_exit_setting(doc):
+    page = render(doc, num_layers=6, setting=SETTING)
+    text = setting_text(page)
+    assert "pipeline training/demo/final-2x" in text
+    assert "component tokee_ner (also in the pipeline: tokee_tagger)" in text
+    assert "exit_mode tokee" in text and "window k = 2" in text and "precision bf16" in text
+    assert "thresholds per layer 0 \u00b7 0.05 \u00b7 0.125 \u00b7 1 \u00b7 1 \u00b7 1" in text
+    assert "threshold 0.1" not in text  # per-layer thresholds override it
+    assert "temperatures calibrated (1.5 \u00b7 1.25" in text
+    assert "config configs/2x.json applied at load time (sets thresholds, window)" in text
+    assert "FLOPs speed-up 2.50\u00d7 over 1 doc" in text
+    plain = dict(SETTING, thresholds=None, temperatures=None, config=None, config_keys=[], run_overrides={"threshold": 1.0})
+    text = setting_text(render(doc, setting=plain))
+    assert "threshold 0.1" in text and "temperatures not calibrated" in text
+    assert "config the pipeline's own (no --config)" in text
+    assert "this run threshold = 1 (per-layer thresholds cleared)" in text
+    # Values are escaped like the text.
+    assert "&lt;x&gt;" in render(doc, setting=dict(SETTING, pipeline="<x>"))
+    assert 'class="tokee-setting"' not in render(doc)
+
+
+def test_exit_setting_reads_the_pipe(trained_ner):
+    setting = exit_setting(trained_ner, pipeline="somewhere/final", config="2x.json", config_keys=["components.tokee_ner.window"])
+    assert setting["component"] == "tokee_ner" and setting["components"] == ["tokee_ner"]
+    assert setting["exit_mode"] == "tokee" and setting["threshold"] == 0.5 and setting["window"] == 1
+    assert setting["thresholds"] is None and setting["temperatures"] == [0.25] * 4 and setting["precision"] == "fp32"
+    assert setting["pipeline"] == "somewhere/final" and setting["config"] == "2x.json" and setting["num_layers"] == 4
+    with pytest.raises(ValueError, match="No early-exit component 'tokee_tagger'"):
+        exit_setting(trained_ner, "tokee_tagger")
+
+
 def test_render_is_exported():
     assert spacy_early_exit.render is render
 
@@ -120,6 +227,20 @@ def test_visualize_command_writes_the_page(trained_ner, tmp_path):
     assert "<London" not in page
     # Threshold 1.0: every token leaves at the first off-ramp.
     assert set(re.findall(r'data-layer="(\d+)"', page.split("<body>", 1)[1])) == {"1"}
+    setting = setting_text(page)
+    assert f"pipeline {tmp_path / 'pipeline'}" in setting and "component tokee_ner" in setting
+    assert "exit_mode tokee" in setting and "threshold 1 " in setting and "window k = 1" in setting
+    assert "precision fp32" in setting and "temperatures calibrated (0.25" in setting
+    assert "config the pipeline's own (no --config)" in setting
+    assert "this run threshold = 1 (per-layer thresholds cleared)" in setting and "FLOPs speed-up" in setting
+    # A tuned config applied at load time is named on the page.
+    tuned = tmp_path / "2x.json"
+    tuned.write_text(json.dumps({"components.tokee_ner.window": 0, "components.tokee_ner.threshold": 0.25}), encoding="utf8")
+    result = CliRunner().invoke(app, ["visualize", str(tmp_path / "pipeline"), "Mary said", "--output", str(output), "--config", str(tuned)])
+    assert result.exit_code == 0, result.output
+    setting = setting_text(output.read_text(encoding="utf8"))
+    assert f"config {tuned} applied at load time (sets threshold, window)" in setting
+    assert "threshold 0.25" in setting and "window k = 0" in setting and "this run" not in setting
     result = CliRunner().invoke(app, ["visualize", str(tmp_path / "pipeline"), "--output", str(output)])
     assert result.exit_code == 2 and "Nothing to show" in result.stderr
 
@@ -196,7 +317,7 @@ def needs_chromium() -> None:
 def test_the_page_renders_in_headless_chromium(doc, tmp_path):
     needs_chromium()
     page = tmp_path / "exits.html"
-    page.write_text(render(doc, num_layers=6, title="Browser test"), encoding="utf8")
+    page.write_text(render(doc, num_layers=6, title="Browser test", setting=SETTING), encoding="utf8")
     png = screenshot(page, tmp_path / "exits.png", width=700, height=300, browser=str(CHROMIUM))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     colours = png_pixels(png)
