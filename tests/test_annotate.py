@@ -219,11 +219,25 @@ def test_row_keys_follow_the_components(tiny_model_dir):
 
     tagger = make_tagger_nlp(tiny_model_dir, gold="upos_tags")
     spec = RowSpec.from_nlp(tagger)
-    assert spec == RowSpec(("tokee_tagger",), ("tags", "pos"))
+    assert (spec.components, spec.annotations) == (("tokee_tagger",), ("tags", "pos"))
     row = spec.annotate(tagger("John lives in London ."))
     assert list(row) == ["tags", "pos", "exit_layers", "flops", "full_flops"] and len(row["tags"]) == 5
     with pytest.raises(AnnotateError, match="no early-exit component"):
         RowSpec.from_nlp(spacy.blank("en"))
+
+
+def test_rows_hold_what_the_pipe_says_it_fills(tiny_model_dir, monkeypatch):
+    from test_tagger import make_tagger_nlp
+
+    nlp = make_tagger_nlp(tiny_model_dir, gold="upos_tags")
+    pipe = nlp.get_pipe("tokee_tagger")
+    # annotate asks the pipe, not its class: a pipe that fills only POS gives rows with only POS.
+    monkeypatch.setattr(pipe, "row_fields", lambda: {"pos": lambda doc: ["X"] * len(doc)})
+    row = RowSpec.from_nlp(nlp).annotate(nlp("John lives here"))
+    assert list(row) == ["pos", "exit_layers", "flops", "full_flops"] and row["pos"] == ["X", "X", "X"]
+    monkeypatch.setattr(pipe, "row_fields", lambda: {"lemmas": lambda doc: []})
+    with pytest.raises(AnnotateError, match="'tokee_tagger' fills the row field 'lemmas'"):
+        RowSpec.from_nlp(nlp)
 
 
 def test_segmenter_rows_list_words(tmp_path):
@@ -271,7 +285,7 @@ class FakeRay(types.SimpleNamespace):
     ],
 )
 def test_ray_session_connects_or_starts(monkeypatch, running, initialized, expected):
-    from spacy_early_exit.distributed import ray_session
+    from spacy_early_exit.annotate.ray_engine import ray_session
 
     fake = FakeRay(running, initialized)
     monkeypatch.setitem(sys.modules, "ray", fake)

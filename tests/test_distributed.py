@@ -92,7 +92,7 @@ def test_a_failing_worker_batch_names_the_input_lines(cluster, pipeline, tmp_pat
 
 
 def test_annotate_dataset_adds_plain_columns(cluster, pipeline):
-    from spacy_early_exit.distributed import annotate_dataset
+    from spacy_early_exit.annotate.ray_engine import annotate_dataset
 
     texts = mixed_texts(40)
     ds = ray.data.from_items([{"id": i, "text": t, "source": "web"} for i, t in enumerate(texts)], override_num_blocks=4)

@@ -3,6 +3,7 @@
 Each problem fails with one ValueError (or BackboneNotFound) that names it,
 never loads with random weights, and never crashes deep inside torch.
 """
+import io
 import math
 import shutil
 import warnings
@@ -10,6 +11,7 @@ import warnings
 import pytest
 import spacy
 import srsly
+import torch
 from spacy.tokens import Doc
 from spacy.training import Example
 
@@ -82,6 +84,51 @@ def test_broken_pipeline_folder_fails_naming_the_problem(saved, tmp_path, proble
         spacy.load(folder)
     # One error: ours, with the cause attached, not one raised while handling another.
     assert info.value.__context__ is None or info.value.__cause__ is info.value.__context__
+
+
+class CodeOnLoad:
+    """What a crafted weights file can hold: unpickling it runs `source`."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __reduce__(self):
+        return (exec, (self.source,))
+
+
+def weights_with_payload(marker):
+    """Saved encoder weights with one extra entry that, unpickled, creates `marker`."""
+
+    def change(record):
+        state = torch.load(io.BytesIO(record["state"]), weights_only=True)
+        state["payload"] = CodeOnLoad(f"open({str(marker)!r}, 'w').close()")
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        record["state"] = buffer.getvalue()
+
+    return change
+
+
+def test_weights_holding_a_pickled_object_are_refused_unrun(saved, tmp_path):
+    from spacy_early_exit.loading import PipelineError, load_pipeline
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(saved, folder)
+    marker = tmp_path / "payload-ran"
+    edit_shim(folder, weights_with_payload(marker))
+    # The payload is real: an unguarded torch.load runs it.
+    edit_shim(folder, lambda record: torch.load(io.BytesIO(record["state"]), weights_only=False))
+    assert marker.exists()
+    marker.unlink()
+
+    refusal = r"'model' file\) hold a pickled Python object \((builtins\.)?exec\) besides tensors; refused without loading it"
+    with pytest.raises(ValueError, match=r"'tokee_ner' could not be loaded from .*crafted.*" + refusal) as info:
+        spacy.load(folder)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PipelineError, match=r"Cannot load the pipeline .*crafted.*" + refusal) as info:
+        load_pipeline(folder)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
 
 
 def test_truncated_component_bytes_fail_naming_the_component(trained_ner):

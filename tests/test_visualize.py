@@ -16,17 +16,8 @@ from typer.testing import CliRunner
 import spacy_early_exit
 from spacy_early_exit.cli import app
 from spacy_early_exit.pipes.base import EXTENSION  # registers doc._.early_exit
-from spacy_early_exit.tools.visualize import (
-    BROWSERS,
-    contrast_ratio,
-    exit_setting,
-    find_browser,
-    layer_color,
-    oklab,
-    relative_luminance,
-    render,
-    screenshot,
-)
+from spacy_early_exit.tools.palette import contrast_ratio, layer_color, oklab, relative_luminance
+from spacy_early_exit.tools.visualize import BROWSERS, exit_setting, find_browser, render, screenshot
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN_SPAN = re.compile(r'<span class="tokee-token[ "]')

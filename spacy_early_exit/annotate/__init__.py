@@ -9,14 +9,15 @@ annotate``, one idea a module:
 - ``progress``: progress lines and the closing summary;
 - ``pipeline``: --config overrides and loading the pipeline;
 - ``local``: the local engine (``nlp.pipe``);
+- ``ray_engine``: the Ray engine (Ray Data actors), imported only by ``--engine ray``;
 - ``arrow_rows``: rows as Arrow columns, for the Ray engine;
 - ``command``: :func:`annotate_corpus`, the command's body;
 - ``errors``: :class:`InputError`, :class:`AnnotateError`, one-line summaries.
 
-The Ray engine (``spacy_early_exit.distributed``) builds its rows with the
-same :class:`RowSpec` and writes them with the same writers, so both engines
-give byte-identical JSONL. It imports this package, never the other way
-round except lazily, when ``--engine ray`` runs.
+The Ray engine (``ray_engine``) builds its rows with the same :class:`RowSpec`
+and writes them with the same writers, so both engines give byte-identical
+JSONL. Nothing here imports it except lazily, when ``--engine ray`` runs, so
+that Ray stays an optional extra.
 
 Record numbering: ``Record.index`` counts documents from 0 over all input
 files; ``Record.where`` names the file and the 1-based line (``.txt``,

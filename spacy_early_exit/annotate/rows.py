@@ -5,23 +5,28 @@ Both engines build rows here (the Ray engine on its workers, with the same
 """
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from .errors import AnnotateError
 from .records import Record
 
 RECORD_KEYS = ("exit_layers", "flops", "full_flops")
-# Every key a row's annotation may have, in the order rows list them.
-ANNOTATION_KEYS = ("words", "tags", "pos", "ents") + RECORD_KEYS
+# The keys a component may fill (EarlyExitPipe.row_fields); each has a fixed
+# Arrow type in arrow_rows.py.
+FIELD_KEYS = ("words", "tags", "pos", "ents")
+# Every key a row's annotation may have.
+ANNOTATION_KEYS = FIELD_KEYS + RECORD_KEYS
 
 
 @dataclass(frozen=True)
 class RowSpec:
-    """What a pipeline's rows hold, read from its early-exit components.
+    """What a pipeline's rows hold, as its early-exit components declare it.
 
     components (Tuple[str, ...]): the early-exit components, in pipeline order.
-    annotations (Tuple[str, ...]): the annotation keys: "words" (segmenter),
-        "tags" / "pos" (tagger), "ents" (NER), in pipeline order.
+    fields (Tuple[Tuple[str, Callable[[Any], Any]], ...]): each annotation key
+        with the function that reads it off a doc (EarlyExitPipe.row_fields),
+        in pipeline order: "words" (segmenter), "tags" / "pos" (tagger),
+        "ents" (NER). A key two components fill appears once, the first's.
 
     The exit record: "exit_layers" is the last early-exit component's (one
     entry per final token, so per word after a segmenter); "flops" and
@@ -29,36 +34,38 @@ class RowSpec:
     """
 
     components: Tuple[str, ...]
-    annotations: Tuple[str, ...]
+    fields: Tuple[Tuple[str, Callable[[Any], Any]], ...]
+
+    @property
+    def annotations(self) -> Tuple[str, ...]:
+        """The annotation keys, in row order."""
+        return tuple(key for key, _ in self.fields)
 
     @classmethod
     def from_nlp(cls, nlp: Any) -> "RowSpec":
-        """The spec of a loaded pipeline.
+        """The spec of a loaded pipeline: each early-exit component names its fields.
 
         nlp (Language): a loaded pipeline with at least one early-exit component.
-        RETURNS (RowSpec): its components and annotation keys.
-        RAISES (AnnotateError): the pipeline has no early-exit component.
+        RETURNS (RowSpec): its components and annotation fields.
+        RAISES (AnnotateError): the pipeline has no early-exit component, or
+            one names a field that rows have no column for.
         """
         from ..pipes.base import EarlyExitPipe
-        from ..pipes.ner import EarlyExitNER
-        from ..pipes.segmenter import EarlyExitSegmenter
-        from ..pipes.tagger import EarlyExitTagger
 
         components: List[str] = []
-        keys: List[str] = []
+        fields: Dict[str, Callable[[Any], Any]] = {}
         for name, pipe in nlp.pipeline:
             if not isinstance(pipe, EarlyExitPipe):
                 continue
             components.append(name)
-            if isinstance(pipe, EarlyExitSegmenter):
-                keys.append("words")
-            elif isinstance(pipe, EarlyExitTagger):
-                keys.extend((["tags"] if pipe.attribute == "tag" else []) + (["pos"] if pipe.writes_pos else []))
-            elif isinstance(pipe, EarlyExitNER):
-                keys.append("ents")
+            for key, read in pipe.row_fields().items():
+                # Arrow columns have a fixed type per key (arrow_rows.py).
+                if key not in FIELD_KEYS:
+                    raise AnnotateError(f"Component '{name}' fills the row field {key!r}; rows have {list(FIELD_KEYS)}")
+                fields.setdefault(key, read)
         if not components:
             raise AnnotateError(f"The pipeline has no early-exit component (tokee_*); its components: {nlp.pipe_names}")
-        return cls(tuple(components), tuple(dict.fromkeys(keys)))
+        return cls(tuple(components), tuple(fields.items()))
 
     def annotate(self, doc: Any) -> Dict[str, Any]:
         """One doc's annotations and exit record.
@@ -67,16 +74,7 @@ class RowSpec:
         RETURNS (Dict[str, Any]): the annotation keys, then RECORD_KEYS.
         RAISES (AnnotateError): a component left no doc._.early_exit record.
         """
-        row: Dict[str, Any] = {}
-        for key in self.annotations:
-            if key == "words":
-                row[key] = [token.text for token in doc]
-            elif key == "tags":
-                row[key] = [token.tag_ for token in doc]
-            elif key == "pos":
-                row[key] = [token.pos_ for token in doc]
-            else:
-                row[key] = [[ent.start_char, ent.end_char, ent.label_] for ent in doc.ents]
+        row: Dict[str, Any] = {key: read(doc) for key, read in self.fields}
         records = doc._.early_exit or {}
         missing = [name for name in self.components if name not in records]
         if missing:

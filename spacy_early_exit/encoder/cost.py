@@ -1,4 +1,5 @@
-"""The analytic FLOPs model (shared/docs/method.md, "Cost model").
+"""The analytic FLOPs model behind ``flops`` and ``full_flops`` (docs/method.md,
+"The FLOPs model", states it for users).
 
 Per layer, hidden size d, FFN width f, n wordpieces present, q of them active:
 K and V projections 2*n*d*d, Q and output projections 2*q*d*d, attention

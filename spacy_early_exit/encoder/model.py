@@ -45,6 +45,23 @@ class EncoderInput:
         return self.word_pieces >= 0
 
 
+@dataclass(frozen=True)
+class EncoderCall:
+    """One forward pass asked of the encoder: what the Thinc layer hands over.
+
+    batch (EncoderInput): the padded rows.
+    policy (Optional[ExitPolicy]): exit settings; None = full depth.
+    all_layers (bool): return every off-ramp's logits (a training pass).
+    exit_layers (Optional[torch.Tensor]): stage 2's forced exit layers, long
+        ``[batch, words]``; needs `all_layers`.
+    """
+
+    batch: EncoderInput
+    policy: Optional[ExitPolicy] = None
+    all_layers: bool = False
+    exit_layers: Optional[torch.Tensor] = None
+
+
 @dataclass
 class EncoderOutput:
     """Per-word results of one forward pass.

@@ -6,7 +6,7 @@ PyTorchWrapper-style "pytorch" layer whose shim owns the torch
 it: wordpiece alignment, long-document windows, length-sorted sub-batches, and
 mapping rows back to tokens.
 """
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -16,10 +16,20 @@ from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 
 from ..encoder.exits import ExitPolicy
-from ..encoder.model import EncoderInput, EncoderOutput
+from ..encoder.model import EncoderCall, EncoderInput, EncoderOutput
 from .alignment import Aligner, DocLayout, SequenceRow, collate
 from .shim import EarlyExitShim
 from .types import DocPrediction, ModelInput, TrainingOutput
+
+
+class _RowResult(NamedTuple):
+    """One row's prediction: per-word logits and exit layers, FLOPs spent and at full depth."""
+
+    logits: numpy.ndarray
+    exit_layers: numpy.ndarray
+    flops: int
+    full_flops: int
+
 
 @registry.architectures("spacy-early-exit.EarlyExitTransformer.v1")
 def build_early_exit_transformer(
@@ -140,10 +150,11 @@ def _all_layers_forward(
     if planner is None:
         # Training always runs the fp32 layers; the precision is for inference.
         policy = ExitPolicy(mode="off", precision=precision) if precision != "fp32" else None
-        layer_logits, backprop = torch_layer((batch, policy, True, None), is_train=is_train)
+        layer_logits, backprop = torch_layer(EncoderCall(batch, policy, all_layers=True), is_train=is_train)
         return TrainingOutput(layer_logits, token_index), backprop
     plan = planner(batch)
-    layer_logits, backprop = torch_layer((batch, None, True, plan.exit_layers), is_train=is_train)
+    call = EncoderCall(batch, all_layers=True, exit_layers=plan.exit_layers)
+    layer_logits, backprop = torch_layer(call, is_train=is_train)
     mask = batch.word_mask
     reference = plan.reference_logits
     return TrainingOutput(
@@ -160,8 +171,8 @@ def _predict_rows(
     pad_id: int,
     policy: Optional[ExitPolicy],
     batch_pieces: int,
-) -> List[Tuple[numpy.ndarray, numpy.ndarray, int, int]]:
-    """Run rows in length-sorted sub-batches; RETURNS per row (logits, exit layers, flops, full)."""
+) -> List[_RowResult]:
+    """Run rows in length-sorted sub-batches; RETURNS one result per row, in row order."""
     results: List[Any] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
     start = 0
@@ -171,43 +182,42 @@ def _predict_rows(
         chunk = order[start:start + size]
         start += size
         batch = collate([rows[i] for i in chunk], pad_id)
-        out: EncoderOutput = torch_layer.predict((batch, policy, False, None))
+        out: EncoderOutput = torch_layer.predict(EncoderCall(batch, policy))
         logits = out.logits.float().cpu().numpy()
         exits = out.exit_layers.cpu().numpy()
         flops = out.flops.tolist()
         full = out.full_flops.tolist()
         for j, i in enumerate(chunk):
             n = len(rows[i].word_cols)
-            results[i] = (logits[j, :n], exits[j, :n], flops[j], full[j])
+            results[i] = _RowResult(logits[j, :n], exits[j, :n], flops[j], full[j])
     return results
 
 
-def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[Any], n_classes: int) -> DocPrediction:
+def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[_RowResult], n_classes: int) -> DocPrediction:
     n_tokens = len(doc)
     logits = numpy.zeros((n_tokens, n_classes), dtype="float32")
     exit_layers = numpy.zeros(n_tokens, dtype="int64")
     for row in layout.rows:
         owned = numpy.flatnonzero(layout.token_rows == row)
-        row_logits, row_exits, _, _ = outputs[row]
-        logits[owned] = row_logits[layout.token_slots[owned]]
-        exit_layers[owned] = row_exits[layout.token_slots[owned]]
-    flops = sum(outputs[row][2] for row in layout.rows)
-    full = sum(outputs[row][3] for row in layout.rows)
+        logits[owned] = outputs[row].logits[layout.token_slots[owned]]
+        exit_layers[owned] = outputs[row].exit_layers[layout.token_slots[owned]]
+    flops = sum(outputs[row].flops for row in layout.rows)
+    full = sum(outputs[row].full_flops for row in layout.rows)
     return DocPrediction(logits, exit_layers, int(flops), int(full))
 
 
-def _convert_inputs(model: Model, inputs: Tuple[Any, ...], is_train: bool):
-    batch, policy, all_layers, exit_layers = inputs
+def _convert_inputs(model: Model, call: EncoderCall, is_train: bool):
+    batch = call.batch
     device = model.shims[0].device
     if batch.input_ids.device != device:
         batch = EncoderInput(*(t.to(device) for t in vars(batch).values()))
-    kwargs = {"policy": policy, "all_layers": all_layers, "exit_layers": exit_layers}
+    kwargs = {"policy": call.policy, "all_layers": call.all_layers, "exit_layers": call.exit_layers}
     return ArgsKwargs(args=(batch,), kwargs=kwargs), lambda d: None
 
 
-def _convert_outputs(model: Model, inputs_outputs: Tuple[Any, EncoderOutput], is_train: bool):
-    (_, _, all_layers, _), output = inputs_outputs
-    if not all_layers:
+def _convert_outputs(model: Model, inputs_outputs: Tuple[EncoderCall, EncoderOutput], is_train: bool):
+    call, output = inputs_outputs
+    if not call.all_layers:
         return output, lambda d: None
     stacked = torch.stack(output.layer_logits)
 

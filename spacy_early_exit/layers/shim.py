@@ -7,6 +7,8 @@ own learning rates (off-ramps, and a lower rate for the backbone) on top of
 whatever optimizer spaCy passes in.
 """
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from io import BytesIO
@@ -24,6 +26,9 @@ from .alignment import Aligner
 from ..memory import native_kernels
 
 RAMP_PREFIX = "encoder.ramps."
+# What torch names in its refusal of a pickled object: "GLOBAL posix.system"
+# (torch >= 2.4) or "Unsupported class posix.system" (2.1-2.3).
+_REFUSED_NAME = re.compile(r"(?:GLOBAL|class)\s+([\w.]+)")
 PARALLELISM_ENV = "TOKENIZERS_PARALLELISM"
 _saved_parallelism: List[Optional[str]] = []
 
@@ -54,6 +59,36 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+class UnsafeWeightsError(ValueError):
+    """Saved encoder weights that hold a pickled Python object besides tensors."""
+
+
+def load_weights(data: bytes, device: torch.device) -> Dict[str, torch.Tensor]:
+    """Read a saved state_dict without running any code it carries.
+
+    torch.load unpickles, and an unpickled object may run code as it is
+    built; `weights_only=True` accepts tensors and plain containers only
+    (the default from torch 2.6, while setup.cfg allows 2.1).
+
+    data (bytes): what `torch.save(encoder.state_dict())` wrote.
+    device (torch.device): where the tensors go.
+    RETURNS (Dict[str, torch.Tensor]): the state_dict.
+    RAISES (UnsafeWeightsError): the data holds anything else; it is not built.
+    """
+    try:
+        return torch.load(BytesIO(data), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise  # a truncated or garbled file, not a refused object
+        found = _REFUSED_NAME.search(str(err))
+        # from None: torch's own text advises weights_only=False, the unsafe way out.
+        raise UnsafeWeightsError(
+            "the encoder weights (the component's 'model' file) hold a pickled Python object"
+            f"{f' ({found[1]})' if found else ''} besides tensors; refused without loading it, since "
+            "loading could run code: the pipeline was not saved by spacy-early-exit, or was altered"
+        ) from None
 
 
 class EncoderHolder(nn.Module):
@@ -228,8 +263,9 @@ class EarlyExitShim(PyTorchShim):
         n_classes = msg["n_classes"] if "n_classes" in msg else msg["n_labels"]
         encoder = EarlyExitEncoder(backbone, n_classes, msg["ramp_dropout"])
         try:
-            state = torch.load(BytesIO(msg["state"]), map_location=device)
-            encoder.load_state_dict(state)
+            encoder.load_state_dict(load_weights(msg["state"], device))
+        except UnsafeWeightsError:
+            raise
         except Exception as err:  # torch raises several types for bad files
             raise ValueError(f"Could not load the early-exit encoder weights: {err}") from err
         with tempfile.TemporaryDirectory() as tmp:

@@ -135,6 +135,15 @@ class EarlyExitPipe(ExitSettings, CheckedLoading, TrainablePipe):
         """Write predicted classes (None: token not scored) onto the doc."""
         raise NotImplementedError
 
+    def row_fields(self) -> Dict[str, Callable[[Doc], Any]]:
+        """The fields this component fills in ``annotate``'s output rows, each
+        with the function that reads its JSON-ready value off a processed doc.
+        Named before any doc is seen, so an engine fixes its columns up front.
+
+        RETURNS (Dict[str, Callable[[Doc], Any]]): field name -> reader; none here.
+        """
+        return {}
+
     # -- the pipe API ----------------------------------------------------------
 
     def add_label(self, label: str) -> int:

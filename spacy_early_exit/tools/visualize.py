@@ -8,9 +8,7 @@ of the layers, each doc's FLOPs speed-up and, given `setting=exit_setting(nlp)`,
 the exit setting that produced it. `screenshot` saves a PNG of such
 a page with a headless Chromium, for READMEs and tests.
 """
-import functools
 import html
-import math
 import os
 import shutil
 import subprocess
@@ -21,10 +19,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from spacy.tokens import Doc, Token
 
 from ..pipes.record import EXTENSION
+from .palette import NO_PIECES, layer_color
+from .setting_box import exit_setting, render_setting
 
 LABEL_MODES = ("auto", "ents", "tags", "none")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-NO_PIECES = "#e9e9e9"  # tokens with no wordpieces (exit layer 0)
 
 CSS = """
 .tokee { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1b1b1b; max-width: 60em; padding: 1em; }
@@ -46,118 +45,6 @@ CSS = """
 .tokee-over, .tokee-under { font-size: 0.62em; font-weight: bold; letter-spacing: 0.03em; min-height: 1.2em; }
 .tokee-ent { box-shadow: inset 0 -0.24em 0 #e8590c; }  /* orange: visible on pale and dark boxes */
 """
-
-
-# The palette runs along a line in OKLab (Björn Ottosson's perceptual colour
-# space, where Euclidean distance tracks perceived difference): lightness falls
-# evenly from a pale yellow (the first off-ramp) to a deep violet (full depth)
-# while the hue turns through green, teal and blue. Cost reads as ink, and
-# because lightness alone orders the layers, readers with any kind of colour
-# vision deficiency (which leaves lightness mostly intact) still tell them
-# apart; the hue turn adds distance between neighbours for everyone else.
-PALETTE_LIGHTNESS = (0.94, 0.34)  # OKLab L of layer 1 and of full depth
-PALETTE_HUE = (105.0, 300.0)  # OKLCh hue in degrees: yellow ... violet
-PALETTE_CHROMA = 0.14  # wanted chroma; lowered where sRGB cannot show it
-INKS = ("#000000", "#ffffff")  # text on a layer colour: whichever contrasts more
-MIN_CONTRAST = 4.5  # WCAG 2.x level AA for normal text
-
-
-def _to_linear(channel: float) -> float:
-    """An sRGB channel in [0, 1] to linear light (the WCAG 2.x / sRGB formula)."""
-    return channel / 12.92 if channel <= 0.04045 else ((channel + 0.055) / 1.055) ** 2.4
-
-
-def _to_srgb(channel: float) -> float:
-    """Linear light in [0, 1] to an sRGB channel in [0, 1]."""
-    return 12.92 * channel if channel <= 0.0031308 else 1.055 * channel ** (1 / 2.4) - 0.055
-
-
-def hex_rgb(colour: str) -> Tuple[int, int, int]:
-    """"#rrggbb" to (r, g, b) in 0..255."""
-    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
-
-
-def relative_luminance(colour: str) -> float:
-    """WCAG 2.x relative luminance of "#rrggbb": 0 (black) to 1 (white)."""
-    red, green, blue = (_to_linear(c / 255) for c in hex_rgb(colour))
-    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
-
-
-def contrast_ratio(first: str, second: str) -> float:
-    """WCAG 2.x contrast ratio of two "#rrggbb" colours: 1 (same) to 21 (black on white)."""
-    light, dark = sorted((relative_luminance(first), relative_luminance(second)), reverse=True)
-    return (light + 0.05) / (dark + 0.05)
-
-
-def oklab(colour: str) -> Tuple[float, float, float]:
-    """"#rrggbb" to OKLab (L, a, b); L runs 0 (black) to 1 (white)."""
-    red, green, blue = (_to_linear(c / 255) for c in hex_rgb(colour))
-    long = 0.4122214708 * red + 0.5363325363 * green + 0.0514459929 * blue
-    medium = 0.2119034982 * red + 0.6806995451 * green + 0.1073969566 * blue
-    short = 0.0883024619 * red + 0.2817188376 * green + 0.6299787005 * blue
-    lc, mc, sc = (math.copysign(abs(x) ** (1 / 3), x) for x in (long, medium, short))
-    return (
-        0.2104542553 * lc + 0.7936177850 * mc - 0.0040720468 * sc,
-        1.9779984951 * lc - 2.4285922050 * mc + 0.4505937099 * sc,
-        0.0259040371 * lc + 0.7827717662 * mc - 0.8086757660 * sc,
-    )
-
-
-def _oklch_linear(lightness: float, chroma: float, hue: float) -> Tuple[float, float, float]:
-    """OKLCh to linear-light sRGB, possibly outside [0, 1]."""
-    a, b = chroma * math.cos(math.radians(hue)), chroma * math.sin(math.radians(hue))
-    lc = (lightness + 0.3963377774 * a + 0.2158037573 * b) ** 3
-    mc = (lightness - 0.1055613458 * a - 0.0638541728 * b) ** 3
-    sc = (lightness - 0.0894841775 * a - 1.2914855480 * b) ** 3
-    return (
-        4.0767416621 * lc - 3.3077115913 * mc + 0.2309699292 * sc,
-        -1.2684380046 * lc + 2.6097574011 * mc - 0.3413193965 * sc,
-        -0.0041960863 * lc - 0.7034186147 * mc + 1.7076147010 * sc,
-    )
-
-
-def oklch_hex(lightness: float, chroma: float, hue: float) -> str:
-    """The "#rrggbb" of an OKLCh colour, its chroma lowered (hue and lightness
-    kept) until sRGB can show it."""
-    low, high = 0.0, chroma
-    for _ in range(24):  # bisect the largest chroma in gamut
-        middle = (low + high) / 2
-        if all(-1e-9 <= c <= 1 + 1e-9 for c in _oklch_linear(lightness, middle, hue)):
-            low = middle
-        else:
-            high = middle
-    channels = (_to_srgb(min(max(c, 0.0), 1.0)) for c in _oklch_linear(lightness, low, hue))
-    return "#" + "".join(f"{round(255 * c):02x}" for c in channels)
-
-
-def text_color(background: str) -> str:
-    """Black or white, whichever has the higher WCAG contrast with `background`
-    (always >= 4.58:1: the two ratios meet at luminance 0.179)."""
-    return max(INKS, key=lambda ink: contrast_ratio(ink, background))
-
-
-@functools.lru_cache(maxsize=None)
-def layer_color(layer: int, num_layers: int) -> Tuple[str, str]:
-    """The background and text colour of a token that exited at `layer`.
-
-    Early exits are pale and full depth is dark, so the eye reads cost as ink;
-    lightness falls in even OKLab steps (0.6 / (num_layers - 1) each) and the
-    hue turns from yellow to violet on the way, so neighbouring layers stay
-    apart even in a long encoder and for colour-blind readers. The text is
-    black or white, whichever contrasts more (WCAG ratio >= 4.5 for all).
-
-    layer (int): the 1-based exit layer, 0 for a token with no wordpieces.
-    num_layers (int): the encoder depth (the darkest colour).
-    RETURNS (Tuple[str, str]): CSS colours "#rrggbb" for background and text.
-    """
-    if layer <= 0:
-        return NO_PIECES, "#555555"
-    share = 0.0 if num_layers <= 1 else (layer - 1) / (num_layers - 1)
-    (light_start, light_end), (hue_start, hue_end) = PALETTE_LIGHTNESS, PALETTE_HUE
-    background = oklch_hex(
-        light_start + (light_end - light_start) * share, PALETTE_CHROMA, hue_start + (hue_end - hue_start) * share
-    )
-    return background, text_color(background)
 
 
 def exit_record(doc: Doc, component: Optional[str], index: int = 0) -> Tuple[str, Dict]:
@@ -284,100 +171,6 @@ def render_legend(num_layers: int) -> str:
     return f'<div class="tokee-legend">{"".join(swatches)}</div>'
 
 
-def exit_setting(
-    nlp: Any,
-    component: Optional[str] = None,
-    pipeline: Optional[Union[str, Path]] = None,
-    config: Optional[Union[str, Path]] = None,
-    config_keys: Optional[Iterable[str]] = None,
-    run_overrides: Optional[Dict[str, Any]] = None,
-) -> Dict[str, Any]:
-    """The exit setting a picture shows, read off the loaded pipeline, for `render(setting=...)`.
-
-    nlp (Language): the pipeline the docs went through (with any overrides applied).
-    component (Optional[str]): the early-exit component shown; None = the last one.
-    pipeline (Optional[Union[str, Path]]): where the pipeline was loaded from.
-    config (Optional[Union[str, Path]]): a JSON of config overrides applied at
-        load time (e.g. a tuned configs/2x.json), or None.
-    config_keys (Optional[Iterable[str]]): the dotted keys that file set.
-    run_overrides (Optional[Dict[str, Any]]): exit fields set on the pipe for
-        this run only (the `visualize` command's --threshold and --window).
-    RETURNS (Dict[str, Any]): plain values: "pipeline", "components" (every
-        early-exit component), "component", "exit_mode", "threshold",
-        "thresholds", "window", "precision", "temperatures", "num_layers",
-        "config", "config_keys", "run_overrides".
-    RAISES (ValueError): no such early-exit component.
-    """
-    from ..pipes.base import EarlyExitPipe  # here: importing it pulls in torch
-
-    pipes = {name: pipe for name, pipe in nlp.pipeline if isinstance(pipe, EarlyExitPipe)}
-    if not pipes:
-        raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit component")
-    component = component or list(pipes)[-1]
-    if component not in pipes:
-        raise ValueError(f"No early-exit component {component!r}; the pipeline has {list(pipes)}")
-    pipe = pipes[component]
-    return {
-        "pipeline": None if pipeline is None else str(pipeline),
-        "components": list(pipes),
-        "component": component,
-        "exit_mode": pipe.exit_mode,
-        "threshold": pipe.threshold,
-        "thresholds": pipe.thresholds,
-        "window": pipe.window,
-        "precision": pipe.precision,
-        "temperatures": pipe.temperatures,
-        "num_layers": pipe.encoder_depth,
-        "config": None if config is None else str(config),
-        "config_keys": list(config_keys or []),
-        "run_overrides": dict(run_overrides or {}),
-    }
-
-
-def _numbers(values: Sequence[float]) -> str:
-    return " \u00b7 ".join(f"{value:.3g}" for value in values)
-
-
-def render_setting(setting: Dict[str, Any], speedup_all: float, n_docs: int) -> str:
-    """The exit setting as one box of "key value" items (see exit_setting)."""
-    items: List[Tuple[str, str]] = []
-    if setting.get("pipeline"):
-        items.append(("pipeline", setting["pipeline"]))
-    component = str(setting.get("component", ""))
-    others = [name for name in setting.get("components", []) if name != component]
-    items.append(("component", component + (f" (also in the pipeline: {', '.join(others)})" if others else "")))
-    mode = setting.get("exit_mode")
-    if mode is not None:
-        items.append(("exit_mode", str(mode) + (" (no early exit: full depth)" if mode == "off" else "")))
-    if setting.get("thresholds") is not None:
-        items.append(("thresholds per layer", _numbers(setting["thresholds"])))
-    elif setting.get("threshold") is not None:
-        items.append(("threshold", f"{setting['threshold']:.3g}"))
-    if setting.get("window") is not None:
-        items.append(("window", f"k = {setting['window']}"))
-    if setting.get("precision") is not None:
-        items.append(("precision", str(setting["precision"])))
-    if "temperatures" in setting:
-        temperatures = setting["temperatures"]
-        items.append(("temperatures", f"calibrated ({_numbers(temperatures)})" if temperatures else "not calibrated"))
-    if setting.get("config"):
-        keys = setting.get("config_keys") or []
-        short = sorted({key.rsplit(".", 1)[-1] for key in keys})
-        items.append(("config", f"{setting['config']} applied at load time" + (f" (sets {', '.join(short)})" if short else "")))
-    else:
-        items.append(("config", "the pipeline's own (no --config)"))
-    for field, value in (setting.get("run_overrides") or {}).items():
-        note = " (per-layer thresholds cleared)" if field == "threshold" else ""
-        items.append(("this run", f"{field} = {value:g}{note}" if isinstance(value, (int, float)) else f"{field} = {value}{note}"))
-    docs = f"{n_docs} doc{'s' if n_docs != 1 else ''}"
-    items.append(("FLOPs speed-up", f"<b>{speedup_all:.2f}\u00d7</b> over {docs}"))
-    spans = []
-    for key, value in items:
-        value = value if key == "FLOPs speed-up" else html.escape(value)
-        spans.append(f'<span><span class="tokee-setting-key">{html.escape(key)}</span> {value}</span>')
-    return f'<div class="tokee-setting">{"".join(spans)}</div>'
-
-
 def render(
     docs: Union[Doc, Iterable[Doc]],
     component: Optional[str] = None,
@@ -489,4 +282,4 @@ def screenshot(
     return png_path
 
 
-__all__ = ["contrast_ratio", "exit_setting", "find_browser", "layer_color", "relative_luminance", "render", "screenshot"]
+__all__ = ["exit_setting", "find_browser", "layer_color", "render", "screenshot"]

@@ -1,4 +1,4 @@
-"""Annotate with Ray Data: one pipeline copy per actor, texts in, plain rows out.
+"""The Ray engine: annotate with Ray Data, one pipeline copy per actor, texts in, plain rows out.
 
 Ray is the optional ``ray`` extra (``pip install "spacy-early-exit[ray]"``)
 and is imported only when used. :func:`annotate_dataset` is the function for
@@ -20,21 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-# annotation_table, annotations_from_table and DOC_COLUMN are this module's
-# public names too (they lived here before annotate/arrow_rows.py).
-from .annotate.arrow_rows import (  # noqa: F401
-    DOC_COLUMN,
-    ROW_COLUMN,
-    TEXT_COLUMN,
-    annotation_table,
-    annotations_from_table,
-    text_table,
-)
-from .annotate.errors import AnnotateError, error_summary
-from .annotate.pipeline import check_pipeline_config, load_pipeline
-from .annotate.records import DEFAULT_BATCH_SIZE, Record, chunks, describe_range, read_records
-from .annotate.rows import RowSpec
-from .threads import set_torch_threads
+from ..threads import set_torch_threads
+from .arrow_rows import ROW_COLUMN, TEXT_COLUMN, annotation_table, annotations_from_table, text_table
+from .errors import AnnotateError, error_summary
+from .pipeline import check_pipeline_config, load_pipeline
+from .records import DEFAULT_BATCH_SIZE, Record, chunks, describe_range, read_records
+from .rows import RowSpec
 
 INSTALL_COMMAND = 'pip install "spacy-early-exit[ray]"'
 # Batches per Ray block in the CLI's dataset: enough blocks to keep every
