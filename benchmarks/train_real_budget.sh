@@ -5,6 +5,9 @@
 #
 #   bash benchmarks/train_real_budget.sh <dataset> <stage1_steps> <stage2_steps> [threads] [first_step]
 #
+# threads: auto (default: the cores not busy when each step starts) or a count,
+# which is also exported as OMP_NUM_THREADS/MKL_NUM_THREADS.
+#
 # Stage 1 evaluates every 500 updates and stops after 2,000 without a better
 # full-depth dev score (model-best is the best full-depth checkpoint). Steps:
 # convert, stage1, stage2, distill, calibrate; `first_step` resumes from one.
@@ -12,19 +15,20 @@
 # the first update, and its dev score (TOKEE at the config's threshold) favours
 # a model whose off-ramps are less confident, i.e. slower. On CoNLL and EWT that
 # step-0 score won, so model-best was the untouched stage-1 model.
-# STOP_AFTER=N ends stage 1 after update N's dev evaluation (the schedule still
-# runs over stage1_steps), which is how the runs below were "stopped by hand":
+# STOP_AFTER=N ends stage 1 after update N's dev evaluation (train.py
+# --stop-after: the schedule still runs over stage1_steps; N is a multiple of
+# 500), which is how the runs below were "stopped by hand":
 # CoNLL 6000 at 3000 (3500 in the first run), EWT 5000 at 2500, Weibo 2000 at 1500.
 # Each step's wall time goes to project/metrics/<dataset>/training_time.json.
 # Model binaries stay in project/training/ (not in git).
 set -euo pipefail
-dataset=$1; s1=$2; s2=$3; threads=${4:-1}; first=${5:-convert}
+dataset=$1; s1=$2; s2=$3; threads=${4:-auto}; first=${5:-convert}
 distill_weight=${DISTILL_WEIGHT:-1.0}
 # SKIP_DISTILL=1 leaves out the self-distillation ablation (measured on CoNLL and EWT).
 skip_distill=${SKIP_DISTILL:-0}
 stop_after=${STOP_AFTER:-0}
 cd "$(dirname "$0")/../project"
-export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+if [[ $threads != auto ]]; then export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; fi
 out="metrics/$dataset/training_time.json"
 mkdir -p "metrics/$dataset" logs
 every=500
@@ -43,19 +47,6 @@ data.setdefault("seconds", {})[name] = seconds
 path.write_text(json.dumps(data, indent=2) + "\n")
 EOF
 }
-stop_stage1_after() {  # N log command...: run it, end it after update N's evaluation row
-  local n=$1 log=$2; shift 2
-  PYTHONUNBUFFERED=1 "$@" &
-  local pid=$!
-  # spaCy prints an evaluation row ("epoch  step  losses ... score") after
-  # saving model-best, so once row N is in the log the checkpoint is on disk.
-  while kill -0 "$pid" 2>/dev/null; do
-    if grep -Eq "^ *[0-9]+ +$n " "$log"; then kill "$pid"; break; fi
-    sleep 20
-  done
-  wait "$pid" || true
-  [[ -d training/$dataset/stage1/model-best ]]
-}
 steps=(convert stage1 stage2 distill calibrate)
 started=false
 for step in "${steps[@]}"; do
@@ -63,13 +54,8 @@ for step in "${steps[@]}"; do
   $started || continue
   case $step in
     convert) run_step convert python scripts/prepare.py "$dataset" "corpus/$dataset" --data-dir ../../shared/data ;;
-    stage1) if [[ $stop_after == 0 ]]; then
-        run_step stage1 python scripts/train.py "corpus/$dataset" "training/$dataset/stage1" --stage 1 \
-          --max-steps "$s1" --patience 2000 --select-on full "${common[@]}"
-      else
-        run_step stage1 stop_stage1_after "$stop_after" "logs/${dataset}_stage1.log" python scripts/train.py \
-          "corpus/$dataset" "training/$dataset/stage1" --stage 1 --max-steps "$s1" --patience 2000 --select-on full "${common[@]}"
-      fi ;;
+    stage1) run_step stage1 python scripts/train.py "corpus/$dataset" "training/$dataset/stage1" --stage 1 \
+        --max-steps "$s1" --stop-after "$stop_after" --patience 2000 --select-on full "${common[@]}" ;;
     stage2) run_step stage2 python scripts/train.py "corpus/$dataset" "training/$dataset/stage2" --stage 2 \
         --init-from "training/$dataset/stage1/model-best" --max-steps "$s2" "${common[@]}" ;;
     distill) [[ $skip_distill == 1 ]] && continue
@@ -88,7 +74,8 @@ done
 python - "$out" "$dataset" "$s1" "$s2" "$threads" "$distill_weight" "$stop_after" "$skip_distill" <<'EOF'
 import json, os, platform, sys
 from pathlib import Path
-path, dataset, s1, s2, threads, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+path, dataset, s1, s2, threads, weight = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
+threads = threads if threads == "auto" else int(threads)
 stop, skip = int(sys.argv[7]), sys.argv[8] == "1"
 env = (f"STOP_AFTER={stop} " if stop else "") + ("SKIP_DISTILL=1 " if skip else "")
 data = json.loads(Path(path).read_text())

@@ -9,15 +9,19 @@
 #   bash benchmarks/train_stage1_distill.sh <dataset> <stage1_steps> <stop_after> <stage2_steps> [threads]
 #
 # stage1_steps sets the schedule (warm-up and linear decay run over it, as in the
-# main run); stop_after ends stage 1 after that update's dev evaluation, where the
-# main run was stopped by hand (CoNLL: 6000 3000, EWT: 5000 2500), so both
-# stage-1 models saw the same updates at the same learning rates.
+# main run); stop_after (a multiple of 500) ends stage 1 after that update's dev
+# evaluation (train.py --stop-after), where the main run was stopped by hand
+# (CoNLL: 6000 3000, EWT: 5000 2500), so both stage-1 models saw the same
+# updates at the same learning rates.
+# threads: auto (default: the cores not busy when each step starts) or a count,
+# which is also exported as OMP_NUM_THREADS/MKL_NUM_THREADS.
 # Wall times go to project/metrics/<dataset>/distill_stage1/training_time.json.
 set -euo pipefail
-dataset=$1; s1=$2; stop_after=$3; s2=$4; threads=${5:-1}
+dataset=$1; s1=$2; stop_after=$3; s2=$4; threads=${5:-auto}
 weight=${DISTILL_WEIGHT:-1.0}; temperature=${DISTILL_TEMPERATURE:-2.0}
 cd "$(dirname "$0")/../project"
-export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
+if [[ $threads != auto ]]; then export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; fi
 metrics="metrics/$dataset/distill_stage1"; out="$metrics/training_time.json"
 train_dir="training/$dataset/distill-stage1"
 mkdir -p "$metrics" logs
@@ -38,20 +42,10 @@ fi
 echo "[$dataset] stage 1 with distill_weight=$weight, T=$temperature, stopping after update $stop_after"
 start=$SECONDS
 log="logs/${dataset}_distill_stage1.log"
-python scripts/train.py "corpus/$dataset" "$train_dir/stage1" --stage 1 --max-steps "$s1" --patience 2000 \
-  --select-on full --eval-frequency 500 --threads "$threads" \
-  --distill-weight "$weight" --distill-temperature "$temperature" > "$log" 2>&1 &
-pid=$!
-# spaCy prints an evaluation row ("epoch  step  losses ... score") after saving
-# model-best, so once the row for stop_after is there the checkpoint is on disk.
-while kill -0 "$pid" 2>/dev/null; do
-  if grep -Eq "^ *[0-9]+ +$stop_after " "$log"; then
-    kill "$pid"; break
-  fi
-  sleep 20
-done
-wait "$pid" || true
-[[ -d $train_dir/stage1/model-best ]] || { echo "stage 1 left no model-best: see $log" >&2; exit 1; }
+python scripts/train.py "corpus/$dataset" "$train_dir/stage1" --stage 1 --max-steps "$s1" --stop-after "$stop_after" \
+  --patience 2000 --select-on full --eval-frequency 500 --threads "$threads" \
+  --distill-weight "$weight" --distill-temperature "$temperature" > "$log" 2>&1 \
+  || { echo "stage 1 failed: see $log" >&2; exit 1; }
 record stage1 $((SECONDS - start))
 
 echo "[$dataset] stage 2 (the paper's loss) from the distilled stage 1"
@@ -71,7 +65,7 @@ from pathlib import Path
 path, dataset, s1, stop, s2, threads, weight, temp, log = sys.argv[1:]
 rows = [line.split() for line in Path(log).read_text().splitlines() if re.match(r"^ *\d+ +\d+ ", line)]
 data = json.loads(Path(path).read_text())
-data.update(dataset=dataset, threads=int(threads), machine=f"{os.cpu_count()} CPU cores, {platform.machine()}",
+data.update(dataset=dataset, threads=threads if threads == "auto" else int(threads), machine=f"{os.cpu_count()} CPU cores, {platform.machine()}",
             steps={"stage1_schedule": int(s1), "stage1_run": int(stop), "stage2": int(s2)}, batch_size=16,
             stage1_distill_weight=float(weight), distill_temperature=float(temp), stage2_distill_weight=0.0,
             stage1_dev_rows=[" ".join(r) for r in rows],

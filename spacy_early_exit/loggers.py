@@ -4,18 +4,21 @@ spaCy's console logger prints one table row per evaluation and nothing in
 between. On a shared or slow machine a hundred updates can take many minutes,
 and silence looks like a hang. `ProgressLogger.v1` keeps spaCy's table and adds
 one line every `progress_every` updates with the recent update rate and an
-estimate of the time left to `training.max_steps`.
+estimate of the time left to `training.max_steps` at that rate.
 """
 import sys
 import time
+from collections import deque
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Optional, Tuple, Union
+from typing import IO, Any, Callable, Deque, Dict, Optional, Tuple, Union
 
 from spacy.language import Language
 
 LogStep = Callable[[Optional[Dict[str, Any]]], None]
 Finalize = Callable[[], None]
 Logger = Callable[[Language, IO, IO], Tuple[LogStep, Finalize]]
+# Updates the recent rate (and so the ETA) is taken over.
+RATE_WINDOW = 20
 
 
 def format_duration(seconds: float) -> str:
@@ -34,44 +37,92 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def evaluations_left(done: int, max_steps: int, frequency: int) -> int:
+    """Dev evaluations still to come: spaCy evaluates update indices 0, f, 2f, ... up to max_steps.
+
+    done (int): updates done; the next one has index `done` (spaCy counts from 0).
+    max_steps (int): the last update index spaCy runs.
+    frequency (int): training.eval_frequency (<= 0: no evaluations counted).
+    RETURNS (int): the evaluations left.
+    """
+    if frequency <= 0 or done > max_steps:
+        return 0
+    return max_steps // frequency - (done - 1) // frequency
+
+
 class Progress:
     """Counts updates and formats the progress line.
 
+    The rate and the ETA come from the last `window` updates, so a change in
+    machine load (another job taking a core) shows within a few lines; an
+    average since the start took most of the run to notice it. Updates with a
+    dev evaluation are kept out of the rate, and the evaluations still to come
+    are added to the ETA at the duration of the last one.
     max_steps (int): the update budget (0 = none: no ETA).
+    eval_frequency (int): updates between dev evaluations (0 = none counted).
     clock (Callable[[], float]): the time source, replaceable in tests.
+    window (int): the updates the recent rate is taken over.
     """
 
-    def __init__(self, max_steps: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        max_steps: int,
+        clock: Callable[[], float] = time.perf_counter,
+        eval_frequency: int = 0,
+        window: int = RATE_WINDOW,
+    ) -> None:
         self.max_steps = max_steps
+        self.eval_frequency = eval_frequency
         self.clock = clock
         self.started = clock()
-        self.last_time = self.started
-        self.last_step = 0
+        self.last_tick = self.started
         self.step = 0
+        self.recent: Deque[float] = deque(maxlen=window)
+        self.eval_seconds = 0.0
 
-    def tick(self) -> None:
-        """Record one update."""
-        self.step += 1
+    def tick(self, evaluated: bool = False) -> None:
+        """Record one update.
 
-    def line(self) -> str:
-        """The progress since the last line, and the estimate of the time left.
-
-        The rate shown is the recent one (since the previous line), which follows
-        a change in machine load; the ETA uses the average since the start, which
-        includes the time spent on dev evaluations and so does not undershoot.
-        RETURNS (str): e.g. "step 150/600 (25%) | 2.41 updates/s | ETA 3m06s".
+        evaluated (bool): the update was followed by a dev evaluation (and a checkpoint).
         """
         now = self.clock()
-        recent = (self.step - self.last_step) / max(now - self.last_time, 1e-9)
-        overall = self.step / max(now - self.started, 1e-9)
-        self.last_time, self.last_step = now, self.step
+        seconds, self.last_tick = now - self.last_tick, now
+        self.step += 1
+        if evaluated:
+            # The interval holds one update as well; take its recent duration off.
+            self.eval_seconds = max(0.0, seconds - (self.seconds_per_update() or 0.0))
+        else:
+            self.recent.append(seconds)
+
+    def seconds_per_update(self) -> Optional[float]:
+        """The mean duration of the recent updates without an evaluation; None before any."""
+        return sum(self.recent) / len(self.recent) if self.recent else None
+
+    def seconds_left(self) -> Optional[float]:
+        """The estimated time to max_steps: updates at the recent rate plus the evaluations left.
+
+        RETURNS (Optional[float]): seconds; None without a budget or a measured update.
+        """
+        per_update = self.seconds_per_update()
+        if self.max_steps <= 0 or per_update is None:
+            return None
+        updates = max(self.max_steps - self.step, 0)
+        return updates * per_update + evaluations_left(self.step, self.max_steps, self.eval_frequency) * self.eval_seconds
+
+    def line(self) -> str:
+        """The recent update rate and the estimate of the time left.
+
+        RETURNS (str): e.g. "step 150/600 (25%) | 2.41 updates/s | ETA 3m06s (to max_steps)".
+        """
+        per_update = self.seconds_per_update()
+        rate = f"{1 / max(per_update, 1e-9):.2f}" if per_update is not None else "?"
         if self.max_steps > 0:
             done = min(self.step, self.max_steps)
-            left = (self.max_steps - done) / overall if overall > 0 else float("inf")
-            eta = format_duration(left) if left != float("inf") else "?"
+            left = self.seconds_left()
+            eta = format_duration(left) if left is not None else "?"
             head = f"step {done}/{self.max_steps} ({100 * done // self.max_steps}%)"
-            return f"{head} | {recent:.2f} updates/s | ETA {eta} (to max_steps)"
-        return f"step {self.step} | {recent:.2f} updates/s | elapsed {format_duration(now - self.started)}"
+            return f"{head} | {rate} updates/s | ETA {eta} (to max_steps)"
+        return f"step {self.step} | {rate} updates/s | elapsed {format_duration(self.clock() - self.started)}"
 
 
 def make_progress_logger(
@@ -95,12 +146,13 @@ def make_progress_logger(
 
     def setup(nlp: Language, stdout: IO = sys.stdout, stderr: IO = sys.stderr) -> Tuple[LogStep, Finalize]:
         log_console, finalize = console(nlp, stdout, stderr)
-        progress = Progress(int(nlp.config["training"].get("max_steps") or 0))
+        training = nlp.config["training"]
+        progress = Progress(int(training.get("max_steps") or 0), eval_frequency=int(training.get("eval_frequency") or 0))
 
         def log_step(info: Optional[Dict[str, Any]]) -> None:
             # spaCy calls this once per update: with the scores after an
             # evaluation, with None otherwise.
-            progress.tick()
+            progress.tick(evaluated=info is not None)
             if info is None and console_output and progress_every and progress.step % progress_every == 0:
                 stdout.write(f"  progress: {progress.line()}\n")
                 stdout.flush()

@@ -10,6 +10,15 @@ def _speedup_text(speedup: Optional[float]) -> str:
     return f"{speedup:.2f}x" if speedup else "n/a"
 
 
+def _duration(seconds: float) -> str:
+    """A short duration for the progress line: 42s, 3m07s, 1h05m."""
+    minutes, seconds = divmod(max(0, int(round(seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
 @dataclass
 class Progress:
     """Counts documents, words and FLOPs; reports to `stream` every `every` seconds.
@@ -28,7 +37,11 @@ class Progress:
     full_flops: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_doc: Optional[float] = None
+    # Where the current report window starts: the line shows the throughput
+    # since the previous line, so a change in machine load shows at once.
     _last_report: float = 0.0
+    _last_docs: int = 0
+    _last_words: int = 0
 
     def __post_init__(self) -> None:
         self._last_report = self.started
@@ -46,8 +59,8 @@ class Progress:
         self.flops += annotation["flops"]
         self.full_flops += annotation["full_flops"]
         if self.stream is not None and now - self._last_report >= self.every:
-            self._last_report = now
             print(f"annotate: {self.line(now)}", file=self.stream, flush=True)
+            self._last_report, self._last_docs, self._last_words = now, self.docs, self.words
 
     @property
     def speedup(self) -> Optional[float]:
@@ -55,16 +68,22 @@ class Progress:
         return self.full_flops / self.flops if self.flops else None
 
     def line(self, now: Optional[float] = None) -> str:
-        """The progress line: documents done, throughput, FLOPs speed-up.
+        """The progress line: documents done, recent throughput, time left, FLOPs speed-up.
 
+        The throughput is the one since the previous line (the run's average
+        goes to the summary), and the time left follows from it.
         now (Optional[float]): time.perf_counter() of the report; None = now.
         RETURNS (str): the line.
         """
-        seconds = max((now or time.perf_counter()) - self.started, 1e-9)
+        seconds = max((now or time.perf_counter()) - self._last_report, 1e-9)
+        docs_per_second = (self.docs - self._last_docs) / seconds
+        words_per_second = (self.words - self._last_words) / seconds
         share = f" ({self.docs / self.total:.0%})" if self.total else ""
+        left = self.total - self.docs
+        eta = f"  ETA {_duration(left / docs_per_second)}" if left > 0 and docs_per_second > 0 else ""
         return (
-            f"{self.docs:,}/{self.total:,} docs{share}  {self.docs / seconds:,.0f} docs/s  "
-            f"{self.words / seconds:,.0f} words/s  FLOPs speed-up {_speedup_text(self.speedup)}"
+            f"{self.docs:,}/{self.total:,} docs{share}  {docs_per_second:,.0f} docs/s  "
+            f"{words_per_second:,.0f} words/s{eta}  FLOPs speed-up {_speedup_text(self.speedup)}"
         )
 
     def summary(self) -> Dict[str, Any]:
