@@ -11,12 +11,20 @@ app = typer.Typer(no_args_is_help=True, help="Early-exit sequence labeling for s
 
 @app.callback()
 def _options(
-    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for the command (0: torch's default; OMP_NUM_THREADS caps it); 1 when another job shares a 2-core machine"),
+    threads: str = typer.Option("auto", "--threads", help="torch threads for the command: auto (the cores not busy at start), a count, or 0 for torch's default; OMP_NUM_THREADS caps it"),
 ) -> None:
     """Options before the command name, shared by every command."""
-    from .threads import set_torch_threads
+    import sys
 
-    set_torch_threads(threads)
+    from .threads import apply_threads, parse_threads
+
+    try:
+        setting = parse_threads(threads)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--threads") from None
+    # The chosen count goes to a terminal only: commands promise one error line
+    # on stderr and nothing else, which scripts and tests rely on.
+    apply_threads(setting, stream=sys.stderr if sys.stderr.isatty() else None)
 
 
 def _fail(message: str) -> NoReturn:
@@ -76,7 +84,7 @@ def _load_examples(nlp, path: Path, limit: int = 0):
 def evaluate(
     pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
     data: Path = typer.Argument(..., help="Evaluation .spacy file (e.g. test)"),
-    tuned: Optional[Path] = typer.Option(None, help="A `tune` report (chosen on dev): evaluate each reachable target's setting"),
+    tuned: Optional[Path] = typer.Option(None, help="A `tune` report, or the stage choice's (project/scripts/choose_stage.py): evaluate each reachable target's setting on the pipeline it names, and the static cuts around it"),
     tune_data: Optional[Path] = typer.Option(None, help="Without --tuned: held-out .spacy file on which a TOKEE threshold is chosen per --speedup (never the test set)"),
     speedup: List[float] = typer.Option([2.0], help="Target FLOPs speed-ups for TOKEE (with --tune-data)"),
     window: int = typer.Option(2, help="TOKEE window k (with --tune-data)"),
@@ -87,28 +95,40 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, help="Write the rows as JSON here"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 (default: the pipeline's)"),
 ) -> None:
-    """Score a pipeline at full depth and with TOKEE on test; time them side by side."""
-    import spacy
+    """Score a pipeline at full depth, with TOKEE and at the static cuts next to it on test; time them side by side."""
     import torch
 
-    from .tools.evaluate import Setting, compare, format_table
-    from .tools.measure import main_metric, threshold_for_speedup
+    from .tools.evaluate import (
+        Setting, by_speedup, compare, format_table, pipeline_stage, report_settings, static_fields,
+        bracketing_layers,
+    )
+    from .tools.measure import flops_speedup, main_metric, threshold_for_speedup
+    from .tools.sweep import encoder_depth
 
     nlp = _load_pipeline(pipeline)
     metric = metric or main_metric(nlp)
     examples = _load_examples(nlp, data)
-    settings = [Setting("full", {"exit_mode": "off"})]
+    num_layers = encoder_depth(nlp)
+    # A report from the stage choice names each row's pipeline; load each once.
+    loaded = {str(pipeline): nlp}
+
+    def load(path: Optional[str]):
+        key = str(path or pipeline)
+        if key not in loaded:
+            loaded[key] = _load_pipeline(Path(key))
+        return loaded[key]
+
+    here = {"stage": pipeline_stage(nlp), "pipeline": str(pipeline)}
     if tuned is not None:
         report = json.loads(tuned.read_text(encoding="utf8"))
         for entry in report["targets"]:
             if not entry["reachable"]:
                 typer.echo(f"target {entry['target']}x was not reachable on dev: {entry.get('reason', '')}")
-                continue
-            # Reports before exit schedules had no "fields": a flat threshold.
-            fields = entry.get("fields") or {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
-            settings.append(Setting(f"tokee-{entry['target']:g}x", fields))
+        settings = report_settings(report, load, num_layers, str(pipeline))
     elif tune_data is not None:
+        settings = [Setting("full", {"exit_mode": "off"}, info=here)]
         tune_texts = [eg.reference.text for eg in _load_examples(nlp, tune_data)]
+        reached = []
         for target in speedup:
             threshold = threshold_for_speedup(nlp, tune_texts, target, "tokee", window)
             if threshold is None:
@@ -116,16 +136,22 @@ def evaluate(
                 continue
             typer.echo(f"TOKEE {target}x on {tune_data.name}: window {window}, threshold {threshold}")
             fields = {"exit_mode": "tokee", "window": window, "threshold": threshold, "thresholds": None}
-            settings.append(Setting(f"tokee-{target:g}x", fields))
+            settings.append(Setting(f"tokee-{target:g}x", fields, info={**here, "target": target}))
+            reached.append(target)
+        # The static cuts' speed-ups on the same held-out texts (FLOPs only, no labels).
+        statics = [{"layer": k, "flops_speedup": flops_speedup(nlp, tune_texts, static_fields(k, num_layers))} for k in range(1, num_layers)]
+        for layer in bracketing_layers(statics, reached):
+            info = {**here, "layer": layer, "window": None, "threshold": None}
+            settings.append(Setting(f"static-{layer}", static_fields(layer, num_layers), info=info))
     else:
-        settings.append(Setting("tokee", {"exit_mode": "tokee"}))
+        settings = [Setting("full", {"exit_mode": "off"}, info=here), Setting("tokee", {"exit_mode": "tokee"}, info=here)]
     if precision is not None:
         _check_precision(precision)
         for setting in settings:
             setting.fields = {**setting.fields, "precision": precision}
     timing = [eg.reference.text for eg in examples[: timing_docs or len(examples)]]
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    rows = compare(nlp, examples, settings, metric, timing, sizes, repeats)
+    rows = by_speedup(compare(nlp, examples, settings, metric, timing, sizes, repeats))
     typer.echo(format_table(rows, metric))
     if output is not None:
         report = {
@@ -233,11 +259,12 @@ def sweep(
     slope: float = typer.Option(1.0, "--slope", min=0.01, help="TOKEE's per-layer threshold growth above --min-layer"),
     limit: int = typer.Option(0, "--limit", min=0, help="Use the first N docs only (0: all)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score to report (default: the component's main score)"),
+    tuned: Optional[Path] = typer.Option(None, "--tuned", help="A tune report (metrics/<dataset>/tune.json): sweep each tuned target's schedule family (on the pipeline it names) and mark the tuned points, instead of --window/--min-layer/--slope"),
 ) -> None:
     """Score and FLOPs speed-up of SENTEE/TOKEE over a threshold grid, full depth and static-k; CSV, JSON, PNG."""
     import spacy
 
-    from .tools.sweep import DEFAULT_THRESHOLDS, run_sweep, write_sweep
+    from .tools.sweep import DEFAULT_THRESHOLDS, describe_families, run_sweep, write_sweep
     from .tools.measure import main_metric
     from .tools.options import parse_numbers
 
@@ -245,11 +272,25 @@ def sweep(
         grid = parse_numbers(thresholds, float, "--thresholds") if thresholds else list(DEFAULT_THRESHOLDS)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    if tuned is not None and not tuned.is_file():
+        _fail(f"No such tune report: {tuned}")
     nlp = _load_pipeline(pipeline)
     examples = _load_examples(nlp, data, limit)
     metric = metric or main_metric(nlp)
-    rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True, min_layer=min_layer, slope=slope)
-    meta = {"pipeline": str(pipeline), "data": str(data), "limit": limit, "n_docs": len(examples), "window": window, "min_layer": min_layer, "slope": slope}
+    report = json.loads(tuned.read_text(encoding="utf8")) if tuned is not None else None
+    loaded: Dict[str, Any] = {str(pipeline): nlp}
+
+    def load(path: str):
+        if path not in loaded:
+            loaded[path] = _load_pipeline(Path(path))
+        return loaded[path]
+
+    rows = run_sweep(nlp, examples, grid, window, metric=metric, progress=True, min_layer=min_layer, slope=slope, tuned=report, load=load)
+    meta = {"pipeline": str(pipeline), "data": str(data), "limit": limit, "n_docs": len(examples)}
+    if report is None:
+        meta.update(window=window, min_layer=min_layer, slope=slope)
+    else:
+        meta.update(tuned=str(tuned), families=describe_families(report))
     for path in write_sweep(rows, output_dir, metric, meta).values():
         typer.echo(f"Wrote {path}")
 
@@ -276,7 +317,7 @@ def visualize(
 ) -> None:
     """Write an HTML page with each token shaded by the layer at which it exited."""
     from .tools.evaluate import early_exit_pipes
-    from .tools.visualize import LABEL_MODES, render, screenshot as save_screenshot
+    from .tools.visualize import LABEL_MODES, exit_setting, render, screenshot as save_screenshot
 
     _check_pipeline(pipeline)
     if labels not in LABEL_MODES:
@@ -290,16 +331,28 @@ def visualize(
         _fail("Nothing to show: give texts after the pipeline, or --file")
     if config is not None and not config.is_file():
         _fail(f"No such config file: {config}")
-    nlp = _load_pipeline(pipeline, json.loads(config.read_text(encoding="utf8")) if config else None)
+    overrides = json.loads(config.read_text(encoding="utf8")) if config else None
+    nlp = _load_pipeline(pipeline, overrides)
     pipes = dict(early_exit_pipes(nlp))
     name = component or list(pipes)[-1]
     if name not in pipes:
         _fail(f"No early-exit component {name!r} in {pipeline}; it has {list(pipes)}")
+    run_overrides: Dict[str, Any] = {}
     if threshold is not None:
         pipes[name].thresholds, pipes[name].threshold = None, threshold
+        run_overrides["threshold"] = threshold
     if window is not None:
         pipes[name].window = window
-    page = render(list(nlp.pipe(lines)), component=name, num_layers=pipes[name].num_layers, labels=labels, title=f"Early exits: {pipeline.name}")
+        run_overrides["window"] = window
+    keys = list(overrides or {}) if isinstance(overrides, dict) else []
+    setting = exit_setting(
+        nlp, name, pipeline=pipeline, config=config,
+        config_keys=[key for key in keys if key.startswith(f"components.{name}.")] or keys, run_overrides=run_overrides,
+    )
+    page = render(
+        list(nlp.pipe(lines)), component=name, num_layers=pipes[name].num_layers, labels=labels,
+        title=f"Early exits: {pipeline.name}", setting=setting,
+    )
     _write(output, page)
     if screenshot is not None:
         try:

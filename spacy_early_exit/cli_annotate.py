@@ -10,11 +10,31 @@ from typing import List, Optional
 import typer
 
 from .annotate import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, AnnotateError, InputError, annotate_corpus, parse_overrides
+from .annotate.errors import PipelinePathError
 
 
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
+
+
+def per_worker_threads(value: str) -> Optional[int]:
+    """--threads-per-worker as annotate_corpus takes it: None for auto, else a count >= 1.
+
+    value (str): "auto" or a count.
+    RETURNS (Optional[int]): None (annotate's default per engine) or the count.
+    """
+    from .threads import AUTO, parse_threads
+
+    try:
+        setting = parse_threads(value)
+    except ValueError:
+        setting = 0
+    if setting == AUTO:
+        return None
+    if not setting:
+        raise typer.BadParameter(f"must be 'auto' or an integer >= 1; got {value!r}", param_hint="--threads-per-worker")
+    return int(setting)
 
 
 def annotate_command(
@@ -23,7 +43,7 @@ def annotate_command(
     output: Path = typer.Argument(..., metavar="OUTPUT", help=".jsonl (one line per input document, in input order) or .spacy (a folder of DocBin shards)"),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: nlp.pipe (n_process for --workers > 1); ray: Ray Data on a running cluster, else a local one"),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (local) or Ray actors, each with its own pipeline copy"),
-    threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="torch threads per worker (default: torch's own with one local worker, else 1)"),
+    threads_per_worker: str = typer.Option("auto", "--threads-per-worker", help="torch threads per worker: a count, or auto (one local worker: the top-level --threads choice, itself auto by default; else 1)"),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Documents per batch"),
     config: List[str] = typer.Option([], "--config", metavar="KEY=VALUE", help="KEY=VALUE config override for the run, repeatable, e.g. components.tokee_ner.threshold=0.3"),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", min=1, help="Documents per DocBin shard (.spacy output)"),
@@ -36,9 +56,10 @@ def annotate_command(
     try:
         annotate_corpus(
             pipeline, input_path, output,
-            engine=engine.value, workers=workers, threads_per_worker=threads_per_worker,
+            engine=engine.value, workers=workers, threads_per_worker=per_worker_threads(threads_per_worker),
             batch_size=batch_size, overrides=parse_overrides(config), shard_size=shard_size,
         )
     except (InputError, AnnotateError) as err:
         typer.echo(f"annotate: error: {err}", err=True)
-        raise typer.Exit(1) from None
+        # 2 for a wrong PIPELINE path, as every other command gives; 1 for a failed run.
+        raise typer.Exit(2 if isinstance(err, PipelinePathError) else 1) from None

@@ -36,6 +36,26 @@ def check_pipeline_dir(path: PathLike) -> Path:
     return path
 
 
+def check_pipeline_name(name: PathLike) -> PathLike:
+    """Check a pipeline that may be a folder or an installed pipeline package.
+
+    A name that is an installed package (``en_core_web_sm``) is left to
+    spacy.load; anything else must be a pipeline folder, so that a typo in a
+    path fails here in one line rather than as spaCy's E050/E052.
+
+    name (PathLike): a pipeline folder or the name of an installed pipeline package.
+    RETURNS (PathLike): the name, unchanged.
+    RAISES (PipelineError): it is no package and not a pipeline folder (check_pipeline_dir).
+    """
+    from spacy.util import is_package
+
+    # The command line hands over a Path even for a package name.
+    if not Path(name).exists() and is_package(str(name)):
+        return name
+    check_pipeline_dir(name)
+    return name
+
+
 def load_pipeline(
     path: PathLike,
     config: Optional[Dict[str, Any]] = None,
@@ -69,13 +89,35 @@ def load_pipeline(
                 f"The pipeline {path} was saved by an earlier version: these config fields moved: {moved}. "
                 f"Run: python -m spacy_early_exit migrate {path}"
             ) from err
-        # Only spaCy's own read errors (E050-E053, bad meta/config) land here;
-        # the first line of its message is kept because it says which file.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # spaCy's own read errors (E050-E053, bad meta/config) land here, and
+        # config values its checks reject; for those the fields are kept, for
+        # the rest the first line of the message, which says which file.
+        first = config_error_fields(err) or (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         raise PipelineError(f"Cannot load the pipeline {path}: {first}") from err
     if require_early_exit and not any(isinstance(pipe, EarlyExitPipe) for _, pipe in nlp.pipeline):
         raise PipelineError(f"The pipeline {path} has no early-exit component (its pipes: {nlp.pipe_names})")
     return nlp
+
+
+def config_error_fields(err: BaseException) -> str:
+    """The fields and reasons of a config validation error, on one line ("" for other errors).
+
+    spaCy's config errors (confection's ConfigValidationError) print the whole
+    resolved config after the field lines; the field lines are what a user needs.
+
+    err (BaseException): any error.
+    RETURNS (str): e.g. "tokee_ner -> threshold: 2.0 is not a number in [0, 1]", or "".
+    """
+    errors = getattr(err, "errors", None)
+    if not isinstance(errors, (list, tuple)) or not all(isinstance(e, dict) and "loc" in e for e in errors):
+        return ""
+    parts = []
+    for error in errors:
+        where = " -> ".join(str(part) for part in error["loc"])
+        # "at root:" is the checker's path inside the value: noise for a plain field.
+        reason = str(error.get("msg", "")).removeprefix("at root: ")
+        parts.append(f"{where}: {reason}" if reason else where)
+    return "; ".join(parts)
 
 
 def _moved_fields(path: PathLike) -> str:

@@ -153,8 +153,64 @@ def test_cli_writes_the_pipeline_and_the_report(saved_pipeline, tmp_path):
     args = ["calibrate", str(pipeline), str(dev), "--output", str(tmp_path / "out"), "--metrics", str(metrics), "--limit", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "| layer | T | NLL before | NLL after | ECE before | ECE after |" in result.output
+    assert "| layer | T | NLL before | NLL after | ECE before | ECE after | fit kept |" in result.output
     report = json.loads(metrics.read_text(encoding="utf8"))
     assert report["n_docs"] == 2
     temperatures = report["components"]["tokee_ner"]["temperatures"]
     assert spacy.load(tmp_path / "out").get_pipe("tokee_ner").temperatures == temperatures
+
+
+def test_a_fit_that_does_not_help_on_held_out_tokens_keeps_t1():
+    # A layer that is already calibrated (labels drawn from softmax(z)): the
+    # in-sample fit still moves T off 1 (it fits the sample's noise), but on
+    # held-out tokens that does not lower the NLL, so T = 1 stays.
+    logits, gold = sample(600, 4, 1.0, seed=11)
+    report = calibrate_layers(numpy.stack([logits]), gold)
+    (row,) = report["layers"]
+    assert report["kept"] == [False] and report["temperatures"] == [1.0]
+    assert row["fitted_temperature"] != 1.0 and row["reason"] == "held-out NLL not improved"
+    assert row["nll_after"] == row["nll_before"] and row["ece_after"] == row["ece_before"]
+    assert row["heldout_nll_after"] >= row["heldout_nll_before"]
+
+
+def test_held_out_check_refuses_a_fit_that_only_matches_its_own_fold():
+    # Fold 0 is over-confident (labels from softmax(z / 3)), fold 1 is
+    # under-confident (labels from softmax(3 z)): each fold's fit is wrong for the other.
+    hot, hot_gold = sample(1500, 4, 3.0, seed=12)
+    cold, cold_gold = sample(1500, 4, 1 / 3, seed=13)
+    logits = numpy.concatenate([hot, cold])
+    gold = numpy.concatenate([hot_gold, cold_gold])
+    folds = numpy.array([0] * 1500 + [1] * 1500)
+    assert fit_temperature(logits, gold) != 1.0  # in-sample the fit always finds something
+    row = calibrate_layers(logits[None], gold, folds=folds)["layers"][0]
+    assert not row["kept"] and row["temperature"] == 1.0
+    assert row["heldout_nll_after"] >= row["heldout_nll_before"] and "held-out" in row["reason"]
+
+
+def test_a_fit_that_helps_is_kept_and_refitted_on_all_tokens():
+    logits, gold = sample(3000, 5, 1.0, seed=14)
+    row = calibrate_layers((logits * 3.0)[None], gold)["layers"][0]
+    assert row["kept"] and row["temperature"] == row["fitted_temperature"] == pytest.approx(3.0, rel=0.1)
+    assert row["heldout_nll_after"] < row["heldout_nll_before"] and row["ece_after"] < row["ece_before"]
+
+
+def test_too_little_data_to_check_keeps_t1():
+    logits, gold = sample(50, 3, 1.0, seed=15)
+    row = calibrate_layers((logits * 3.0)[None], gold, folds=numpy.zeros(50, dtype="int64"))["layers"][0]
+    assert not row["kept"] and row["temperature"] == 1.0 and row["heldout_nll_before"] is None
+    with pytest.raises(ValueError, match="folds"):
+        calibrate_layers(logits[None], gold, folds=numpy.zeros(3))
+
+
+def test_the_report_says_which_fits_were_kept(saved_pipeline, tmp_path):
+    from spacy_early_exit.tools.calibrate import format_report
+
+    pipeline, dev = saved_pipeline
+    report = calibrate_pipeline(pipeline, dev, tmp_path / "out")
+    fitted = report["components"]["tokee_ner"]
+    assert len(fitted["kept"]) == 4
+    for row, kept in zip(fitted["layers"], fitted["kept"]):
+        assert row["kept"] is kept and (kept or row["temperature"] == 1.0)
+        assert row["heldout_nll_before"] is not None  # 4 docs: two per fold
+    table = format_report(report)
+    assert table.count("| yes |") + table.count("| no (") == 4

@@ -12,12 +12,13 @@ from spacy.tokens import DocBin
 from typer.testing import CliRunner
 
 from spacy_early_exit.cli import app
-from spacy_early_exit.loading import PipelineError, check_pipeline_dir, load_pipeline
+from spacy_early_exit.loading import PipelineError, check_pipeline_dir, check_pipeline_name, load_pipeline
 
 COMMANDS = sorted(typer.main.get_command(app).commands)
-# The commands that share cli._fail's format ("Error: ...", status 2); any other
-# (annotate has its own module and prefix) must still fail in one line naming the path.
-SHARED_FORMAT = {"evaluate", "calibrate", "tune", "sweep", "visualize"}
+# The commands that share cli._fail's format ("Error: ...", status 2); annotate
+# has its own module and prefix ("annotate: error: ...", status 2 too).
+SHARED_FORMAT = {"evaluate", "calibrate", "tune", "sweep", "visualize", "migrate"}
+OWN_PREFIX = {"annotate": "annotate: error: "}
 
 
 def command_args(name: str, pipeline: Path, tmp_path: Path) -> List[str]:
@@ -82,7 +83,7 @@ MESSAGES = {
 
 
 def test_every_command_is_covered():
-    assert SHARED_FORMAT <= set(COMMANDS)
+    assert SHARED_FORMAT | set(OWN_PREFIX) == set(COMMANDS)
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_PATHS))
@@ -94,14 +95,15 @@ def test_bad_pipeline_path_fails_in_one_line(command, kind, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(pipeline) in lines[0], result.output
     assert "Traceback" not in result.output
-    if command in SHARED_FORMAT:
-        assert result.exit_code == 2
-        assert lines[0].startswith(f"Error: {MESSAGES[kind]}"), lines[0]
+    assert result.exit_code == 2
+    prefix = OWN_PREFIX.get(command, "Error: ")
+    assert lines[0].startswith(f"{prefix}{MESSAGES[kind]}"), lines[0]
 
 
-@pytest.mark.parametrize("command", sorted(SHARED_FORMAT - {"calibrate"}))
+@pytest.mark.parametrize("command", sorted(SHARED_FORMAT - {"calibrate", "migrate"}))
 def test_a_pipeline_without_early_exit_fails_in_one_line(command, tmp_path):
-    # calibrate only checks the folder (it loads the pipeline itself, once).
+    # calibrate only checks the folder (it loads the pipeline itself, once);
+    # migrate only rewrites config files.
     folder = tmp_path / "blank"
     spacy.blank("en").to_disk(folder)
     result = CliRunner().invoke(app, command_args(command, folder, tmp_path))
@@ -129,6 +131,32 @@ def test_in_a_real_process_there_is_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"Error: No such pipeline folder: {missing}"]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty-folder"])
+def test_annotate_in_a_real_process_exits_2_in_one_line(kind, tmp_path):
+    pipeline = BAD_PATHS[kind](tmp_path)
+    source = tmp_path / "in.txt"
+    source.write_text("Ada Lovelace lived in London.\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_early_exit", "annotate", str(pipeline), str(source), str(tmp_path / "out.jsonl")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"annotate: error: {MESSAGES[kind]}") and lines[0].endswith(str(pipeline))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_check_pipeline_name_lets_an_installed_package_through(tmp_path):
+    # Any installed distribution passes spaCy's is_package; spacy.load judges the rest.
+    assert check_pipeline_name("spacy") == "spacy"
+    with pytest.raises(PipelineError, match="No such pipeline folder: no_such_pipeline_package"):
+        check_pipeline_name("no_such_pipeline_package")
+    (tmp_path / "spacy").mkdir()  # a folder of that name wins over the package
+    with pytest.raises(PipelineError, match="Not a spaCy pipeline folder"):
+        check_pipeline_name(tmp_path / "spacy")
 
 
 def test_load_pipeline_checks_before_spacy(tmp_path, trained_ner):

@@ -166,14 +166,14 @@ def test_malformed_lines_raise_with_file_and_line(tmp_path, fmt, name, text, lin
     reader = convert.READERS[fmt][0]
     with pytest.raises(ValueError) as err:
         reader(path)
-    assert f"{path}, line {lineno}:" in str(err.value)
-    assert message in str(err.value)
+    assert str(err.value).startswith(f"{path}:{lineno}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_invalid_utf8_names_the_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes("科0\tO\n".encode() + b"\xed\xa0\xbd0\tO\n")
-    with pytest.raises(ValueError, match=r"bad\.txt, line 2: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"bad\.txt:2: not valid UTF-8"):
         convert.read_weibo(path)
 
 
@@ -196,6 +196,79 @@ def test_conll_columns_word_first_tag_last(tmp_path):
     fixture = FIXTURES / "conll2003_iob2.txt"
     assert [ents(d) for d in convert.read_conll(fixture)] == [ents(d) for d in convert.read_conll2003(fixture)]
     assert convert.read_conll(write(tmp_path, "empty.conll", "\n\n")) == []
+
+
+# ---------------------------------------------------------------- messy input: tabs, odd tokens, bad lines
+
+
+def test_tab_separated_conll_keeps_tokens_with_spaces(tmp_path):
+    # A real Twitter NER corpus has a token that is a non-breaking space.
+    path = write(tmp_path, "tweets.conll", "RT\tO\n@user\tO\n\xa0\tO\nNew York\tB-LOC\n\nhi\tO\n")
+    docs = convert.read_conll(path)
+    assert [[t.text for t in doc] for doc in docs] == [["RT", "@user", "\xa0", "New York"], ["hi"]]
+    assert ents(docs[0]) == [("New York", "LOC")]
+    # A trailing space after a tag is no part of it.
+    assert ents(convert.read_conll(write(tmp_path, "t.conll", "Ada\tB-PER \n"))[0]) == [("Ada", "PER")]
+
+
+def test_space_separated_conll_still_splits_on_whitespace(tmp_path):
+    path = write(tmp_path, "s.conll", "Ada  B-PER\nLovelace I-PER\n")
+    assert ents(convert.read_conll(path)[0]) == [("Ada Lovelace", "PER")]
+    assert convert.detect_separator(path) is None and convert.detect_separator(FIXTURES / "uner.iob2") == "\t"
+
+
+@pytest.mark.parametrize(
+    "text,lineno,message",
+    [
+        ("Ada\tB-PER\nwrote\n", 2, "expected 2 tab-separated columns, got 1: 'wrote'"),
+        ("Ada\tB-PER\n\tO\n", 2, "expected a token in column 1, got an empty column"),
+        ("Ada\tB-PER\nwrote\tX\n", 2, "bad IOB tag 'X' in column 2 (expected O, B-TYPE or I-TYPE)"),
+        ("\nAda\n\nwrote O\n", 2, "expected at least 2 columns (token ... IOB tag), got 1"),
+    ],
+)
+def test_an_unreadable_line_is_one_line_naming_file_and_line(tmp_path, text, lineno, message):
+    path = write(tmp_path, "x.conll", text)
+    with pytest.raises(convert.BadLine) as err:
+        convert.read_conll(path)
+    assert str(err.value) == f"{path}:{lineno}: {message}"
+
+
+def test_skip_bad_lines_counts_them_per_file(tmp_path):
+    bad_lines = convert.BadLines(skip=True)
+    one = write(tmp_path, "one.conll", "Ada\tB-PER\nwrote\nit\tX\n\nin\tO\nLondon\tB-LOC\n")
+    two = write(tmp_path, "two.jsonl", '{"text": "Ada"}\nnot json\n')
+    docs = convert.read_conll(one, bad_lines=bad_lines)
+    assert [doc.text for doc in docs] == ["Ada", "in London"]
+    assert len(convert.read_jsonl(two, bad_lines=bad_lines)) == 1
+    assert bad_lines.summary() == [f"{one}: skipped 2 bad lines", f"{two}: skipped 1 bad line"]
+    # A sentence-level error is no line to skip: it still raises.
+    with pytest.raises(convert.BadLine, match="IOB2 tag 'I-ORG'"):
+        convert.read_iob2(write(tmp_path, "x.iob2", "1\tA\tB-PER\t-\t-\n2\tB\tI-ORG\t-\t-\n"), bad_lines=bad_lines)
+
+
+def test_cli_fails_in_one_line_with_status_2_or_skips(tmp_path):
+    source = write(tmp_path, "x.conll", "Ada\tB-PER\nwrote\n\nin\tO\n")
+    result = CliRunner().invoke(convert.app, ["conll", str(source), str(tmp_path / "x.spacy")])
+    assert result.exit_code == 2 and not (tmp_path / "x.spacy").exists()
+    assert result.stderr.strip().splitlines() == [
+        f"{source}:2: expected 2 tab-separated columns, got 1: 'wrote' (skip such lines with --skip-bad-lines)"
+    ]
+    result = CliRunner().invoke(convert.app, ["conll", str(source), str(tmp_path / "x.spacy"), "--skip-bad-lines"])
+    assert result.exit_code == 0 and f"{source}: skipped 1 bad line" in result.output
+    assert len(list(DocBin().from_disk(tmp_path / "x.spacy").get_docs(spacy.blank("en").vocab))) == 2
+
+
+def test_conll_tag_reads_any_tag_set(tmp_path):
+    ark = write(tmp_path, "ark.conll", "@bob\t@\nlol\t!\n\xa0\t,\n\nok\tN\n")
+    docs = convert.read_conll_tag(ark)
+    assert [[(t.text, t.tag_, t.pos_) for t in doc] for doc in docs] == [
+        [("@bob", "@", ""), ("lol", "!", ""), ("\xa0", ",", "")], [("ok", "N", "")]
+    ]
+    # UPOS tags go to token.pos_ too; space-separated columns as in read_conll.
+    upos = convert.read_conll_tag(write(tmp_path, "u.txt", "I PRON\nsee VERB\n"))
+    assert [(t.tag_, t.pos_) for t in upos[0]] == [("PRON", "PRON"), ("VERB", "VERB")]
+    with pytest.raises(convert.BadLine, match=r"u2\.txt:2: bad tag '' in column 2 \(expected a tag without spaces\)"):
+        convert.read_conll_tag(write(tmp_path, "u2.txt", "I\tPRON\nsee\t\n"))
 
 
 def test_jsonl_spans_entities_and_dict_spans(tmp_path):

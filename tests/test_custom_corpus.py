@@ -195,3 +195,108 @@ def test_workflow_all_on_your_own_corpus(tiny_model_dir, corpus, tmp_path):
             pipe = spacy.load(published).get_pipe("tokee_ner")
             for dotted, value in overrides.items():
                 assert getattr(pipe, dotted.rsplit(".", 1)[1]) == value, dotted
+
+
+# ---------------------------------------------------------------- any tag set, messy lines
+
+
+def write_columns(path: Path, rows: List[Tuple[List[str], List[str]]], sep: str = "\t") -> Path:
+    blocks = ["\n".join(f"{w}{sep}{t}" for w, t in zip(words, tags)) for words, tags in rows]
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf8")
+    return path
+
+
+PTB = [(["john", "was", "in", "london", "\xa0"], ["NNP", "VBD", "IN", "NNP", ","]), (["it", "said"], ["PRP", "VBD"])]
+UPOS = [(["john", "was", "in", "london"], ["PROPN", "AUX", "ADP", "PROPN"]), (["it", "said"], ["PRON", "VERB"])]
+
+
+def flat(output: str) -> str:
+    """A message that typer wrapped in a box, on one line."""
+    return " ".join(output.replace("\u2502", " ").split())
+
+
+def prepared_meta(out: Path) -> dict:
+    return json.loads((out / "meta.json").read_text())
+
+
+def test_a_tagger_corpus_with_its_own_tags_trains_token_tag(tmp_path):
+    train = write_columns(tmp_path / "train.conll", PTB * 5)
+    test = write_columns(tmp_path / "test.tsv", PTB)
+    result = run_prepare("mine", str(tmp_path / "out"), "--task", "tagger", "--train", str(train), "--test", str(test))
+    assert result.exit_code == 0, result.output
+    meta = prepared_meta(tmp_path / "out")
+    assert (meta["attribute"], meta["metric"]) == ("tag", "tag_acc")
+    assert [meta["files"][s][0] for s in ("train", "test")] == ["conll_tag", "conll_tag"]
+    doc = read(tmp_path / "out" / "test.spacy")[0]
+    assert [t.tag_ for t in doc] == PTB[0][1] and doc[4].text == "\xa0" and not doc.has_annotation("POS")
+
+
+def test_upos_columns_and_docbins_keep_pos(tmp_path):
+    # UPOS as CoNLL columns (space separated): token.pos_, scored as pos_acc.
+    train = write_columns(tmp_path / "train.txt", UPOS * 5, sep=" ")
+    result = run_prepare("mine", str(tmp_path / "a"), "--task", "tagger", "--train", str(train), "--test", str(train))
+    assert result.exit_code == 0, result.output
+    assert (prepared_meta(tmp_path / "a")["attribute"], prepared_meta(tmp_path / "a")["metric"]) == ("pos", "pos_acc")
+    assert [t.pos_ for t in read(tmp_path / "a" / "train.spacy")[0]] == UPOS[0][1]
+    # A DocBin with token.tag_ only: UPOS values become pos, others stay tags.
+    vocab = spacy.blank("en").vocab
+    for name, rows, attribute in (("upos", UPOS, "pos"), ("ptb", PTB, "tag")):
+        path = tmp_path / f"{name}.spacy"
+        DocBin(docs=[Doc(vocab, words=w, tags=t) for w, t in rows * 5]).to_disk(path)
+        result = run_prepare("mine", str(tmp_path / name), "--task", "tagger", "--train", str(path), "--test", str(path))
+        assert result.exit_code == 0, result.output
+        assert prepared_meta(tmp_path / name)["attribute"] == attribute
+        first = read(tmp_path / name / "train.spacy")[0]
+        assert [t.pos_ for t in first] == (UPOS[0][1] if attribute == "pos" else [""] * 5)
+
+
+def test_a_tagger_corpus_without_tags_is_refused(corpus, tmp_path):
+    result = run_prepare("mine", str(tmp_path / "out"), "--task", "tagger", "--train", str(corpus["test"]), "--test", str(corpus["test"]))
+    text = flat(result.output)
+    assert result.exit_code != 0 and "needs token.tag_ (any tag set) or token.pos_ (UPOS)" in text
+
+
+def test_a_conllu_file_for_ner_names_the_task_var(tmp_path):
+    result = run_prepare("mine", str(tmp_path / "out"), "--train", "t.conllu", "--test", "x.spacy", "--task", "ner")
+    assert result.exit_code != 0
+    text = flat(result.output)
+    assert "set --vars.task tagger or segmenter" in text and "--format" not in text
+
+
+def test_a_bad_line_stops_prepare_in_one_line_or_is_skipped(tmp_path):
+    train = tmp_path / "train.conll"
+    train.write_text("john\tB-PER\nwas\n\nin\tO\nlondon\tB-LOC\n\nit\tO\n", encoding="utf8")
+    test = tmp_path / "test.conll"
+    test.write_text("it\tO\n", encoding="utf8")
+    args = ["mine", str(tmp_path / "out"), "--train", str(train), "--test", str(test)]
+    result = run_prepare(*args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"{train}:2: expected 2 tab-separated columns, got 1: 'was' "
+        "(skip such lines with --vars.skip_bad_lines true, or prepare.py --skip-bad-lines true)"
+    ]
+    result = run_prepare(*args, "--skip-bad-lines", "true")
+    assert result.exit_code == 0, result.output
+    assert f"{train}: skipped 1 bad line\n" in result.output and str(test) not in result.output
+    assert len(read(tmp_path / "out" / "train.spacy")) == 2 and len(read(tmp_path / "out" / "dev.spacy")) == 1
+    assert run_prepare(*args, "--skip-bad-lines", "maybe").exit_code != 0
+
+
+def test_project_passes_skip_bad_lines_to_prepare():
+    import srsly
+
+    project = srsly.read_yaml(PROJECT / "project.yml")
+    assert project["vars"]["skip_bad_lines"] is False
+    convert_step = next(c for c in project["commands"] if c["name"] == "convert")
+    assert "--skip-bad-lines ${vars.skip_bad_lines}" in convert_step["script"][0]
+
+
+@pytest.mark.parametrize("attribute,weights", [("tag", (1.0, None)), ("pos", (None, 1.0)), (None, (None, 1.0))])
+def test_train_follows_the_corpus_attribute(attribute, weights):
+    from spacy.util import load_config
+
+    train = load_script("train")
+    meta = {"task": "tagger", "lang": "en", **({"attribute": attribute} if attribute else {})}
+    config = load_config(PROJECT / "configs" / "tagger.cfg", overrides=train.corpus_overrides(meta), interpolate=False)
+    assert config["components"]["tokee_tagger"]["attribute"] == (attribute or "pos")
+    assert (config["training"]["score_weights"]["tag_acc"], config["training"]["score_weights"]["pos_acc"]) == weights

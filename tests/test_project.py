@@ -40,27 +40,62 @@ def test_workflow_all_runs_end_to_end(tiny_model_dir, tmp_path):
     assert meta["task"] == "ner" and meta["metric"] == "ents_f"
     calibration = json.loads((metrics / "calibration.json").read_text())
     fitted = calibration["components"]["tokee_ner"]
-    # One positive temperature per layer of the 4-layer tiny backbone; each
-    # minimizes the layer's dev NLL, so none may leave it worse than T = 1.
+    # One positive temperature per layer of the 4-layer tiny backbone; a fit
+    # is kept only where it helps on held-out dev docs, so none may leave the
+    # layer worse than T = 1.
     assert [row["layer"] for row in fitted["layers"]] == [1, 2, 3, 4]
     assert fitted["temperatures"] == [row["temperature"] for row in fitted["layers"]]
+    assert fitted["kept"] == [row["kept"] for row in fitted["layers"]]
     assert all(t > 0 for t in fitted["temperatures"])
+    assert all(row["kept"] or row["temperature"] == 1.0 for row in fitted["layers"])
     assert all(row["nll_after"] <= row["nll_before"] + 1e-6 for row in fitted["layers"])
+    assert all(row["ece_after"] <= row["ece_before"] + 1e-12 for row in fitted["layers"])
     assert fitted["n_tokens"] > 0 and calibration["n_docs"] > 0
+    # Both stages were tuned on the same dev docs; per target the better one was kept.
     tune = json.loads((metrics / "tune.json").read_text())
     assert [t["target"] for t in tune["targets"]] == [2.0, 3.0]
+    assert {json.loads((metrics / f"stage{s}" / "tune.json").read_text())["n_docs"] for s in (1, 2)} == {tune["n_docs"]}
+    stage_paths = {1: "training/uner_en_ewt/stage1-final", 2: "training/uner_en_ewt/final"}
+    for entry in tune["targets"] + [tune["full"]] + tune["static"]:
+        assert set(entry["dev_scores"]) == {"stage1", "stage2"}
+        if entry["stage"] is not None:
+            assert entry["pipeline"] == stage_paths[entry["stage"]]
+            assert entry["score"] == entry["dev_scores"][f"stage{entry['stage']}"]
+            other = entry["dev_scores"][f"stage{3 - entry['stage']}"]
+            # Stage 2 only where it scores strictly higher on dev.
+            assert other is None or (entry["score"] > other if entry["stage"] == 2 else entry["score"] >= other)
     evaluation = json.loads((metrics / "evaluate.json").read_text())
-    assert evaluation["rows"][0]["method"] == "full" and evaluation["rows"][0]["flops_speedup"] == 1.0
-    for row in evaluation["rows"]:
+    rows = evaluation["rows"]
+    full = rows[0]
+    assert full["method"] == "full" and full["flops_speedup"] == 1.0
+    assert (full["stage"], full["pipeline"]) == (tune["full"]["stage"], tune["full"]["pipeline"])
+    for row in rows:
         assert set(row["words_per_second"]) == {"1", "32"}
+        assert row["stage"] in (1, 2) and row["pipeline"] == stage_paths[row["stage"]]
+    chosen = {f"tokee-{e['target']:g}x": e for e in tune["targets"] if e["reachable"]}
+    assert {row["method"] for row in rows if row["method"].startswith("tokee-")} == set(chosen)
+    for row in rows:
+        if row["method"] in chosen:
+            assert row["stage"] == chosen[row["method"]]["stage"]
+    statics = [row for row in rows if row["method"].startswith("static-")]
+    assert statics and all(row["window"] is None and 1 <= row["layer"] < 4 for row in statics)
     assert (metrics / "sweep" / "sweep.png").stat().st_size > 0
+    sweep = json.loads((metrics / "sweep" / "sweep.json").read_text())
+    assert sweep["tuned"] == "metrics/uner_en_ewt/tune.json" and sweep["families"]
+    assert {r["method"] for r in sweep["rows"] if r["method"].startswith("tuned-")} == {
+        f"tuned-{e['target']:g}x" for e in tune["targets"] if e["reachable"]}
     # Stage 2 started from stage 1 and the final pipeline carries the temperatures.
     config = (project / "training" / "uner_en_ewt" / "final" / "config.cfg").read_text()
     assert "self_sampling" in config and "temperatures = [" in config
-    # tune left a ready-to-load pipeline per reachable target beside `final`.
+    # choose-stage left a ready-to-load pipeline per reachable target beside
+    # `final`, from the stage it kept, and no other tuned copy.
+    training = project / "training" / "uner_en_ewt"
     for entry in tune["targets"]:
-        published = project / "training" / "uner_en_ewt" / f"final-{entry['target']:g}x"
+        published = training / f"final-{entry['target']:g}x"
         assert published.exists() == entry["reachable"], entry
+        if entry["reachable"]:
+            assert ("self_sampling" in (published / "config.cfg").read_text()) == (entry["stage"] == 2)
+    assert not (training / "tuned").exists() and not (training / "stage1-tuned").exists()
     # The benchmark table (issue 4) from the same trained pipelines.
     result = subprocess.run(
         [sys.executable, "-m", "spacy", "project", "run", "calibrate-stage1", str(project), *args],

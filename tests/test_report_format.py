@@ -83,3 +83,17 @@ def test_the_plot_reads_its_title_from_the_report_beside_it(tmp_path, drawn):
 def test_an_explicit_title_and_meta_win(tmp_path, drawn):
     plot_sweep(ROWS, tmp_path / "p.png", "ents_f", title="mine", meta={"n_docs": 5})
     assert drawn["title"] == "mine" and "full depth (5 docs)" in drawn["legend"]
+
+
+def test_a_tuned_sweep_plot_names_the_families_and_marks_the_tuned_points(tmp_path, drawn):
+    families = [{"method": "tokee-2x", "window": 1, "min_layer": 1, "slope": 2.0, "max_layer": None, "stage": 1}]
+    meta = {"pipeline": "training/x/final", "tuned": "metrics/x/tune.json", "families": families, "n_docs": 5}
+    rows = ROWS[:1] + [
+        {"method": "tokee-2x", "layer": None, "score": 57.0, "flops_speedup": 1.5},
+        {"method": "tokee-2x", "layer": None, "score": 56.0, "flops_speedup": 2.5},
+        {"method": "tuned-2x", "layer": None, "score": 56.5, "flops_speedup": 2.05},
+    ]
+    plot_sweep(rows, tmp_path / "p.png", "ents_f", meta=meta)
+    assert "the tuned schedules of x/tune" in drawn["title"]
+    assert "TOKEE 2x schedule (w1, from layer 1, slope 2, stage 1)" in drawn["legend"]
+    assert "tuned on dev (scored here)" in drawn["legend"] and "TOKEE" not in drawn["legend"]

@@ -192,3 +192,65 @@ def test_main_metric_is_a_key_the_component_reports(tiny_model_dir, factory, con
     nlp = spacy.blank("en")
     nlp.add_pipe(factory, config={"model": {"name": str(tiny_model_dir)}, **config})
     assert main_metric(nlp) == expected
+
+
+def load_choose_stage():
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).parent.parent / "project" / "scripts"
+    sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location("choose_stage", scripts / "choose_stage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_report(pipeline, scores, full, static):
+    """A tune report with one entry per target (None: unreachable) and runs of the static cuts."""
+    targets = [
+        {"target": t, "reachable": s is not None, "score": s, "window": 0, "threshold": 0.1 if s else None,
+         "flops_speedup": t * 1.03 if s else None, "overrides": {"components.tokee_ner.threshold": 0.1} if s else None,
+         "pipeline_path": f"{pipeline}-tuned/{t:g}x" if s else None}
+        for t, s in scores.items()
+    ]
+    runs = {f"w0-m{k}-s1": [{"threshold": 1.0, "score": s, "flops_speedup": 4.0 / k, "layer_speedup": 4.0 / k}] for k, s in static.items()}
+    return {"pipeline": pipeline, "metric": "ents_f", "n_docs": 10, "full": {"exit_mode": "off", "score": full}, "targets": targets, "runs": runs}
+
+
+def test_stage_2_is_kept_only_where_it_beats_stage_1_on_dev():
+    choose_stage = load_choose_stage()
+    stage1 = fake_report("s1", {2.0: 94.20, 3.0: 93.0, 4.0: None, 9.0: None}, 95.0, {1: 80.0, 2: 90.0, 3: 93.0})
+    stage2 = fake_report("s2", {2.0: 94.20, 3.0: 93.5, 4.0: 90.0, 9.0: None}, 94.0, {1: 82.0, 2: 89.0, 3: 93.0})
+    merged = choose_stage.merge_reports(stage1, stage2)
+    chosen = {e["target"]: e for e in merged["targets"]}
+    assert chosen[2.0]["stage"] == 1 and chosen[2.0]["pipeline"] == "s1"  # a tie keeps stage 1
+    assert chosen[3.0]["stage"] == 2 and chosen[3.0]["pipeline"] == "s2" and chosen[3.0]["score"] == 93.5
+    assert chosen[3.0]["dev_scores"] == {"stage1": 93.0, "stage2": 93.5}
+    assert chosen[4.0]["stage"] == 2  # only stage 2 reaches it
+    assert not chosen[9.0]["reachable"] and chosen[9.0]["stage"] is None
+    assert merged["full"]["stage"] == 1 and merged["full"]["dev_scores"] == {"stage1": 95.0, "stage2": 94.0}
+    assert [(s["layer"], s["stage"]) for s in merged["static"]] == [(1, 2), (2, 1), (3, 1)]
+    assert merged["static"][0]["flops_speedup"] == 4.0 and merged["static"][0]["pipeline"] == "s2"
+    with pytest.raises(ValueError, match="same"):
+        choose_stage.merge_reports({**stage1, "n_docs": 5}, stage2)
+
+
+def test_choose_stage_publishes_the_winners(tmp_path, monkeypatch):
+    choose_stage = load_choose_stage()
+    monkeypatch.chdir(tmp_path)
+    stage1 = fake_report("s1", {2.0: 94.3, 3.0: 90.0}, 95.0, {1: 80.0})
+    stage2 = fake_report("s2", {2.0: 94.2, 3.0: 91.0}, 94.0, {1: 82.0})
+    for report in (stage1, stage2):
+        for entry in report["targets"]:
+            Path(entry["pipeline_path"]).mkdir(parents=True)
+            (Path(entry["pipeline_path"]) / "config.cfg").write_text(report["pipeline"])
+    for name, report in (("one.json", stage1), ("two.json", stage2)):
+        Path(name).write_text(json.dumps(report))
+    choose_stage.main(Path("one.json"), Path("two.json"), Path("training"), Path("metrics/tune.json"), Path("metrics/configs"))
+    assert (Path("training/final-2x/config.cfg").read_text(), Path("training/final-3x/config.cfg").read_text()) == ("s1", "s2")
+    assert not Path("s1-tuned").exists() and not Path("s2-tuned").exists()  # the losers' copies are gone
+    merged = json.loads(Path("metrics/tune.json").read_text())
+    assert [(e["target"], e["stage"], e["pipeline_path"]) for e in merged["targets"]] == [
+        (2.0, 1, str(Path("training/final-2x"))), (3.0, 2, str(Path("training/final-3x")))]
+    assert sorted(p.name for p in Path("metrics/configs").iterdir()) == ["2x.json", "3x.json"]

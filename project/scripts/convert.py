@@ -4,7 +4,13 @@ Usage: python project/scripts/convert.py FORMAT INPUT_PATH OUTPUT_PATH [--lang L
 
 Every format also has an importable reader (``read_<format>(path, lang)``) that returns
 one spaCy ``Doc`` per sentence (or per JSON line for CLUENER and JSONL). Malformed input raises a
-``ValueError`` that names the file and the 1-based line number.
+``BadLine`` (a ``ValueError``) whose message is ``file:line: what was expected``; with a
+``BadLines(skip=True)`` passed as ``bad_lines``, lines that cannot be read are skipped and
+counted instead. The command line prints such an error as one line and exits with status 2.
+
+CoNLL-column files (conll, conll_tag, conll2003) split on tabs when the file has tabs, so
+a token may be any text without a tab (a non-breaking space, "New York"); files without
+tabs split on any whitespace.
 """
 import json
 import re
@@ -30,6 +36,8 @@ UD_UPOS = frozenset(
     "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
 )
 IOB_TAG = re.compile(r"^(O|[BI]-\S+)$")
+# A tag of any tag set: one or more characters, no whitespace.
+ANY_TAG = re.compile(r"^\S+$")
 # A revised Weibo token is a character plus its 0-based position in its jieba word
 # ("科0", "20" = the digit 2 at position 0); an unreadable emoji is two U+FFFD plus position.
 WEIBO_CHAR = re.compile(r"^(\uFFFD+|.)(\d{1,2})$")
@@ -39,15 +47,67 @@ CONLLU_EMPTY = re.compile(r"^[0-9]+\.[0-9]+$")
 CLUENER_SPANS_KEY = "sc"
 
 
-def fail(path: PathLike, lineno: int, message: str) -> ValueError:
+class BadLine(ValueError):
+    """A line of an input file that cannot be read; str() is "file:line: message".
+
+    path (PathLike): The input file.
+    lineno (int): The 1-based line number.
+    message (str): What was expected.
+    """
+
+    def __init__(self, path: PathLike, lineno: int, message: str) -> None:
+        super().__init__(f"{path}:{lineno}: {message}")
+        self.path, self.lineno, self.message = path, lineno, message
+        # Set by BadLines.report: a line --skip-bad-lines would have skipped.
+        self.skippable = False
+
+
+def fail(path: PathLike, lineno: int, message: str) -> BadLine:
     """Build the error raised for malformed input.
 
     path (PathLike): The input file.
     lineno (int): The 1-based line number.
     message (str): What is wrong with the line.
-    RETURNS (ValueError): The error, naming the file and line.
+    RETURNS (BadLine): The error, naming the file and line.
     """
-    return ValueError(f"{path}, line {lineno}: {message}")
+    return BadLine(path, lineno, message)
+
+
+class BadLines:
+    """What the readers do with a line they cannot read: raise it, or skip it and count it.
+
+    Only single lines are skipped (a wrong column count, an empty token or tag, a bad IOB
+    tag, invalid UTF-8, a JSON line that is no object); errors about a whole sentence
+    (CoNLL-U IDs, IOB2 order) still raise, since dropping a line would not mend them.
+
+    skip (bool): Skip and count instead of raising.
+    """
+
+    def __init__(self, skip: bool = False) -> None:
+        self.skip = skip
+        self.counts: Counter = Counter()
+
+    def report(self, error: BadLine) -> None:
+        """Raise `error`, or count its line as skipped.
+
+        error (BadLine): The unreadable line.
+        """
+        if not self.skip:
+            error.skippable = True
+            raise error
+        self.counts[str(error.path)] += 1
+
+    def summary(self) -> List[str]:
+        """One line per file with skipped lines, e.g. "x.conll: skipped 3 bad lines".
+
+        RETURNS (List[str]): The lines, in file order.
+        """
+        return [f"{path}: skipped {n} bad line{'s' if n != 1 else ''}" for path, n in self.counts.items()]
+
+
+def raising(bad_lines: Optional[BadLines]) -> BadLines:
+    """The collector a reader uses: the given one, or one that raises on the first bad line."""
+    return bad_lines if bad_lines is not None else BadLines()
 
 
 @lru_cache(maxsize=None)
@@ -60,25 +120,32 @@ def get_vocab(lang: str) -> Vocab:
     return spacy.blank(lang).vocab
 
 
-def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
+def iter_lines(path: PathLike, bad_lines: Optional[BadLines] = None) -> Iterator[Tuple[int, str]]:
     """Yield the lines of a UTF-8 file without their line ending.
 
     path (PathLike): The input file.
+    bad_lines (Optional[BadLines]): Where a line that is not UTF-8 goes; None raises.
     YIELDS (Tuple[int, str]): The 1-based line number and the line's text.
     """
+    bad_lines = raising(bad_lines)
     with Path(path).open("rb") as file_:
         for lineno, raw in enumerate(file_, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise fail(path, lineno, f"not valid UTF-8 ({err.reason})") from None
+                bad_lines.report(fail(path, lineno, f"not valid UTF-8 ({err.reason})"))
+                continue
             if lineno == 1:
                 text = text.lstrip("\ufeff")
             yield lineno, text.rstrip("\r\n")
 
 
 def read_blocks(
-    path: PathLike, n_columns: Sequence[int], sep: Optional[str] = "\t", comment: Optional[str] = None
+    path: PathLike,
+    n_columns: Sequence[int],
+    sep: Optional[str] = "\t",
+    comment: Optional[str] = None,
+    bad_lines: Optional[BadLines] = None,
 ) -> Iterator[Block]:
     """Split a column file into blank-line separated blocks of (line number, columns).
 
@@ -88,10 +155,12 @@ def read_blocks(
     n_columns (Sequence[int]): The allowed column counts of a non-blank, non-comment line.
     sep (Optional[str]): The column separator; None splits on any whitespace.
     comment (Optional[str]): Prefix of comment lines, which are dropped; None for no comments.
+    bad_lines (Optional[BadLines]): Where a line with a wrong column count goes; None raises.
     YIELDS (Block): The lines of one sentence, in order.
     """
+    bad_lines = raising(bad_lines)
     block: Block = []
-    for lineno, text in iter_lines(path):
+    for lineno, text in iter_lines(path, bad_lines):
         if not text.strip():
             if block:
                 yield block
@@ -100,10 +169,25 @@ def read_blocks(
             fields = text.split(sep)
             if len(fields) not in n_columns:
                 expected = " or ".join(str(n) for n in n_columns)
-                raise fail(path, lineno, f"expected {expected} columns, got {len(fields)}: {text!r}")
+                layout = "tab-separated " if sep == "\t" else ""
+                bad_lines.report(fail(path, lineno, f"expected {expected} {layout}columns, got {len(fields)}: {text!r}"))
+                continue
             block.append((lineno, fields))
     if block:
         yield block
+
+
+def detect_separator(path: PathLike) -> Optional[str]:
+    """The column separator of a CoNLL-column file: a tab when any line has one, else any whitespace.
+
+    Tab-separated corpora may have tokens with spaces in them (a non-breaking space
+    in tweets), which whitespace splitting would lose; space-separated ones have no tabs.
+
+    path (PathLike): The input file.
+    RETURNS (Optional[str]): "\t", or None (split on whitespace).
+    """
+    with Path(path).open("rb") as file_:
+        return "\t" if any(b"\t" in raw for raw in file_) else None
 
 
 def make_ner_doc(
@@ -141,8 +225,9 @@ def read_iob_columns(
     spaces: bool = True,
     strict: bool = False,
     docstart: bool = False,
+    bad_lines: Optional[BadLines] = None,
 ) -> List[Doc]:
-    """Read a one-token-per-line NER file into Docs (shared by conll2003, iob2 and weibo).
+    """Read a one-token-per-line NER file into Docs (shared by conll2003, iob2, weibo and conll).
 
     An entity may start with I- (IOB1 style) unless strict; a warning counts them.
 
@@ -156,16 +241,20 @@ def read_iob_columns(
     spaces (bool): Whether tokens are separated by a space.
     strict (bool): Require IOB2 (see make_ner_doc).
     docstart (bool): Skip -DOCSTART- lines, which must each form their own block.
+    bad_lines (Optional[BadLines]): Where unreadable lines (columns, empty token, bad IOB
+        tag) go; None raises.
     RETURNS (List[Doc]): One Doc per sentence.
     """
     n_columns, word_col, tag_col = columns
+    bad_lines = raising(bad_lines)
     docs: List[Doc] = []
     n_i_starts = 0
-    for block in read_blocks(path, [n_columns], sep=sep, comment=comment):
+    for block in read_blocks(path, [n_columns], sep=sep, comment=comment, bad_lines=bad_lines):
+        block = readable_tokens(path, block, word_col, tag_col, bad_lines, IOB_TAG, "IOB tag", "O, B-TYPE or I-TYPE")
         starts = [lineno for lineno, fields in block if docstart and fields[0] == "-DOCSTART-"]
         if starts and len(block) > 1:
             raise fail(path, starts[0], "-DOCSTART- must be alone, between blank lines")
-        if starts:
+        if starts or not block:
             continue
         words = [fields[word_col] for _, fields in block]
         if word_of is not None:
@@ -177,6 +266,44 @@ def read_iob_columns(
     if n_i_starts:
         warnings.warn(f"{path}: {n_i_starts} entities start with an I- tag; read as entity starts (IOB1)")
     return docs
+
+
+def readable_tokens(
+    path: PathLike,
+    block: Block,
+    word_col: int,
+    tag_col: int,
+    bad_lines: BadLines,
+    tag_pattern: "re.Pattern[str]",
+    tag_name: str,
+    expected: str,
+) -> Block:
+    """The lines of a block with a token and a well-formed tag; the others go to `bad_lines`.
+
+    A tag keeps no surrounding spaces (a tab-separated "B-PER " is "B-PER"); the token is
+    kept as it is, since in a tab-separated file it may be any text, spaces included.
+
+    path (PathLike): The input file, for error messages.
+    block (Block): The lines of one sentence.
+    word_col (int): The token's column.
+    tag_col (int): The tag's column.
+    bad_lines (BadLines): Where unreadable lines go.
+    tag_pattern (re.Pattern[str]): What a tag must match.
+    tag_name (str): The tag, as the error names it, e.g. "IOB tag".
+    expected (str): What a tag looks like, for the error, e.g. "O, B-TYPE or I-TYPE".
+    RETURNS (Block): The readable lines, tags stripped.
+    """
+    kept: Block = []
+    for lineno, fields in block:
+        fields = list(fields)
+        fields[tag_col] = fields[tag_col].strip()
+        if not fields[word_col]:
+            bad_lines.report(fail(path, lineno, f"expected a token in column {word_col + 1}, got an empty column"))
+        elif not tag_pattern.match(fields[tag_col]):
+            bad_lines.report(fail(path, lineno, f"bad {tag_name} {fields[tag_col]!r} in column {tag_col + 1} (expected {expected})"))
+        else:
+            kept.append((lineno, fields))
+    return kept
 
 
 def weibo_char(path: PathLike, lineno: int, field: str) -> str:
@@ -193,34 +320,37 @@ def weibo_char(path: PathLike, lineno: int, field: str) -> str:
     return match.group(1)
 
 
-def read_conll2003(path: PathLike, lang: str = "en") -> List[Doc]:
+def read_conll2003(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read CoNLL-2003 (word POS chunk NER, IOB1 or IOB2; -DOCSTART- lines skipped).
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
     RETURNS (List[Doc]): One Doc per sentence with doc.ents.
     """
-    return read_iob_columns(path, lang, (4, 0, 3), sep=None, docstart=True)
+    return read_iob_columns(path, lang, (4, 0, 3), sep=detect_separator(path), docstart=True, bad_lines=bad_lines)
 
 
-def read_iob2(path: PathLike, lang: str = "en") -> List[Doc]:
+def read_iob2(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read a UNER .iob2 file (index, word, IOB2 tag, 2 unused columns; '#' comments).
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
     RETURNS (List[Doc]): One Doc per sentence with doc.ents.
     """
-    return read_iob_columns(path, lang, (5, 1, 2), comment="#", strict=True)
+    return read_iob_columns(path, lang, (5, 1, 2), comment="#", strict=True, bad_lines=bad_lines)
 
 
-def read_weibo(path: PathLike, lang: str = "zh") -> List[Doc]:
+def read_weibo(path: PathLike, lang: str = "zh", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read revised Weibo NER (character+position, BIO tag), one token per character.
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
     RETURNS (List[Doc]): One Doc per message with doc.ents (labels such as PER.NAM).
     """
-    return read_iob_columns(path, lang, (2, 0, 1), word_of=weibo_char, spaces=False)
+    return read_iob_columns(path, lang, (2, 0, 1), word_of=weibo_char, spaces=False, bad_lines=bad_lines)
 
 
 def conllu_words(path: PathLike, block: Block) -> Tuple[Block, Dict[int, str]]:
@@ -251,15 +381,16 @@ def conllu_words(path: PathLike, block: Block) -> Tuple[Block, Dict[int, str]]:
     return words, misc_of
 
 
-def read_conllu_pos(path: PathLike, lang: str = "en") -> List[Doc]:
+def read_conllu_pos(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read CoNLL-U words with UPOS (token.pos_) and XPOS (token.tag_).
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where lines with a wrong column count go; None raises.
     RETURNS (List[Doc]): One Doc per sentence; doc.text follows SpaceAfter=No.
     """
     docs: List[Doc] = []
-    for block in read_blocks(path, [10], comment="#"):
+    for block in read_blocks(path, [10], comment="#", bad_lines=bad_lines):
         lines, misc_of = conllu_words(path, block)
         for lineno, fields in lines:
             if fields[3] not in UD_UPOS:
@@ -273,18 +404,19 @@ def read_conllu_pos(path: PathLike, lang: str = "en") -> List[Doc]:
     return docs
 
 
-def read_conllu_seg(path: PathLike, lang: str = "zh") -> List[Doc]:
+def read_conllu_seg(path: PathLike, lang: str = "zh", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read gold word segmentation from CoNLL-U (10 columns) or UNER .iob2 (5 columns).
 
     The column count of the first token line fixes the layout for the whole file.
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where lines with a wrong column count go; None raises.
     RETURNS (List[Doc]): One Doc per sentence whose tokens are the gold words, spaces False.
     """
     docs: List[Doc] = []
     width = 0
-    for block in read_blocks(path, [5, 10], comment="#"):
+    for block in read_blocks(path, [5, 10], comment="#", bad_lines=bad_lines):
         width = width or len(block[0][1])
         for lineno, fields in block:
             if len(fields) != width:
@@ -317,7 +449,7 @@ def cluener_spans(path: PathLike, lineno: int, doc: Doc, labels: object) -> List
     return sorted(spans)
 
 
-def read_cluener(path: PathLike, lang: str = "zh") -> List[Doc]:
+def read_cluener(path: PathLike, lang: str = "zh", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read CLUENER JSON lines into character-tokenized Docs.
 
     All spans go to doc.spans["sc"]; doc.ents holds the longest non-overlapping ones.
@@ -325,17 +457,20 @@ def read_cluener(path: PathLike, lang: str = "zh") -> List[Doc]:
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where lines that are no JSON object with a text go; None raises.
     RETURNS (List[Doc]): One Doc per non-blank line.
     """
+    bad_lines = raising(bad_lines)
     docs: List[Doc] = []
-    for lineno, text in iter_lines(path):
+    for lineno, text in iter_lines(path, bad_lines):
         if not text.strip():
             continue
         try:
             record = json.loads(text)
             chars = list(record["text"])
         except (ValueError, KeyError, TypeError) as err:
-            raise fail(path, lineno, f"expected a JSON object with a 'text' string ({err})") from None
+            bad_lines.report(fail(path, lineno, f"expected a JSON object with a 'text' string ({err})"))
+            continue
         doc = Doc(get_vocab(lang), words=chars, spaces=[False] * len(chars))
         if "label" in record:
             spans = cluener_spans(path, lineno, doc, record["label"])
@@ -348,33 +483,80 @@ def read_cluener(path: PathLike, lang: str = "zh") -> List[Doc]:
     return docs
 
 
-def column_count(path: PathLike, sep: Optional[str] = None) -> int:
-    """The number of columns of the first token line (the width of the whole file).
+def column_count(path: PathLike, sep: Optional[str] = None) -> Tuple[int, int]:
+    """The number of columns of the first token line (the width of the whole file), and its line number.
 
     path (PathLike): The input file.
     sep (Optional[str]): The column separator; None splits on whitespace.
-    RETURNS (int): The column count, or 0 for a file with no token lines.
+    RETURNS (Tuple[int, int]): The column count and line number, or (0, 0) for a file with no token lines.
     """
-    for _, text in iter_lines(path):
+    for lineno, text in iter_lines(path, BadLines(skip=True)):  # the readers report bad lines
         if text.strip():
-            return len(text.split(sep))
-    return 0
+            return len(text.split(sep)), lineno
+    return 0, 0
 
 
-def read_conll(path: PathLike, lang: str = "en") -> List[Doc]:
-    """Read any CoNLL-style NER file: whitespace columns, the word first and the IOB tag last.
+def conll_layout(path: PathLike, what: str) -> Tuple[int, Optional[str]]:
+    """The column count and separator of a CoNLL-column file whose first column is the token and last the tag.
+
+    path (PathLike): The input file.
+    what (str): The tag, as an error names it (e.g. "IOB tag").
+    RETURNS (Tuple[int, Optional[str]]): The width (0 for an empty file) and the separator (see detect_separator).
+    RAISES (BadLine): The first token line has one column: the layout is unknown, so no line can be skipped.
+    """
+    sep = detect_separator(path)
+    width, lineno = column_count(path, sep)
+    if width == 1:
+        layout = "tab-separated " if sep else ""
+        raise fail(path, lineno, f"expected at least 2 {layout}columns (token ... {what}), got 1")
+    return width, sep
+
+
+def read_conll(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
+    """Read any CoNLL-style NER file: columns, the word first and the IOB tag last.
 
     Every token line must have as many columns as the first one (2 for "word tag",
-    4 for CoNLL-2003 ...). IOB1 or IOB2; -DOCSTART- lines are skipped.
+    4 for CoNLL-2003 ...). IOB1 or IOB2; -DOCSTART- lines are skipped. Columns are
+    tab-separated when the file has tabs (a token may then hold spaces), else
+    whitespace-separated.
 
     path (PathLike): The input file.
     lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
     RETURNS (List[Doc]): One Doc per sentence with doc.ents.
     """
-    width = column_count(path)
-    if width == 1:
-        raise fail(path, 1, "expected at least 2 columns (word ... IOB tag)")
-    return read_iob_columns(path, lang, (width, 0, width - 1), sep=None, docstart=True) if width else []
+    width, sep = conll_layout(path, "IOB tag")
+    return read_iob_columns(path, lang, (width, 0, width - 1), sep=sep, docstart=True, bad_lines=bad_lines) if width else []
+
+
+def read_conll_tag(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
+    """Read a CoNLL-style tagging file: the word first and its tag last, any tag set.
+
+    The tags go to token.tag_ (PTB, ARK Twitter, your own); a tag set within UD UPOS
+    goes to token.pos_ as well, so it trains and scores like a CoNLL-U corpus.
+    Columns as in read_conll; -DOCSTART- lines are skipped.
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines (columns, empty token or tag) go; None raises.
+    RETURNS (List[Doc]): One Doc per sentence with token.tag_ (and token.pos_ for UPOS).
+    """
+    width, sep = conll_layout(path, "tag")
+    if not width:
+        return []
+    bad_lines = raising(bad_lines)
+    sentences: List[Tuple[List[str], List[str]]] = []
+    for block in read_blocks(path, [width], sep=sep, bad_lines=bad_lines):
+        block = readable_tokens(path, block, 0, width - 1, bad_lines, ANY_TAG, "tag", "a tag without spaces")
+        if block and block[0][1][0] == "-DOCSTART-":
+            if len(block) > 1:
+                raise fail(path, block[0][0], "-DOCSTART- must be alone, between blank lines")
+            continue
+        if block:
+            sentences.append(([f[0] for _, f in block], [f[-1] for _, f in block]))
+    upos = all(tag in UD_UPOS for _, tags in sentences for tag in tags)
+    vocab = get_vocab(lang)
+    return [Doc(vocab, words=words, tags=tags, pos=tags if upos else None) for words, tags in sentences]
 
 
 def jsonl_span(path: PathLike, lineno: int, item: object) -> Tuple[int, int, str]:
@@ -394,7 +576,7 @@ def jsonl_span(path: PathLike, lineno: int, item: object) -> Tuple[int, int, str
     return start, end, label
 
 
-def read_jsonl(path: PathLike, lang: str = "en") -> List[Doc]:
+def read_jsonl(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
     """Read JSON lines {"text": ..., "spans" or "entities": [[start, end, label], ...]}.
 
     Offsets are characters with the end exclusive (spaCy's and Prodigy's
@@ -406,12 +588,14 @@ def read_jsonl(path: PathLike, lang: str = "en") -> List[Doc]:
 
     path (PathLike): The input file.
     lang (str): The language of the tokenizer and vocab.
+    bad_lines (Optional[BadLines]): Where lines that are no JSON object with a text go; None raises.
     RETURNS (List[Doc]): One Doc per non-blank line.
     """
+    bad_lines = raising(bad_lines)
     nlp = spacy.blank(lang)
     docs: List[Doc] = []
     n_widened = 0
-    for lineno, text in iter_lines(path):
+    for lineno, text in iter_lines(path, bad_lines):
         if not text.strip():
             continue
         try:
@@ -420,7 +604,8 @@ def read_jsonl(path: PathLike, lang: str = "en") -> List[Doc]:
             if not isinstance(body, str):
                 raise TypeError("'text' is not a string")
         except (ValueError, KeyError, TypeError) as err:
-            raise fail(path, lineno, f"expected a JSON object with a 'text' string ({err})") from None
+            bad_lines.report(fail(path, lineno, f"expected a JSON object with a 'text' string ({err})"))
+            continue
         if lang == "zh":
             doc = Doc(nlp.vocab, words=list(body), spaces=[False] * len(body))
         else:
@@ -459,10 +644,12 @@ class Format(str, Enum):
     weibo = "weibo"
     cluener = "cluener"
     conll = "conll"
+    conll_tag = "conll_tag"
     jsonl = "jsonl"
 
 
-READERS: Dict[str, Tuple[Callable[[PathLike, str], List[Doc]], str]] = {
+# Each reader is reader(path, lang, bad_lines=None).
+READERS: Dict[str, Tuple[Callable[..., List[Doc]], str]] = {
     "conll2003": (read_conll2003, "en"),
     "iob2": (read_iob2, "en"),
     "conllu_pos": (read_conllu_pos, "en"),
@@ -470,12 +657,13 @@ READERS: Dict[str, Tuple[Callable[[PathLike, str], List[Doc]], str]] = {
     "weibo": (read_weibo, "zh"),
     "cluener": (read_cluener, "zh"),
     "conll": (read_conll, "en"),
+    "conll_tag": (read_conll_tag, "en"),
     "jsonl": (read_jsonl, "en"),
 }
 
 
 def summarize(docs: List[Doc]) -> Dict[str, Counter]:
-    """Count docs, tokens, characters and labels (entities, spans, UPOS).
+    """Count docs, tokens, characters and labels (entities, spans, UPOS, tags).
 
     docs (List[Doc]): The converted docs.
     RETURNS (Dict[str, Counter]): "totals" plus one Counter per label kind found.
@@ -486,8 +674,31 @@ def summarize(docs: List[Doc]) -> Dict[str, Counter]:
         "entities": Counter(ent.label_ for d in docs for ent in d.ents),
         "spans": Counter(s.label_ for d in docs for s in d.spans.get(CLUENER_SPANS_KEY, [])),
         "upos": Counter(t.pos_ for d in docs for t in d if t.pos_),
+        "tags": Counter(t.tag_ for d in docs for t in d if t.tag_),
     }
     return {key: counts for key, counts in stats.items() if counts}
+
+
+def read_or_exit(
+    reader: Callable[..., List[Doc]], path: PathLike, lang: str, bad_lines: BadLines, skip_option: str = "--skip-bad-lines"
+) -> List[Doc]:
+    """Run a reader; on a line it cannot read, print "file:line: what was expected" and exit 2.
+
+    A traceback would bury the one line that matters (which file, which line).
+
+    reader (Callable[..., List[Doc]]): A READERS function.
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    bad_lines (BadLines): Skip and count, or raise.
+    skip_option (str): How the caller's user asks to skip such lines, for the hint.
+    RETURNS (List[Doc]): The docs.
+    """
+    try:
+        return reader(path, lang, bad_lines=bad_lines)
+    except BadLine as err:
+        hint = f" (skip such lines with {skip_option})" if err.skippable else ""
+        typer.echo(f"{err}{hint}", err=True)
+        raise typer.Exit(2) from None
 
 
 app = typer.Typer(add_completion=False)
@@ -499,10 +710,14 @@ def main(
     input_path: Path = typer.Argument(..., metavar="INPUT_PATH", exists=True, dir_okay=False, help="Corpus file"),
     output_path: Path = typer.Argument(..., metavar="OUTPUT_PATH", dir_okay=False, help="Output .spacy file"),
     lang: Optional[str] = typer.Option(None, help="Language code (default: en, or zh for Chinese formats)"),
+    skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip lines that cannot be read (and count them) instead of stopping at the first"),
 ) -> None:
     """Convert INPUT_PATH in FORMAT to a DocBin at OUTPUT_PATH and print counts."""
     reader, default_lang = READERS[fmt.value]
-    docs = reader(input_path, lang or default_lang)
+    bad_lines = BadLines(skip=skip_bad_lines)
+    docs = read_or_exit(reader, input_path, lang or default_lang, bad_lines)
+    for line in bad_lines.summary():
+        typer.echo(line)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     DocBin(docs=docs, store_user_data=False).to_disk(output_path)
     for kind, counts in summarize(docs).items():

@@ -9,6 +9,14 @@ Your own corpus: any other name (e.g. "custom") with --train and --test (and
 --dev, or the last 10% of train is held out), --task and --lang. Each file is a
 .spacy DocBin or a text format that convert.py reads, picked from its
 extension (see FORMAT_OF_EXTENSION) or forced for all three with --format.
+
+A tagger corpus may use any tag set: CoNLL columns (word, tag) or .spacy files
+with token.tag_ train the tokee_tagger on token.tag_ (scored as tag_acc); a
+UPOS corpus (.conllu, token.pos_, or tags that are all UPOS) trains token.pos_
+(pos_acc). meta.json records the choice as "attribute" and "metric".
+
+A line that cannot be read stops the run with one "file:line: what was
+expected" line (status 2); --skip-bad-lines skips such lines and counts them.
 """
 import json
 from dataclasses import asdict, dataclass
@@ -18,14 +26,22 @@ from typing import Dict, List, Optional
 import typer
 from spacy.tokens import Doc, DocBin
 
-from convert import READERS, get_vocab, summarize
+from convert import READERS, UD_UPOS, BadLines, get_vocab, read_or_exit, summarize
+
+# How a project user asks for --skip-bad-lines, named in the hint of a bad line.
+SKIP_OPTION = "--vars.skip_bad_lines true, or prepare.py --skip-bad-lines true"
+# The spellings of --skip-bad-lines' value: project.yml hands the var over as text.
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
 
 
 @dataclass
 class Dataset:
     """task: "ner" | "tagger" | "segmenter"; files: split -> (reader, path
     relative to its root); hold_out: docs moved from the end of train to dev when
-    the corpus has no usable dev split (or dev is used as the test split)."""
+    the corpus has no usable dev split (or dev is used as the test split);
+    attribute: what a tagger learns, "pos" (UPOS) or "tag" (any tag set), None
+    for the other tasks (a custom tagger corpus gets it from its annotation)."""
 
     task: str
     lang: str
@@ -34,6 +50,7 @@ class Dataset:
     in_assets: bool = False
     hold_out: int = 0
     note: str = ""
+    attribute: Optional[str] = None
 
 
 DATASETS: Dict[str, Dataset] = {
@@ -50,6 +67,7 @@ DATASETS: Dict[str, Dataset] = {
     "ud_en_ewt": Dataset(
         "tagger", "en", "pos_acc",
         {s: ("conllu_pos", f"ud_en_ewt/en_ewt-ud-{s}.conllu") for s in ("train", "dev", "test")},
+        attribute="pos",
     ),
     "ud_zh_gsd_seg": Dataset(
         "segmenter", "zh", "token_f",
@@ -81,12 +99,14 @@ FORMAT_OF_EXTENSION: Dict[str, Dict[str, str]] = {
     ".conllu": {"tagger": "conllu_pos", "segmenter": "conllu_seg"},
     ".jsonl": {"ner": "jsonl"},
     ".json": {"ner": "jsonl"},
-    **{ext: {"ner": "conll"} for ext in (".conll", ".txt", ".tsv", ".bio", ".iob")},
+    # CoNLL columns: word first, then an IOB tag (ner) or a tag of any tag set (tagger).
+    **{ext: {"ner": "conll", "tagger": "conll_tag"} for ext in (".conll", ".txt", ".tsv", ".bio", ".iob")},
 }
 # What each format annotates; a .spacy DocBin may carry any of them.
 TASKS_OF_FORMAT = {
     "spacy": ("ner", "tagger", "segmenter"),
     "conllu_pos": ("tagger",),
+    "conll_tag": ("tagger",),
     "conllu_seg": ("segmenter",),
     **{fmt: ("ner",) for fmt in ("conll", "conll2003", "iob2", "jsonl", "weibo", "cluener")},
 }
@@ -104,12 +124,14 @@ def read_docbin(path: Path, lang: str) -> List[Doc]:
     return list(DocBin().from_disk(path).get_docs(get_vocab(lang)))
 
 
-def read(dataset: Dataset, split: str, root: Path) -> Optional[List[Doc]]:
+def read(dataset: Dataset, split: str, root: Path, bad_lines: Optional[BadLines] = None) -> Optional[List[Doc]]:
     """Read one split of a dataset, or None when the dataset has no such file.
 
     dataset (Dataset): The dataset.
     split (str): "train", "dev" or "test".
     root (Path): The folder the dataset's paths are relative to.
+    bad_lines (Optional[BadLines]): Skip and count unreadable lines, or (None) stop
+        at the first with one line naming it (status 2).
     RETURNS (Optional[List[Doc]]): One Doc per sentence.
     """
     if split not in dataset.files:
@@ -123,7 +145,7 @@ def read(dataset: Dataset, split: str, root: Path) -> Optional[List[Doc]]:
     if reader_name == "spacy":
         return read_docbin(path, dataset.lang)
     reader, _ = READERS[reader_name]
-    return reader(path, dataset.lang)
+    return read_or_exit(reader, path, dataset.lang, bad_lines or BadLines(), SKIP_OPTION)
 
 
 def dataset_name(dataset: Dataset) -> str:
@@ -145,13 +167,48 @@ def format_for(path: Path, task: str, fmt: str) -> str:
             known = ", ".join(sorted(FORMAT_OF_EXTENSION))
             raise typer.BadParameter(f"{path}: cannot tell the format from {path.suffix!r} (known: {known}); set --format")
         if task not in by_task:
-            raise typer.BadParameter(f"{path}: a {path.suffix} file has no {task} annotation this project reads; set --format")
+            # The task, not the format, is what is off: the extension already says what the file holds.
+            tasks = " or ".join(by_task)
+            raise typer.BadParameter(
+                f"{path}: a {path.suffix} file has no {task} annotation this project reads; "
+                f"it holds {tasks} annotation: set --vars.task {tasks} (prepare.py: --task)"
+            )
         return by_task[task]
     if fmt not in TASKS_OF_FORMAT:
         raise typer.BadParameter(f"Unknown --format {fmt!r}; choose from auto, {', '.join(TASKS_OF_FORMAT)}")
     if task not in TASKS_OF_FORMAT[fmt]:
         raise typer.BadParameter(f"--format {fmt} holds {'/'.join(TASKS_OF_FORMAT[fmt])} annotation, not {task}")
     return fmt
+
+
+def tagger_attribute(splits: Dict[str, Optional[List[Doc]]]) -> str:
+    """What a custom tagger corpus trains: "pos" for UPOS, "tag" for any other tag set.
+
+    UPOS means token.pos_ on every doc (CoNLL-U, a .spacy file with POS), or
+    token.tag_ values that are all UD UPOS tags, which are then copied to
+    token.pos_ so the corpus trains and scores like a CoNLL-U one.
+
+    splits (Dict[str, Optional[List[Doc]]]): split -> docs (changed in place for UPOS tags).
+    RETURNS (str): "pos" or "tag".
+    RAISES (typer.BadParameter): A split has neither annotation on every doc.
+    """
+    docs = {split: [doc for doc in split_docs if len(doc)] for split, split_docs in splits.items() if split_docs}
+    if all(doc.has_annotation("POS") for split_docs in docs.values() for doc in split_docs):
+        return "pos"
+    for split, split_docs in docs.items():
+        if not all(doc.has_annotation("TAG") for doc in split_docs):
+            raise typer.BadParameter(
+                f"The {split} file has docs without tags: a tagger corpus needs token.tag_ (any tag set) "
+                "or token.pos_ (UPOS) on every doc, the same in every file"
+            )
+    tags = {token.tag_ for split_docs in docs.values() for doc in split_docs for token in doc if token.tag_}
+    if not tags <= UD_UPOS:
+        return "tag"
+    for split_docs in docs.values():
+        for doc in split_docs:
+            for token in doc:
+                token.pos_ = token.tag_
+    return "pos"
 
 
 def custom_dataset(task: str, lang: str, files: Dict[str, Path], fmt: str) -> Dataset:
@@ -177,6 +234,20 @@ def custom_dataset(task: str, lang: str, files: Dict[str, Path], fmt: str) -> Da
     return Dataset(task, lang, METRICS[task], table, note=note)
 
 
+def parse_switch(value: str, option: str) -> bool:
+    """An on/off option's value: true/false (yes/no, 1/0), any case.
+
+    value (str): The text given.
+    option (str): The option, for the error.
+    RETURNS (bool): The switch.
+    RAISES (typer.BadParameter): Another value.
+    """
+    word = value.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise typer.BadParameter(f"{option} takes true or false; got {value!r}")
+    return word in TRUE_WORDS
+
+
 def main(
     name: str = typer.Argument(..., help=f"Dataset: {', '.join(DATASETS)}"),
     output_dir: Path = typer.Argument(..., help="Writes train/dev/test .spacy and meta.json here"),
@@ -189,6 +260,8 @@ def main(
     task: str = typer.Option("ner", help="Your own corpus: ner, tagger or segmenter"),
     lang: str = typer.Option("en", help="Your own corpus: spaCy language code"),
     fmt: str = typer.Option("auto", "--format", help="Your own corpus: auto (from each file's extension), spacy, or a convert.py format"),
+    # A value, not a flag: project.yml passes ${vars.skip_bad_lines} either way.
+    skip_bad_lines: str = typer.Option("false", "--skip-bad-lines", metavar="true|false", help="true: skip lines that cannot be read (a count per file is printed) instead of stopping at the first"),
 ) -> None:
     files = {split: Path(path) for split, path in (("train", train), ("dev", dev), ("test", test)) if path}
     if name in DATASETS:
@@ -201,7 +274,15 @@ def main(
         root = Path(".")
     else:
         raise typer.BadParameter(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or give --train/--test for your own corpus")
-    splits = {split: read(dataset, split, root) for split in ("train", "dev", "test")}
+    bad_lines = BadLines(skip=parse_switch(skip_bad_lines, "--skip-bad-lines"))
+    splits = {split: read(dataset, split, root, bad_lines) for split in ("train", "dev", "test")}
+    for line in bad_lines.summary():
+        print(line)
+    if dataset.task == "tagger" and dataset.attribute is None:
+        dataset.attribute = tagger_attribute(splits)
+        dataset.metric = f"{dataset.attribute}_acc"
+        kind = "UPOS" if dataset.attribute == "pos" else "its own tag set"
+        print(f"{name}: a tagger corpus with {kind}: trains token.{dataset.attribute}_, scored as {dataset.metric}")
     if splits["dev"] is None and not dataset.hold_out:
         dataset.hold_out = max(1, int(len(splits["train"]) * CUSTOM_DEV_SHARE))
     if dataset.hold_out:

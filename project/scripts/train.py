@@ -8,17 +8,22 @@ characters that the backbone does not know become new wordpieces, and the
 word embeddings learn at the off-ramp rate so the new rows can move).
 """
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+# Before spaCy, which loads torch (through thinc): the package sets OpenMP's
+# passive wait policy, which libgomp reads only once, when torch loads.
+import spacy_early_exit  # noqa: F401
 import typer
 from spacy.cli.train import train
+from spacy_early_exit.threads import apply_threads, parse_threads
 
 COMPONENTS = {"ner": "tokee_ner", "tagger": "tokee_tagger", "segmenter": "tokee_segmenter"}
 
 
 def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
-    """Config overrides that follow from the corpus (its task and language).
+    """Config overrides that follow from the corpus (its task, language and, for a tagger, tag set).
 
     meta (Dict[str, Any]): corpus/<dataset>/meta.json.
     RETURNS (Dict[str, Any]): dotted overrides for the task's config.
@@ -38,7 +43,57 @@ def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
         # annotated per character: spaCy's rule tokenizer would make a whole
         # unspaced sentence one token, and no gold entity would align.
         overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
+    if meta["task"] == "tagger":
+        overrides.update(tagger_overrides(name, meta))
     return overrides
+
+
+def tagger_overrides(name: str, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """What the tagger learns and how model-best is picked, from meta.json's "attribute".
+
+    "pos" (UPOS, scored as pos_acc) or "tag" (any other tag set, tag_acc);
+    a meta.json written before the field existed was a UPOS corpus.
+
+    name (str): the tagger component's name.
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    RETURNS (Dict[str, Any]): dotted overrides.
+    """
+    attribute = meta.get("attribute") or "pos"
+    if attribute not in ("pos", "tag"):
+        raise typer.BadParameter(f"meta.json: 'attribute' must be 'pos' or 'tag'; got {attribute!r}")
+    other = "tag" if attribute == "pos" else "pos"
+    # The scorer reports only the attribute's accuracy: weigh it alone, so
+    # spaCy's score column is the plain accuracy.
+    return {
+        f"components.{name}.attribute": attribute,
+        f"training.score_weights.{attribute}_acc": 1.0,
+        f"training.score_weights.{other}_acc": None,
+    }
+
+
+def stop_overrides(max_steps: int, stop_after: int, eval_frequency: int) -> Dict[str, Any]:
+    """Config overrides that end training after update `stop_after`'s evaluation.
+
+    spaCy's loop stops once update `training.max_steps` is done, after that
+    update's evaluation and checkpoint; the learning-rate schedule keeps the full
+    `max_steps` as its length. So model-best and model-last are exactly what a run
+    over `max_steps` would have saved had it been stopped right after that
+    evaluation (the learning rate of each update is the same), and the stop does
+    not depend on when someone reads the log.
+    max_steps (int): the budget the schedule runs over.
+    stop_after (int): the update to stop after (0 = run the whole budget); a
+        multiple of eval_frequency, so that it is evaluated and saved.
+    eval_frequency (int): updates between dev evaluations.
+    RETURNS (Dict[str, Any]): the overrides; empty for stop_after 0.
+    """
+    if stop_after == 0:
+        return {}
+    if eval_frequency <= 0 or stop_after < 0 or stop_after > max_steps or stop_after % eval_frequency:
+        raise typer.BadParameter(
+            f"--stop-after must be 0 or a multiple of --eval-frequency ({eval_frequency}) "
+            f"up to --max-steps ({max_steps}); got {stop_after}"
+        )
+    return {"training.max_steps": stop_after, "training.optimizer.learn_rate.total_steps": max_steps}
 
 
 def main(
@@ -58,7 +113,9 @@ def main(
     patience: int = typer.Option(0, help="Stop after this many updates without a better dev score (0 = run max_steps)"),
     max_epochs: int = typer.Option(0, help="Stop after this many epochs (0 = no limit)"),
     select_on: str = typer.Option("tokee", help="Dev score that picks model-best: 'tokee' (the config's exit setting) or 'full' (full depth)"),
-    threads: int = typer.Option(0, help="torch threads (0 = torch's default); OMP_NUM_THREADS, when set, caps it"),
+    stop_after: int = typer.Option(0, help="End after this update's dev evaluation (a multiple of --eval-frequency); the learning-rate schedule still runs over --max-steps (0 = run them all)"),
+    progress_every: Optional[int] = typer.Option(None, help="Print a progress line every N updates (default: the config's)"),
+    threads: str = typer.Option("auto", help="torch threads: auto (the cores not busy at start), a count, or 0 for torch's default; OMP_NUM_THREADS, when set, caps it"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
     configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg"),
 ) -> None:
@@ -83,10 +140,13 @@ def main(
         overrides[f"components.{name}.exit_mode"] = "off"
     elif select_on != "tokee":
         raise typer.BadParameter("--select-on must be 'tokee' or 'full'")
-    if threads > 0:
-        from spacy_early_exit.threads import set_torch_threads
-
-        print(f"torch threads: {set_torch_threads(threads)}")
+    try:
+        thread_setting = parse_threads(threads)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--threads") from None
+    apply_threads(thread_setting, stream=sys.stdout)
+    if progress_every is not None:
+        overrides["training.logger.progress_every"] = progress_every
     overrides.update(corpus_overrides(meta))
     overrides[f"components.{name}.training.distill_weight"] = distill_weight
     overrides[f"components.{name}.training.distill_temperature"] = distill_temperature
@@ -104,7 +164,9 @@ def main(
         overrides["training.optimizer.learn_rate.warmup_steps"] = max(60, max_steps // 20)
     else:
         raise typer.BadParameter("--stage must be 1 or 2")
-    print(f"{meta['dataset']}: stage {stage}, {name}, {max_steps} updates; {meta.get('note', '')}")
+    overrides.update(stop_overrides(max_steps, stop_after, eval_frequency))
+    stop = f" (stopping after update {stop_after}'s evaluation)" if stop_after else ""
+    print(f"{meta['dataset']}: stage {stage}, {name}, {max_steps} updates{stop}; {meta.get('note', '')}")
     train(configs / f"{task}.cfg", output, use_gpu=gpu_id, overrides=overrides)
 
 

@@ -4,7 +4,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import IO, Any, Dict, Optional, Union
 
-from .errors import AnnotateError
+from .errors import AnnotateError, PipelinePathError
 from .local import run_local
 from .pipeline import load_pipeline
 from .progress import Progress, done_line
@@ -46,6 +46,8 @@ def annotate_corpus(
     stream (Optional[IO[str]]): where progress and the summary go; None = stderr.
     quiet (bool): no progress lines and no summary line.
     RETURNS (Dict[str, Any]): the summary (documents, words, seconds, FLOPs).
+    RAISES (PipelinePathError): `pipeline` is no pipeline folder or package.
+    RAISES (AnnotateError): bad options, or the pipeline fails to load or run.
     """
     input_path, output = Path(input_path), Path(output)
     stream = None if quiet else (stream or sys.stderr)
@@ -53,9 +55,10 @@ def annotate_corpus(
         raise AnnotateError(f"--engine must be one of {list(ENGINES)}; got {engine!r}")
     if workers < 1 or batch_size < 1 or (threads_per_worker is not None and threads_per_worker < 1):
         raise AnnotateError("--workers, --threads-per-worker and --batch-size must be at least 1")
+    check_pipeline(pipeline)
     if engine == "ray":
         # Lazy: the Ray engine imports this package, and Ray is an optional extra.
-        from ..distributed import import_ray
+        from .ray_engine import import_ray
 
         import_ray()  # without the extra, fail before reading anything
     check_paths(input_path, output)
@@ -69,7 +72,7 @@ def annotate_corpus(
                 nlp, read_records(input_path), workers=workers, threads_per_worker=threads_per_worker, batch_size=batch_size
             )
         else:
-            from ..distributed import run_ray
+            from .ray_engine import run_ray
 
             results = run_ray(
                 pipeline, input_path, total, workers=workers, threads_per_worker=threads_per_worker or 1,
@@ -88,3 +91,18 @@ def annotate_corpus(
     if stream is not None:
         print(done_line(summary, output), file=stream, flush=True)
     return summary
+
+
+def check_pipeline(pipeline: Union[str, Path]) -> None:
+    """Fail in one line, before reading any input, unless PIPELINE can be a pipeline.
+
+    pipeline (Union[str, Path]): a pipeline folder or an installed pipeline package.
+    RAISES (PipelinePathError): it is neither (the message names the path).
+    """
+    # Lazy: loading imports spaCy, and `--help` should not wait for it.
+    from ..loading import PipelineError, check_pipeline_name
+
+    try:
+        check_pipeline_name(pipeline)
+    except PipelineError as err:
+        raise PipelinePathError(str(err)) from None

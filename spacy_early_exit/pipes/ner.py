@@ -7,6 +7,7 @@ from spacy.training import Example
 from thinc.api import Model
 
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .settings import ExitMode, Precision, Temperature, Threshold, Window
 
 TAG_SCHEMES = {"BIO": ("B", "I"), "BILUO": ("B", "I", "L", "U")}
 
@@ -66,6 +67,14 @@ class EarlyExitNER(EarlyExitPipe):
                 label = None
         doc.ents = spans
 
+    def row_fields(self) -> Dict[str, Callable[[Doc], Any]]:
+        return {"ents": entity_offsets}
+
+
+def entity_offsets(doc: Doc) -> List[List[Any]]:
+    """Each entity as [start_char, end_char, label]: a row's form, since JSON has no tuples."""
+    return [[ent.start_char, ent.end_char, ent.label_] for ent in doc.ents]
+
 
 @Language.factory(
     "tokee_ner",
@@ -81,12 +90,12 @@ def make_tokee_ner(
     name: str,
     model: Model,
     tag_scheme: str,
-    exit_mode: str,
-    threshold: float,
-    window: int,
-    thresholds: Optional[List[float]],
-    temperatures: Optional[List[float]],
-    precision: str,
+    exit_mode: ExitMode,
+    threshold: Threshold,
+    window: Window,
+    thresholds: Optional[List[Threshold]],
+    temperatures: Optional[List[Temperature]],
+    precision: Precision,
     fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
     memory: Dict[str, Any],

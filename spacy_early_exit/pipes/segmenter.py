@@ -17,6 +17,7 @@ from thinc.api import Model
 
 from ..layers.types import DocPrediction
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .settings import ExitMode, Precision, Temperature, Threshold, Window
 from .record import read_record
 
 # Per scheme: its classes, those that open a word and those that close one.
@@ -120,6 +121,14 @@ class EarlyExitSegmenter(EarlyExitPipe):
             first_char = numpy.searchsorted(starts, doc.to_array(IDX))
             record["exit_layers"] = numpy.maximum.reduceat(numpy.asarray(record["exit_layers"]), first_char).tolist()
 
+    def row_fields(self) -> Dict[str, Callable[[Doc], Any]]:
+        return {"words": word_texts}
+
+
+def word_texts(doc: Doc) -> List[str]:
+    """The text of each word (a token, once the segmenter has merged characters)."""
+    return [token.text for token in doc]
+
 
 @Language.factory(
     "tokee_segmenter",
@@ -137,12 +146,12 @@ def make_tokee_segmenter(
     name: str,
     model: Model,
     tag_scheme: str,
-    exit_mode: str,
-    threshold: float,
-    window: int,
-    thresholds: Optional[List[float]],
-    temperatures: Optional[List[float]],
-    precision: str,
+    exit_mode: ExitMode,
+    threshold: Threshold,
+    window: Window,
+    thresholds: Optional[List[Threshold]],
+    temperatures: Optional[List[Temperature]],
+    precision: Precision,
     fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
     memory: Dict[str, Any],

@@ -11,9 +11,18 @@ factories share them instead of repeating a dozen parameters:
 - ``memory``: how often freed heap memory goes back to the OS.
 """
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 from thinc.api import Config
+
+# pydantic's v1 API: the constrained types that spaCy's config checks (confection)
+# understand whether pydantic 1 or 2 is installed.
+try:
+    from pydantic.v1 import ConstrainedFloat, ConstrainedInt
+    from pydantic.v1.types import ConstrainedNumberMeta
+except ImportError:  # pragma: no cover - pydantic 1
+    from pydantic import ConstrainedFloat, ConstrainedInt  # type: ignore[no-redef]
+    from pydantic.types import ConstrainedNumberMeta  # type: ignore[no-redef]
 
 from ..encoder.config_block import is_number, read_block
 from ..encoder.planner import DEFAULT_TRAINING
@@ -39,6 +48,51 @@ EXIT_DEFAULTS: Dict[str, Any] = {
     "temperatures": None,
     "precision": "fp32",
 }
+
+
+
+
+class _Described(ConstrainedNumberMeta):
+    """The metaclass of the exit fields' number types: shows a type as what it
+    accepts, since spaCy's config error prints the expected type ("2.0 is not
+    a number in [0, 1]") rather than pydantic's own words."""
+
+    def __repr__(cls) -> str:
+        return str(getattr(cls, "accepts", cls.__name__))
+
+
+# The exit fields' types, for the factories' signatures. spaCy checks a
+# factory's arguments against its annotations while it resolves the config, so
+# a bad value fails as a short "Config validation error" that names the field,
+# before the component (and its model) is built. ExitPolicy's own checks stay:
+# they guard the fields set as attributes at run time.
+class Threshold(ConstrainedFloat, metaclass=_Described):
+    """A normalized-entropy exit threshold, in [0, 1]."""
+
+    ge = 0.0
+    le = 1.0
+    accepts = "a number in [0, 1]"
+
+
+class Window(ConstrainedInt, metaclass=_Described):
+    """A TOKEE window k, >= 0."""
+
+    ge = 0
+    accepts = "an integer >= 0"
+
+
+class Temperature(ConstrainedFloat, metaclass=_Described):
+    """A per-layer temperature: positive and finite."""
+
+    gt = 0.0
+    allow_inf_nan = False
+    accepts = "a positive finite number"
+
+
+# Literal values kept equal to encoder/exits.EXIT_MODES and
+# encoder/precision.PRECISIONS (tests/test_config_validation.py checks).
+ExitMode = Literal["tokee", "sentee", "off"]
+Precision = Literal["fp32", "bf16", "int8"]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """tokee_tagger: part-of-speech tags (`token.tag_` or `token.pos_`), one class per tag."""
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional
 
 from spacy.attrs import POS, TAG
 from spacy.language import Language
@@ -11,6 +11,7 @@ from thinc.api import Model
 
 from ..scorers import TAGGER_ATTRIBUTES
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .settings import ExitMode, Precision, Temperature, Threshold, Window
 
 # What `token.pos_` accepts: the 17 UD UPOS tags plus spaCy's own (SPACE,
 # the legacy CONJ, EOL). "" is spaCy's "no tag", not a tag.
@@ -89,6 +90,25 @@ class EarlyExitTagger(EarlyExitPipe):
             values[scored, 1] = [POS_IDS[classes[i]] for i in scored]
         doc.from_array([TAG, POS], values)
 
+    def row_fields(self) -> Dict[str, Callable[[Doc], Any]]:
+        # What `annotate` writes: tags with attribute "tag", POS when writes_pos.
+        fields: Dict[str, Callable[[Doc], Any]] = {}
+        if self.attribute == "tag":
+            fields["tags"] = token_tags
+        if self.writes_pos:
+            fields["pos"] = token_pos
+        return fields
+
+
+def token_tags(doc: Doc) -> List[str]:
+    """`token.tag_` of each token."""
+    return [token.tag_ for token in doc]
+
+
+def token_pos(doc: Doc) -> List[str]:
+    """`token.pos_` of each token."""
+    return [token.pos_ for token in doc]
+
 
 @Language.factory(
     "tokee_tagger",
@@ -107,13 +127,13 @@ def make_tokee_tagger(
     nlp: Language,
     name: str,
     model: Model,
-    attribute: str,
-    exit_mode: str,
-    threshold: float,
-    window: int,
-    thresholds: Optional[List[float]],
-    temperatures: Optional[List[float]],
-    precision: str,
+    attribute: Literal["tag", "pos"],
+    exit_mode: ExitMode,
+    threshold: Threshold,
+    window: Window,
+    thresholds: Optional[List[Threshold]],
+    temperatures: Optional[List[Temperature]],
+    precision: Precision,
     fine_tuning: Dict[str, Any],
     training: Dict[str, Any],
     memory: Dict[str, Any],

@@ -16,6 +16,8 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc
 from spacy.training import Example
 
+from ..encoder.exit_schedule import ExitSchedule
+from ..encoder.exits import static_thresholds
 from ..pipes.base import EarlyExitPipe
 from ..pipes.exit_fields import POLICY_FIELDS
 from ..pipes.record import read_record
@@ -27,12 +29,23 @@ SETTING_FIELDS = tuple(POLICY_FIELDS)
 class Setting:
     """One point to evaluate: a label and the exit fields it changes.
 
-    method (str): row label ("full", "tokee", "sentee", ...).
+    method (str): row label ("full", "tokee", "sentee", "static-<k>", ...).
     fields (Dict[str, Any]): exit fields set on every early-exit pipe.
+    nlp (Optional[Language]): the pipeline this setting runs on; None = the
+        one `compare` is given (settings may come from different models, e.g.
+        a target whose stage-1 model won on dev).
+    info (Dict[str, Any]): extra keys for the setting's row (stage, pipeline,
+        target, layer); they override the computed window and threshold.
     """
 
     method: str
     fields: Dict[str, Any] = field(default_factory=dict)
+    nlp: Optional[Language] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def model(self, default: Language) -> Language:
+        """The pipeline to run: the setting's own, else `default`."""
+        return self.nlp if self.nlp is not None else default
 
 
 def early_exit_pipes(nlp: Language) -> List[Tuple[str, EarlyExitPipe]]:
@@ -140,11 +153,13 @@ def interleaved_seconds(
 
 
 def setting_runner(nlp: Language, texts: Sequence[str], setting: Setting) -> Callable[[slice, int], None]:
-    """A call that runs a slice of `texts` through `nlp` with the setting's exit fields."""
+    """A call that runs a slice of `texts` through the setting's pipeline (else
+    `nlp`) with the setting's exit fields."""
+    model = setting.model(nlp)
 
     def run(part: slice, batch_size: int) -> None:
-        with exit_settings(nlp, setting.fields):
-            for _ in nlp.pipe(texts[part], batch_size=batch_size):
+        with exit_settings(model, setting.fields):
+            for _ in model.pipe(texts[part], batch_size=batch_size):
                 pass
 
     return run
@@ -181,13 +196,14 @@ def compare(
 
     RETURNS (List[Dict[str, Any]]): one row per setting with score (0-100),
         flops_speedup, words_per_second and wall_speedup per batch size,
-        mean_exit_layer, window and threshold.
+        mean_exit_layer, window and threshold, and the setting's `info` keys.
     """
     rows = []
     for setting in settings:
-        with exit_settings(nlp, setting.fields):
-            scores, cost = score(nlp, examples)
-            pipe = early_exit_pipes(nlp)[0][1]
+        model = setting.model(nlp)
+        with exit_settings(model, setting.fields):
+            scores, cost = score(model, examples)
+            pipe = early_exit_pipes(model)[0][1]
             exits_on = pipe.exit_mode != "off"
             window = pipe.window if pipe.exit_mode == "tokee" else None
             threshold = pipe.threshold if exits_on else None
@@ -202,6 +218,7 @@ def compare(
                 "mean_exit_layer": round(cost["mean_exit_layer"], 3),
                 "window": window,
                 "threshold": threshold,
+                **setting.info,
             }
         )
         print(f"  scored {setting.method}: {metric}={rows[-1]['score']:.2f} FLOPs x{rows[-1]['flops_speedup']:.2f}", flush=True)
@@ -216,19 +233,135 @@ def compare(
 
 
 def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
-    """A Markdown table of `compare` rows."""
+    """A Markdown table of `compare` rows; a "stage" column when the rows say
+    which training stage's model each ran on."""
     sizes = list(rows[0]["words_per_second"]) if rows else []
-    head = ["method", metric, "FLOPs x"] + [f"wall x (b{b})" for b in sizes] + [f"words/s (b{b})" for b in sizes]
+    staged = any("stage" in row for row in rows)
+    head = ["method"] + (["stage"] if staged else []) + [metric, "FLOPs x"]
+    head += [f"wall x (b{b})" for b in sizes] + [f"words/s (b{b})" for b in sizes]
     head += ["mean exit", "window", "threshold"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["method"], f"{row['score']:.2f}", f"{row['flops_speedup']:.2f}"]
+        cells = [row["method"]] + ([dash(row.get("stage"))] if staged else [])
+        cells += [f"{row['score']:.2f}", f"{row['flops_speedup']:.2f}"]
         cells += [f"{row['wall_speedup'][b]:.2f}" for b in sizes]
         cells += [f"{row['words_per_second'][b]:.0f}" for b in sizes]
         # A field that does not apply (full depth has no window) prints as the README's dash.
-        cells += [f"{row['mean_exit_layer']:.2f}"] + ["\u2013" if row[key] is None else str(row[key]) for key in ("window", "threshold")]
+        cells += [f"{row['mean_exit_layer']:.2f}"] + [dash(row[key]) for key in ("window", "threshold")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "interleaved_seconds", "score", "setting_runner", "words_per_second"]
+def dash(value: Any) -> str:
+    """A table cell: a field that does not apply (full depth has no window) prints as the README's dash."""
+    return "\u2013" if value is None else str(value)
+
+
+def pipeline_stage(nlp: Language) -> int:
+    """The training stage of a pipeline's first early-exit component: 1 for
+    joint training of every off-ramp, 2 for the exit-aware fine-tuning modes."""
+    return 1 if early_exit_pipes(nlp)[0][1].training.mode == "joint" else 2
+
+
+def static_fields(layer: int, num_layers: int) -> Dict[str, Any]:
+    """Exit fields of the static cut after `layer`: every token leaves there."""
+    return {"exit_mode": "tokee", "window": 0, "threshold": 1.0, "thresholds": list(static_thresholds(layer, num_layers))}
+
+
+def speedup_key(cost: Optional[str]) -> str:
+    """The row key of a tune report's speed-up measure ("flops" or "layers")."""
+    return "layer_speedup" if cost == "layers" else "flops_speedup"
+
+
+def static_runs(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The static cuts a `tune` report measured on dev, from its real runs.
+
+    The tuner measures every static cut after layers 1 .. depth-1 (schedule
+    window 0, first exit layer k, base threshold 1.0) for every target.
+
+    report (Dict[str, Any]): a `tune` report.
+    RETURNS (List[Dict[str, Any]]): per layer, ``layer`` and the run's score,
+        flops_speedup, layer_speedup and mean_exit_layer; [] when the report
+        kept no runs.
+    """
+    runs = report.get("runs") or {}
+    found = []
+    layer = 1
+    while True:
+        at_one = [run for run in runs.get(ExitSchedule(window=0, min_layer=layer, slope=1.0).key, []) if run["threshold"] == 1.0]
+        if not at_one:
+            return found
+        found.append({"layer": layer, **{k: v for k, v in at_one[0].items() if k != "threshold"}})
+        layer += 1
+
+
+def bracketing_layers(statics: Sequence[Dict[str, Any]], speedups: Sequence[float], key: str = "flops_speedup") -> List[int]:
+    """The static cuts next to each speed-up: the fastest one at most as fast,
+    and the slowest one at least as fast (the fair comparisons on each side).
+
+    statics (Sequence[Dict[str, Any]]): rows with ``layer`` and the speed-up `key`.
+    speedups (Sequence[float]): the tuned targets' speed-ups, same measure.
+    RETURNS (List[int]): the chosen layers, deepest first.
+    """
+    chosen = set()
+    for speedup in speedups:
+        slower = [row for row in statics if row[key] <= speedup]
+        faster = [row for row in statics if row[key] >= speedup]
+        if slower:
+            chosen.add(max(slower, key=lambda row: row[key])["layer"])
+        if faster:
+            chosen.add(min(faster, key=lambda row: row[key])["layer"])
+    return sorted(chosen, reverse=True)
+
+
+def report_settings(
+    report: Dict[str, Any], load: Callable[[Optional[str]], Language], num_layers: int, default: str
+) -> List[Setting]:
+    """The rows to evaluate for a `tune` report: full depth, each reachable
+    target's setting, and the static cuts that bracket the targets' dev speed-ups.
+
+    A report from `project/scripts/choose_stage.py` names per row the pipeline
+    (the calibrated model of the stage kept on dev) it runs on; a plain `tune`
+    report's rows all run on the default pipeline.
+
+    report (Dict[str, Any]): the report.
+    load (Callable[[Optional[str]], Language]): a pipeline by path; None = the default one.
+    num_layers (int): encoder depth (static cuts are after layers 1 .. depth-1).
+    default (str): the default pipeline's path, recorded in the rows that run on it.
+    RETURNS (List[Setting]): full depth first; each setting's `info` says its
+        stage and pipeline (and target or layer).
+    """
+
+    def setting(method: str, fields: Dict[str, Any], path: Optional[str], **info: Any) -> Setting:
+        nlp = load(path)
+        return Setting(method, fields, nlp, {"stage": pipeline_stage(nlp), "pipeline": path or default, **info})
+
+    full = report.get("full") or {}
+    settings = [setting("full", {"exit_mode": "off"}, full.get("pipeline"))]
+    speedups = []
+    key = speedup_key(report.get("cost"))
+    for entry in report["targets"]:
+        if not entry["reachable"]:
+            continue
+        # Reports before exit schedules had no "fields": a flat threshold.
+        fields = entry.get("fields") or {"exit_mode": "tokee", "window": entry["window"], "threshold": entry["threshold"], "thresholds": None}
+        settings.append(setting(f"tokee-{entry['target']:g}x", fields, entry.get("pipeline"), target=entry["target"]))
+        if entry.get(key) is not None:
+            speedups.append(entry[key])
+    statics = {row["layer"]: row for row in report.get("static") or static_runs(report)}
+    # Without dev runs of the static cuts, every cut is shown.
+    layers = bracketing_layers(list(statics.values()), speedups, key) if statics else list(range(num_layers - 1, 0, -1))
+    for layer in layers:
+        path = statics.get(layer, {}).get("pipeline")
+        settings.append(setting(f"static-{layer}", static_fields(layer, num_layers), path, layer=layer, window=None, threshold=None))
+    return settings
+
+
+def by_speedup(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The first (reference) row, then the others from slowest to fastest, so
+    each tuned row sits between the static cuts that bracket it."""
+    return list(rows[:1]) + sorted(rows[1:], key=lambda row: row["flops_speedup"])
+
+
+__all__ = ["Setting", "bracketing_layers", "by_speedup", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "interleaved_seconds", "pipeline_stage", "report_settings", "score", "setting_runner",
+           "speedup_key", "static_fields", "static_runs", "words_per_second"]

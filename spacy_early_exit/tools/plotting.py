@@ -9,6 +9,35 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 CURVES = ("sentee", "tokee")
 COLORS = {"sentee": "tab:orange", "tokee": "tab:blue", "static": "tab:gray", "full": "black"}
+# One color per tuned schedule family, shared by its tuned points.
+FAMILY_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:cyan")
+FAMILY_PREFIX = "tokee-"
+TUNED_PREFIX = "tuned-"
+
+
+def family_methods(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The tuned families' methods ("tokee-2x", "tokee-3x/4x"), in row order."""
+    return list(dict.fromkeys(str(r["method"]) for r in rows if str(r["method"]).startswith(FAMILY_PREFIX)))
+
+
+def family_of(tuned_method: str, families: Sequence[str]) -> Optional[str]:
+    """The family whose targets include a tuned point's ("tuned-3x" -> "tokee-3x/4x")."""
+    target = tuned_method[len(TUNED_PREFIX):]
+    return next((f for f in families if target in f[len(FAMILY_PREFIX):].split("/")), None)
+
+
+def family_label(method: str, meta: Dict[str, Any]) -> str:
+    """A family's legend entry: its targets, schedule and stage, as the sweep report describes it."""
+    described = next((f for f in meta.get("families") or [] if f.get("method") == method), None)
+    label = f"TOKEE {method[len(FAMILY_PREFIX):]} schedule"
+    if described is None:
+        return label
+    details = f"w{described['window']}, from layer {described['min_layer']}, slope {described['slope']:g}"
+    if described.get("max_layer"):
+        details += f", all out by {described['max_layer']}"
+    if described.get("stage"):
+        details += f", stage {described['stage']}"
+    return f"{label} ({details})"
 
 
 def scored(rows: Sequence[Dict[str, Any]], method: str) -> List[Dict[str, Any]]:
@@ -51,6 +80,8 @@ def sweep_title(meta: Dict[str, Any]) -> str:
     """The plot title: what was swept, on how many docs, with which TOKEE window."""
     what = " on ".join(part for part in (describe(meta.get("pipeline")), describe(meta.get("data"))) if part)
     details = []
+    if meta.get("tuned"):
+        details.append(f"TOKEE: the tuned schedules of {describe(meta['tuned'])}")
     if meta.get("window") is not None:
         details.append(f"TOKEE window {meta['window']}")
     for key, name in (("min_layer", "first exit layer"), ("slope", "slope")):
@@ -101,6 +132,20 @@ def plot_sweep(
         x, y = xy(scored(rows, method))
         if x:
             axes.plot(x, y, marker="o", markersize=3, color=COLORS[method], label=method.upper())
+    families = family_methods(rows)
+    colors = {method: FAMILY_COLORS[i % len(FAMILY_COLORS)] for i, method in enumerate(families)}
+    for method in families:
+        x, y = xy(scored(rows, method))
+        if x:
+            axes.plot(x, y, marker="o", markersize=3, color=colors[method], label=family_label(method, meta))
+    tuned = [r for r in rows if str(r["method"]).startswith(TUNED_PREFIX) and r["score"] is not None]
+    for index, row in enumerate(tuned):
+        color = colors.get(family_of(str(row["method"]), families) or "", COLORS["tokee"])
+        # One legend entry for all tuned points; each is labelled with its target.
+        axes.scatter([row["flops_speedup"]], [row["score"]], marker="D", s=60, color=color, edgecolors="black",
+                     zorder=5, label="tuned on dev (scored here)" if index == 0 else None)
+        axes.annotate(str(row["method"])[len(TUNED_PREFIX):], (row["flops_speedup"], row["score"]),
+                      textcoords="offset points", xytext=(5, -12), fontsize=8)
     static = scored(rows, "static")
     if static:
         x, y = xy(static)
@@ -119,7 +164,8 @@ def plot_sweep(
     if title:
         axes.set_title(title, fontsize=10)
     if axes.get_legend_handles_labels()[0]:
-        axes.legend()
+        # Tuned families make long entries: a smaller font keeps the curves visible.
+        axes.legend(fontsize=7 if families else None)
     figure.tight_layout()
     figure.savefig(str(path), format="png")
     return Path(path)
