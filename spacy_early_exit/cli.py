@@ -2,7 +2,7 @@
 import json
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
@@ -27,57 +27,14 @@ def _options(
     apply_threads(setting, stream=sys.stderr if sys.stderr.isatty() else None)
 
 
-def _fail(message: str) -> NoReturn:
-    """Print one error line (no traceback, no usage box that wraps long paths) and exit with status 2."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _check_pipeline(path: Path) -> Path:
-    """Fail in one line unless `path` is a pipeline folder (see loading.check_pipeline_dir)."""
-    from .loading import PipelineError, check_pipeline_dir
-
-    try:
-        return check_pipeline_dir(path)
-    except PipelineError as err:
-        _fail(str(err))
-
-
-def _write(path: Path, text: str) -> None:
-    """Write an output file (making its folder) and say where it went."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf8")
-    typer.echo(f"Wrote {path}")
-
-
-def _check_precision(value: str) -> str:
-    """Fail in one line on a precision that is not one of the known ones."""
-    from .encoder.precision import validate_precision
-
-    try:
-        return validate_precision(value)
-    except ValueError as err:
-        _fail(str(err))
-
-
-def _load_pipeline(path: Path, config: Optional[Dict[str, Any]] = None):
-    """spacy.load an early-exit pipeline, or fail in one line naming the path."""
-    from .loading import PipelineError, load_pipeline
-
-    try:
-        return load_pipeline(path, config=config)
-    except PipelineError as err:
-        _fail(str(err))
-
-
-def _load_examples(nlp, path: Path, limit: int = 0):
-    """Gold examples from a .spacy file (the first `limit`), or fail in one line."""
-    from .tools.data import DataFileError, load_examples
-
-    try:
-        return load_examples(nlp, path, limit)
-    except DataFileError as err:
-        _fail(str(err))
+from .cli_checks import (  # noqa: E402
+    _check_pipeline,
+    _check_precision,
+    _fail,
+    _load_examples,
+    _load_pipeline,
+    _write,
+)
 
 
 @app.command()
@@ -98,10 +55,8 @@ def evaluate(
     """Score a pipeline at full depth, with TOKEE and at the static cuts next to it on test; time them side by side."""
     import torch
 
-    from .tools.evaluate import (
-        Setting, by_speedup, compare, format_table, pipeline_stage, report_settings, static_fields,
-        bracketing_layers,
-    )
+    from .tools.evaluate import Setting, compare, format_table
+    from .tools.evaluation_rows import bracketing_layers, by_speedup, pipeline_stage, report_settings, static_fields
     from .tools.measure import flops_speedup, main_metric, threshold_for_speedup
     from .tools.sweep import encoder_depth
 
@@ -215,8 +170,6 @@ def tune(
     pipeline_out: Optional[Path] = typer.Option(None, "--pipeline-out", help="Folder for a <target>x/ pipeline copy per target"),
 ) -> None:
     """For each target speed-up, find on dev the exit schedule (window, first and last exit layer, threshold per layer) that scores best."""
-    import spacy
-
     from .tools.options import parse_numbers
     from .tools.measure import validate_cost
     from .tools.tune import format_tune_report, tune as tune_pipeline, write_tuned
@@ -262,8 +215,6 @@ def sweep(
     tuned: Optional[Path] = typer.Option(None, "--tuned", help="A tune report (metrics/<dataset>/tune.json): sweep each tuned target's schedule family (on the pipeline it names) and mark the tuned points, instead of --window/--min-layer/--slope"),
 ) -> None:
     """Score and FLOPs speed-up of SENTEE/TOKEE over a threshold grid, full depth and static-k; CSV, JSON, PNG."""
-    import spacy
-
     from .tools.sweep import DEFAULT_THRESHOLDS, describe_families, run_sweep, write_sweep
     from .tools.measure import main_metric
     from .tools.options import parse_numbers
@@ -301,76 +252,6 @@ app.command(name="annotate")(annotate_command)
 
 
 @app.command()
-def visualize(
-    pipeline: Path = typer.Argument(..., help="Trained pipeline folder"),
-    texts: Optional[List[str]] = typer.Argument(None, help="Texts to run (or --file)"),
-    file: Optional[Path] = typer.Option(None, "--file", help="A UTF-8 text file: one text per line, blank lines skipped"),
-    output: Path = typer.Option(Path("exits.html"), "--output", help="The HTML page to write"),
-    component: Optional[str] = typer.Option(None, "--component", help="Early-exit component to show (default: the pipeline's last one)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="Overrides applied at load time, e.g. a tuned metrics/<dataset>/configs/2x.json"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Exit threshold for this run (clears per-layer thresholds)"),
-    window: Optional[int] = typer.Option(None, "--window", min=0, help="TOKEE window for this run"),
-    labels: str = typer.Option("auto", "--labels", help="auto, ents, tags or none"),
-    screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="Also save a PNG of the page (needs Chromium)"),
-    width: int = typer.Option(1000, "--width", min=200, help="Screenshot width in pixels"),
-    height: int = typer.Option(700, "--height", min=100, help="Screenshot height in pixels"),
-) -> None:
-    """Write an HTML page with each token shaded by the layer at which it exited."""
-    from .tools.evaluate import early_exit_pipes
-    from .tools.visualize import LABEL_MODES, exit_setting, render, screenshot as save_screenshot
-
-    _check_pipeline(pipeline)
-    if labels not in LABEL_MODES:
-        _fail(f"--labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    lines = list(texts or [])
-    if file is not None:
-        if not file.is_file():
-            _fail(f"No such text file: {file}")
-        lines += [line for line in file.read_text(encoding="utf8").splitlines() if line.strip()]
-    if not lines:
-        _fail("Nothing to show: give texts after the pipeline, or --file")
-    if config is not None and not config.is_file():
-        _fail(f"No such config file: {config}")
-    overrides = json.loads(config.read_text(encoding="utf8")) if config else None
-    nlp = _load_pipeline(pipeline, overrides)
-    pipes = dict(early_exit_pipes(nlp))
-    name = component or list(pipes)[-1]
-    if name not in pipes:
-        _fail(f"No early-exit component {name!r} in {pipeline}; it has {list(pipes)}")
-    run_overrides: Dict[str, Any] = {}
-    if threshold is not None:
-        pipes[name].thresholds, pipes[name].threshold = None, threshold
-        run_overrides["threshold"] = threshold
-    if window is not None:
-        pipes[name].window = window
-        run_overrides["window"] = window
-    keys = list(overrides or {}) if isinstance(overrides, dict) else []
-    setting = exit_setting(
-        nlp, name, pipeline=pipeline, config=config,
-        config_keys=[key for key in keys if key.startswith(f"components.{name}.")] or keys, run_overrides=run_overrides,
-    )
-    page = render(
-        list(nlp.pipe(lines)), component=name, num_layers=pipes[name].num_layers, labels=labels,
-        title=f"Early exits: {pipeline.name}", setting=setting,
-    )
-    _write(output, page)
-    if screenshot is not None:
-        try:
-            typer.echo(f"Wrote {save_screenshot(output, screenshot, width, height)}")
-        except RuntimeError as err:
-            _fail(str(err))
-
-
-from .cli_annotate import annotate_command  # noqa: E402  (its own module: cheap to import)
-
-app.command(name="annotate")(annotate_command)
-
-
-if __name__ == "__main__":
-    app()
-
-
-@app.command()
 def migrate(
     pipelines: List[Path] = typer.Argument(..., help="Pipeline folders saved by an earlier version"),
 ) -> None:
@@ -381,3 +262,12 @@ def migrate(
         _check_pipeline(path)
         moves = migrate_pipeline(path)
         typer.echo(f"{path}: {describe_moves(moves) if moves else 'already current'}")
+
+
+from .cli_visualize import visualize_command  # noqa: E402
+
+app.command(name="visualize")(visualize_command)
+
+
+if __name__ == "__main__":
+    app()

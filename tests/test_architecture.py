@@ -14,7 +14,7 @@ LAYERS: List[Tuple[str, int]] = [
     ("layers", 2),
     ("pipes", 3), ("scorers", 3), ("tokenizers", 3), ("loggers", 3),
     ("tools", 4), ("loading", 4), ("testing", 4),
-    ("cli", 5), ("cli_annotate", 5), ("annotate", 5), ("__main__", 5),
+    ("cli", 5), ("cli_annotate", 5), ("cli_checks", 5), ("cli_visualize", 5), ("annotate", 5), ("__main__", 5),
 ]
 MAX_LINES = 350
 MAX_FACTORY_PARAMETERS = 14

@@ -31,7 +31,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from spacy_early_exit.cli import app  # noqa: E402
 from spacy_early_exit.testing import ner_examples  # noqa: E402
-from spacy_early_exit.tools.evaluate import bracketing_layers, by_speedup, static_runs  # noqa: E402
+from spacy_early_exit.tools.evaluation_rows import bracketing_layers, by_speedup, static_runs  # noqa: E402
 
 STATICS = [{"layer": 1, "flops_speedup": 5.4}, {"layer": 2, "flops_speedup": 2.9}, {"layer": 3, "flops_speedup": 1.97},
            {"layer": 4, "flops_speedup": 1.49}, {"layer": 5, "flops_speedup": 1.19}]

@@ -24,7 +24,7 @@ import typer
 sys.path.insert(0, str(Path(__file__).parent))
 from publish import publish  # noqa: E402
 
-from spacy_early_exit.tools.evaluate import static_runs  # noqa: E402
+from spacy_early_exit.tools.evaluation_rows import static_runs  # noqa: E402
 
 STAGES = (1, 2)
 RULE = "stage 2 where its tuned dev score is higher than stage 1's, else stage 1"

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from ..encoder.exit_schedule import ExitSchedule
 from ..encoder.exits import static_thresholds
-from .evaluate import early_exit_pipes, pipeline_stage
+from .evaluate import early_exit_pipes
+from .evaluation_rows import pipeline_stage
 from .tune import main_metric, measure
 
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
