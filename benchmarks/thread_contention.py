@@ -8,13 +8,18 @@ corpus with the offline MiniLM backbone), each condition a fresh process:
 - quiet-auto: nothing else running; --threads auto (2 on a quiet 2-core machine).
 - busy-old: beside one busy single-threaded process (a Python loop); the old
   default: --threads 2 and OpenMP's own wait policy. The package now sets
-  OMP_WAIT_POLICY=PASSIVE unless the user set it, so "unset" cannot be asked
-  for: ACTIVE with GOMP_SPINCOUNT=300000 is libgomp's unset default (a ~3 ms
-  spin before sleeping), where ACTIVE alone would spin for minutes.
+  GOMP_SPINCOUNT=3000 unless the user set a wait policy or spin count, so
+  "unset" cannot be asked for: ACTIVE with GOMP_SPINCOUNT=300000 is libgomp's
+  unset default (a ~3 ms spin before sleeping), where ACTIVE alone would spin
+  for minutes.
 - busy-auto: beside the busy process; the new default: --threads auto with
-  the passive wait policy.
-- quiet-old: nothing else running; the old default (does the passive wait
-  cost anything on a quiet machine? --no-quiet-old leaves it out).
+  the short spin.
+- busy-two: beside the busy process, 2 threads with the short spin: a job
+  that started on a quiet machine (auto took both cores) when another
+  arrives later, which `auto` cannot see.
+- busy-passive: the same with OMP_WAIT_POLICY=PASSIVE (no spin at all).
+- quiet-old, quiet-passive: nothing else running; what the old default and
+  PASSIVE give on a quiet machine (--no-quiet-old leaves these out).
 
 The rate excludes start-up: the training log prints a progress line after
 every update, the timestamps of those lines as they arrive are the clock, and
@@ -52,6 +57,7 @@ RESULTS = Path(__file__).parent / "results"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # libgomp without OMP_WAIT_POLICY: spin 300,000 rounds, then sleep (its env.c).
 OLD_WAIT = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 # Updates after the first evaluation before the clock starts (allocator warm-up).
 SKIPPED = 2
 PROGRESS = re.compile(r"^\s*progress: step \d+")
@@ -72,6 +78,9 @@ CONDITIONS = {
     "busy-old": Condition("busy-old", "2", OLD_WAIT, busy=True),
     "busy-auto": Condition("busy-auto", "auto", busy=True),
     "quiet-old": Condition("quiet-old", "2", OLD_WAIT),
+    "busy-two": Condition("busy-two", "2", busy=True),
+    "busy-passive": Condition("busy-passive", "2", PASSIVE_WAIT, busy=True),
+    "quiet-passive": Condition("quiet-passive", "2", PASSIVE_WAIT),
 }
 
 
@@ -275,10 +284,10 @@ def main(
     max_seconds: float = typer.Option(90.0, help="Longest timing per condition (a slow condition stops early)"),
     startup_timeout: float = typer.Option(240.0, help="Longest wait for a condition's first timed update"),
     dev_docs: int = typer.Option(32, help="Dev documents for the evaluation after update 0"),
-    quiet_old: bool = typer.Option(True, help="Also time the old default on the quiet machine"),
+    quiet_old: bool = typer.Option(True, help="Also time the old default and PASSIVE on the quiet machine"),
     output: Path = typer.Option(RESULTS / "thread_contention.json", help="Results JSON"),
 ) -> None:
-    names = ["quiet-auto", "busy-old", "busy-auto"] + (["quiet-old"] if quiet_old else [])
+    names = ["quiet-auto", "busy-old", "busy-auto", "busy-two", "busy-passive"] + (["quiet-old", "quiet-passive"] if quiet_old else [])
     info = machine_info()
     if info["busy_cores_at_start"]:
         print(f"warning: {info['busy_cores_at_start']} core(s) busy before the first run; the quiet conditions are not quiet", flush=True)
@@ -291,6 +300,7 @@ def main(
         "updates_timed": updates,
         "max_seconds": max_seconds,
         "old_default": {"threads": 2, **OLD_WAIT},
+        "new_default": {"threads": "auto", "GOMP_SPINCOUNT": "3000"},
         "conditions": {},
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -318,9 +328,12 @@ def main(
         "busy-old / quiet-auto": ratio(rates.get("busy-old"), rates.get("quiet-auto")),
         "busy-auto / quiet-auto": ratio(rates.get("busy-auto"), rates.get("quiet-auto")),
         "busy-auto / busy-old": ratio(rates.get("busy-auto"), rates.get("busy-old")),
+        "busy-two / quiet-auto": ratio(rates.get("busy-two"), rates.get("quiet-auto")),
+        "busy-passive / quiet-auto": ratio(rates.get("busy-passive"), rates.get("quiet-auto")),
     }
     if quiet_old:
         report["ratios"]["quiet-old / quiet-auto"] = ratio(rates.get("quiet-old"), rates.get("quiet-auto"))
+        report["ratios"]["quiet-passive / quiet-auto"] = ratio(rates.get("quiet-passive"), rates.get("quiet-auto"))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     print(json.dumps(report["ratios"], indent=2))

@@ -6,12 +6,18 @@ through entry points when a pipeline names them.
 import os
 from typing import Any
 
-# OpenMP threads that wait for work sleep instead of spinning. A spinning
-# thread burns the core that another job needs, so beside a busy process
-# torch's default (spin, then sleep) ran a 2-thread training loop at 13 steps/s
-# where PASSIVE ran it at 20. libgomp reads this once, when torch loads, so it
-# is set here, before any torch import of ours; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that wait for work spin only briefly (3,000 rounds, tens of
+# microseconds), then sleep. libgomp's default spins 300,000 rounds: beside one
+# busy process a 2-thread stage 1 then ran at 0.36 updates/s against 3.5 quiet.
+# PASSIVE (no spin) fixes that (2.41) but costs 18% on a quiet machine (2.90);
+# 3,000 rounds keeps the quiet speed (3.47) and most of the protection (2.11),
+# and `threads = auto` avoids the contention at start (1 thread: 2.59).
+# Figures: benchmarks/results/thread_contention.json. libgomp reads this once,
+# when torch loads, so it is set here, before any torch import of ours; a wait
+# policy or spin count the user set wins.
+SPIN_ROUNDS = "3000"
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = SPIN_ROUNDS
 
 __version__ = "0.2.0"
 # Loaded on first use (PEP 562), so `import spacy_early_exit` stays cheap.

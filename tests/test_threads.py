@@ -173,33 +173,37 @@ def test_annotate_threads_per_worker():
             per_worker_threads(bad)
 
 
-def test_importing_the_package_sets_the_passive_wait_policy_before_torch():
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def test_importing_the_package_sets_a_short_spin_before_torch():
+    env = {key: value for key, value in os.environ.items() if key not in WAIT_VARIABLES}
     code = (
         "import os, sys; import spacy_early_exit; assert 'torch' not in sys.modules; "
-        "policy = os.environ.get('OMP_WAIT_POLICY'); import torch; print(policy)"
+        "spin = os.environ.get('GOMP_SPINCOUNT'); import torch; print(spin)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "PASSIVE", result.stderr
-    # A value the user set wins.
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=120
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ACTIVE", result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == "3000", result.stderr
+    # A wait policy or a spin count the user set wins.
+    for variable, value, expected in (("OMP_WAIT_POLICY", "PASSIVE", "None"), ("GOMP_SPINCOUNT", "7", "7")):
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**env, variable: value}, timeout=120
+        )
+        assert result.returncode == 0 and result.stdout.strip() == expected, result.stderr
 
 
 def test_the_train_script_loads_the_package_before_torch():
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env = {key: value for key, value in os.environ.items() if key not in WAIT_VARIABLES}
     # sys.modules keeps import order: the package must come before torch.
     code = (
         "import importlib.util, os, sys; "
         f"spec = importlib.util.spec_from_file_location('train_script', {str(PROJECT / 'scripts' / 'train.py')!r}); "
         "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
         "names = list(sys.modules); "
-        "print(names.index('spacy_early_exit') < names.index('torch'), os.environ['OMP_WAIT_POLICY'])"
+        "print(names.index('spacy_early_exit') < names.index('torch'), os.environ['GOMP_SPINCOUNT'])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0 and result.stdout.split() == ["True", "PASSIVE"], result.stderr
+    assert result.returncode == 0 and result.stdout.split() == ["True", "3000"], result.stderr
 
 
 def test_stop_after_keeps_the_schedule_of_the_whole_budget():
