@@ -176,3 +176,56 @@ def make_ner_nlp(model_dir: PathLike, steps: int = 0, **config: Any) -> "Languag
     for _ in range(steps):
         nlp.update(examples, sgd=optimizer)
     return nlp
+
+
+# Penn tags of NER_DATA's tokens, so that a tagger can train beside the NER.
+NER_TAGS: List[str] = [
+    "NNP NNP VBZ IN NNP NNP .",
+    "NNP VBZ DT NN IN NNP",
+    "NNP VBD NN MD VB DT JJ NN",
+    "PRP VBD IN NNP IN NNP",
+]
+LISTENER: Dict[str, Any] = {"@architectures": "spacy-early-exit.EarlyExitListener.v1", "upstream": "*"}
+
+
+def shared_examples(nlp: "Language", entities: bool = True, tags: bool = True) -> List["Example"]:
+    """`NER_DATA` with entities and Penn tags (either may be left out: no gold, no loss)."""
+    from spacy.training import Example
+
+    examples = []
+    for (text, ents), tag_line in zip(NER_DATA, NER_TAGS):
+        gold: Dict[str, Any] = {}
+        if entities:
+            gold["entities"] = ents
+        if tags:
+            gold["tags"] = tag_line.split()
+        examples.append(Example.from_dict(nlp.make_doc(text), gold))
+    return examples
+
+
+def make_shared_nlp(
+    model_dir: PathLike, heads: Tuple[str, ...] = ("tokee_ner", "tokee_tagger"), steps: int = 0, **config: Any
+) -> "Language":
+    """A blank English pipeline: `tokee_transformer` on a local backbone and
+    listening `heads`, initialized on `shared_examples`.
+
+    model_dir (PathLike): a backbone folder, e.g. from `save_tiny_backbone`.
+    heads (Tuple[str, ...]): the listening task factories, in pipeline order.
+    steps (int): training updates after initialize.
+    config (Any): more `tokee_transformer` settings (`model` and
+        `fine_tuning` merged into the defaults, as in `make_ner_nlp`).
+    RETURNS (Language): the pipeline.
+    """
+    import spacy
+
+    nlp = spacy.blank("en")
+    model = {"name": str(model_dir), **config.pop("model", {})}
+    fine_tuning = {**TINY_FINE_TUNING, **config.pop("fine_tuning", {})}
+    nlp.add_pipe("tokee_transformer", config={"model": model, "fine_tuning": fine_tuning, **config})
+    for head in heads:
+        nlp.add_pipe(head, config={"model": dict(LISTENER)})
+    examples = shared_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(steps):
+        nlp.update(examples, sgd=optimizer)
+    return nlp

@@ -100,7 +100,8 @@ def test_factories_stay_small():
     from spacy_early_exit.pipes.ner import make_tokee_ner
     from spacy_early_exit.pipes.segmenter import make_tokee_segmenter
     from spacy_early_exit.pipes.tagger import make_tokee_tagger
+    from spacy_early_exit.pipes.transformer import make_tokee_transformer
 
-    for factory in (make_tokee_ner, make_tokee_tagger, make_tokee_segmenter):
+    for factory in (make_tokee_ner, make_tokee_tagger, make_tokee_segmenter, make_tokee_transformer):
         count = len(inspect.signature(factory).parameters)
         assert count <= MAX_FACTORY_PARAMETERS, f"{factory.__name__} has {count} parameters"

@@ -19,7 +19,10 @@ def registered():
 
 def test_the_package_registers_its_names():
     names = {name for _, name in registered()}
-    assert {"tokee_ner", "spacy-early-exit.EarlyExitTransformer.v1"} <= names
+    assert {
+        "tokee_ner", "tokee_tagger", "tokee_segmenter", "tokee_transformer",
+        "spacy-early-exit.EarlyExitTransformer.v1", "spacy-early-exit.EarlyExitListener.v1",
+    } <= names
 
 
 @pytest.mark.slow

@@ -50,14 +50,17 @@ class RowSpec:
         RAISES (AnnotateError): the pipeline has no early-exit component, or
             one names a field that rows have no column for.
         """
-        from ..pipes.base import EarlyExitPipe
+        from ..pipes.base import EncoderOwner, TaskHead
 
+        # Records come from the encoders (a shared tokee_transformer writes one
+        # for all its heads); fields from the task components.
         components: List[str] = []
         fields: Dict[str, Callable[[Any], Any]] = {}
         for name, pipe in nlp.pipeline:
-            if not isinstance(pipe, EarlyExitPipe):
+            if isinstance(pipe, EncoderOwner):
+                components.append(name)
+            if not isinstance(pipe, TaskHead):
                 continue
-            components.append(name)
             for key, read in pipe.row_fields().items():
                 # Arrow columns have a fixed type per key (arrow_rows.py).
                 if key not in FIELD_KEYS:

@@ -8,6 +8,10 @@ Conventions where the papers leave a choice (see README, "Exit semantics"):
   reference code meant to do this but its exclusion branch is dead.
 - SENTEE is the window rule with an unbounded window: the whole sequence
   (one document, or one window of a long document) exits together.
+- With several heads on one encoder (one fused off-ramp per layer, each head
+  a slice of its columns), a token's uncertainty is the max over the heads:
+  it halts only when every head is confident. The max over heads commutes
+  with the window max, so the window rule runs unchanged on it.
 """
 import math
 from dataclasses import dataclass
@@ -33,7 +37,12 @@ class ExitPolicy:
     thresholds (Optional[Tuple[float, ...]]): one threshold per layer; overrides
         `threshold` when given.
     temperatures (Optional[Tuple[float, ...]]): one positive temperature per
-        layer, dividing that off-ramp's logits before the uncertainty.
+        layer, dividing that off-ramp's logits before the uncertainty (every
+        head's, when the encoder has several).
+    head_temperatures (Optional[Tuple[Optional[Tuple[float, ...]], ...]]):
+        per head, in the encoder's head order, one temperature per layer or
+        None (that head falls back to `temperatures`); overrides
+        `temperatures` for the heads it names.
     precision (str): what the layer stack computes in at prediction: "fp32",
         "bf16" or "int8" (see encoder/precision.py). Off-ramps and the exit
         decision are fp32 in all three; training is always fp32.
@@ -45,6 +54,7 @@ class ExitPolicy:
     thresholds: Optional[Tuple[float, ...]] = None
     temperatures: Optional[Tuple[float, ...]] = None
     precision: str = "fp32"
+    head_temperatures: Optional[Tuple[Optional[Tuple[float, ...]], ...]] = None
 
     def __post_init__(self) -> None:
         validate_mode(self.mode)
@@ -55,16 +65,28 @@ class ExitPolicy:
             object.__setattr__(self, "thresholds", validate_per_layer(self.thresholds, "thresholds"))
         if self.temperatures is not None:
             object.__setattr__(self, "temperatures", validate_per_layer(self.temperatures, "temperatures"))
+        if self.head_temperatures is not None:
+            object.__setattr__(self, "head_temperatures", validate_per_head(self.head_temperatures))
 
     def check_depth(self, num_layers: int) -> None:
         """Fail when a per-layer list does not have one value per layer."""
-        for field in ("thresholds", "temperatures"):
-            values = getattr(self, field)
+        per_head = [values for values in self.head_temperatures or () if values is not None]
+        for field, values in [("thresholds", self.thresholds), ("temperatures", self.temperatures)] + [
+            ("temperatures", values) for values in per_head
+        ]:
             if values is not None and len(values) != num_layers:
                 raise ValueError(
                     f"'{field}' has {len(values)} values but the encoder has "
                     f"{num_layers} layers: give one value per layer, or null"
                 )
+
+    def check_heads(self, n_heads: int) -> None:
+        """Fail when per-head temperatures do not give one entry per head."""
+        if self.head_temperatures is not None and len(self.head_temperatures) != n_heads:
+            raise ValueError(
+                f"per-head 'temperatures' has {len(self.head_temperatures)} entries but the "
+                f"encoder has {n_heads} heads: give one per head, or null"
+            )
 
     def layer_threshold(self, layer: int) -> float:
         """Threshold for 1-based `layer`."""
@@ -73,6 +95,13 @@ class ExitPolicy:
     def layer_temperature(self, layer: int) -> float:
         """Temperature for 1-based `layer` (1.0 when uncalibrated)."""
         return self.temperatures[layer - 1] if self.temperatures is not None else 1.0
+
+    def layer_temperatures(self, layer: int, n_heads: int) -> Tuple[float, ...]:
+        """One temperature per head for 1-based `layer`, in the encoder's head order."""
+        shared = self.layer_temperature(layer)
+        if self.head_temperatures is None:
+            return (shared,) * n_heads
+        return tuple(shared if values is None else values[layer - 1] for values in self.head_temperatures)
 
 
 def validate_mode(mode: object) -> str:
@@ -112,6 +141,13 @@ def validate_per_layer(values: object, field: str) -> Tuple[float, ...]:
     return tuple(out)
 
 
+def validate_per_head(values: object) -> Tuple[Optional[Tuple[float, ...]], ...]:
+    """Per-head temperatures: a list with, per head, a per-layer list or None."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"per-head 'temperatures' must be a list with one entry per head; got {values!r}")
+    return tuple(None if entry is None else validate_per_layer(entry, "temperatures") for entry in values)
+
+
 def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / T) divided by log(C), in [0, 1].
 
@@ -124,6 +160,30 @@ def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     log_p = F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(dim=-1)
     return (entropy / math.log(n_classes)).clamp_(0.0, 1.0)
+
+
+def joint_uncertainty(
+    logits: torch.Tensor, head_sizes: Sequence[int], temperatures: Optional[Sequence[float]] = None
+) -> torch.Tensor:
+    """The uncertainty of several heads read from one fused off-ramp: per
+    token, the max over heads of each head's normalized entropy, so a token
+    counts as settled only when every head is confident. One head is exactly
+    `normalized_entropy`.
+
+    logits (torch.Tensor): ``[..., sum(head_sizes)]``, the heads' columns side by side.
+    head_sizes (Sequence[int]): each head's class count, in column order.
+    temperatures (Optional[Sequence[float]]): one per head; None = 1.0 each.
+    RETURNS (torch.Tensor): ``[...]``, in [0, 1].
+    """
+    temps = list(temperatures) if temperatures is not None else [1.0] * len(head_sizes)
+    if len(temps) != len(head_sizes):
+        raise ValueError(f"{len(temps)} temperatures for {len(head_sizes)} heads")
+    if len(head_sizes) == 1:
+        return normalized_entropy(logits, temps[0])
+    if not head_sizes:
+        return logits.new_zeros(logits.shape[:-1])
+    parts = torch.split(logits, list(head_sizes), dim=-1)
+    return torch.stack([normalized_entropy(part, t) for part, t in zip(parts, temps)]).amax(dim=0)
 
 
 def static_thresholds(layer: int, num_layers: int) -> Tuple[float, ...]:

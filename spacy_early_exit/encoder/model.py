@@ -4,16 +4,22 @@ Input is a padded batch of wordpiece sequences plus, per sequence, the first
 wordpiece of each word and which pieces belong to which word. Output is, per
 word, the logits of the off-ramp at which it exited, the exit layer, and the
 FLOPs spent on each sequence. Plain PyTorch: nothing here knows about spaCy.
+
+Several task heads can share the encoder: each layer has one fused off-ramp
+whose output columns are the heads' classes side by side (`head_sizes`), and
+a token exits when every head is confident (`exits.joint_uncertainty`). A
+single-task encoder is the one-head case of the same code.
 """
+import warnings
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .backbone import BackboneSpec, backbone_spec, embed, layer_parts
 from .cost import CostModel
-from .exits import ExitPolicy, exit_decisions, normalized_entropy
+from .exits import ExitPolicy, exit_decisions, joint_uncertainty
 from .layer_step import halt_and_copy_layer
 from .precision import LayerStack, PrecisionCache
 from .schedule import LayerSchedule, PieceOwners, WordIndex
@@ -66,7 +72,8 @@ class EncoderCall:
 class EncoderOutput:
     """Per-word results of one forward pass.
 
-    logits (torch.Tensor): ``[batch, words, labels]`` at each word's exit layer.
+    logits (torch.Tensor): ``[batch, words, labels]`` at each word's exit layer
+        (every head's columns, read at the joint exit layer).
     exit_layers (torch.Tensor): long ``[batch, words]``, 1-based, 0 on padding.
     flops, full_flops (torch.Tensor): long ``[batch]`` per sequence.
     layer_logits (Optional[List[torch.Tensor]]): training only: for every
@@ -81,22 +88,34 @@ class EncoderOutput:
 
 
 class EarlyExitEncoder(nn.Module):
-    """backbone (nn.Module): a transformers base model; n_classes (int): off-ramp
-    output size; ramp_dropout (float): dropout before each off-ramp."""
+    """backbone (nn.Module): a transformers base model; n_classes (Optional[int]):
+    off-ramp output size of a single-task encoder; ramp_dropout (float): dropout
+    before each off-ramp; head_sizes (Optional[Sequence[int]]): instead of
+    `n_classes`, the class count of each head sharing the encoder (may be
+    empty until the heads are added with `set_head`)."""
 
-    def __init__(self, backbone: nn.Module, n_classes: int, ramp_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_classes: Optional[int] = None,
+        ramp_dropout: float = 0.1,
+        head_sizes: Optional[Sequence[int]] = None,
+    ) -> None:
         super().__init__()
-        if n_classes < 1:
-            raise ValueError(f"An early-exit encoder needs at least one label; got {n_classes}")
+        if (n_classes is None) == (head_sizes is None):
+            raise ValueError("Give an early-exit encoder either n_classes or head_sizes")
+        sizes = (n_classes,) if head_sizes is None else tuple(head_sizes)
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+            raise ValueError(f"An early-exit encoder needs at least one label per head; got {sizes}")
         self.backbone = backbone
         self.layers = layer_parts(backbone)
         self.spec: BackboneSpec = backbone_spec(backbone)
-        self.n_classes = n_classes
+        self.head_sizes: Tuple[int, ...] = sizes
         self.ramps = nn.ModuleList(
-            nn.Sequential(nn.Dropout(ramp_dropout), nn.Linear(self.spec.hidden_size, n_classes))
+            nn.Sequential(nn.Dropout(ramp_dropout), _linear(self.spec.hidden_size, sum(sizes)))
             for _ in self.layers
         )
-        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, n_classes)
+        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, sum(sizes))
         # Reduced-precision copies of `layers` for prediction: a plain object,
         # not a submodule, so no state_dict (and no saved file) ever holds one.
         self.precision_cache = PrecisionCache()
@@ -104,6 +123,56 @@ class EarlyExitEncoder(nn.Module):
         # load_state_dict), so the cached copies are made again.
         self.weights_version = 0
         self.register_load_state_dict_post_hook(_weights_loaded)
+
+    @property
+    def n_classes(self) -> int:
+        """The fused off-ramps' width: every head's classes."""
+        return sum(self.head_sizes)
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.head_sizes)
+
+    def head_columns(self, index: int) -> Tuple[int, int]:
+        """The (start, stop) columns of head `index` in the fused off-ramps."""
+        start = sum(self.head_sizes[:index])
+        return start, start + self.head_sizes[index]
+
+    def set_head(self, index: int, n_classes: int) -> None:
+        """Give head `index` fresh off-ramp rows for `n_classes` classes; every
+        other head's rows keep their weights. `index == n_heads` adds a head.
+        (Heads join one by one as the components sharing the encoder learn
+        their labels.)"""
+        if not 0 <= index <= self.n_heads:
+            raise ValueError(f"head index {index} out of range for {self.n_heads} heads")
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"A head needs at least one class; got {n_classes!r}")
+        self._splice(index, n_classes)
+
+    def remove_head(self, index: int) -> None:
+        """Drop head `index`'s off-ramp rows (the later heads move up)."""
+        if not 0 <= index < self.n_heads:
+            raise ValueError(f"head index {index} out of range for {self.n_heads} heads")
+        self._splice(index, 0)
+
+    def _splice(self, index: int, n_new: int) -> None:
+        """Replace head `index`'s rows by `n_new` fresh ones (0 removes the head)."""
+        sizes = list(self.head_sizes)
+        start = sum(sizes[:index])
+        stop = start + (sizes[index] if index < len(sizes) else 0)
+        for ramp in self.ramps:
+            old: nn.Linear = ramp[1]
+            fresh = _linear(self.spec.hidden_size, n_new).to(old.weight.device, old.weight.dtype)
+            new = _linear(self.spec.hidden_size, old.out_features - (stop - start) + n_new)
+            new = new.to(old.weight.device, old.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(torch.cat([old.weight[:start], fresh.weight, old.weight[stop:]]))
+                new.bias.copy_(torch.cat([old.bias[:start], fresh.bias, old.bias[stop:]]))
+            ramp[1] = new
+        sizes[index:index + 1] = [n_new] if n_new else []
+        self.head_sizes = tuple(sizes)
+        self.cost = CostModel(self.spec.hidden_size, self.spec.intermediate_size, sum(sizes))
+        self.weights_changed()
 
     @property
     def num_layers(self) -> int:
@@ -148,6 +217,9 @@ class EarlyExitEncoder(nn.Module):
             raise ValueError("Forced exit layers are a training pass: pass all_layers=True")
         policy = policy or ExitPolicy(mode="off")
         policy.check_depth(self.num_layers)
+        policy.check_heads(self.n_heads)
+        if not self.head_sizes:
+            raise ValueError("The early-exit encoder has no heads yet: no component has added its off-ramps")
         exits_on = policy.mode != "off" and not all_layers
         stack = stack if stack is not None else self.layer_stack(policy.precision)
         ids = batch.input_ids
@@ -206,8 +278,9 @@ class EarlyExitEncoder(nn.Module):
                 layer_logits.append(logits)
             if layer == last or not exits_on:
                 continue
+            temperatures = policy.layer_temperatures(layer, self.n_heads)
             uncertainty = logits.new_zeros(word_mask.shape).index_put(
-                (scored.rows, scored.cols), normalized_entropy(logits.detach(), policy.layer_temperature(layer))
+                (scored.rows, scored.cols), joint_uncertainty(logits.detach(), self.head_sizes, temperatures)
             )
             leaving = exit_decisions(uncertainty, word_active, policy, layer)
             if bool(leaving.any()):
@@ -227,6 +300,14 @@ class EarlyExitEncoder(nn.Module):
             full_flops=torch.tensor(full, dtype=torch.long, device=device),
             layer_logits=layer_logits if all_layers else None,
         )
+
+
+def _linear(width: int, n_out: int) -> nn.Linear:
+    """An off-ramp Linear; a head-less encoder's has zero outputs."""
+    with warnings.catch_warnings():
+        # torch warns that initializing a zero-element tensor is a no-op: it is.
+        warnings.simplefilter("ignore", UserWarning)
+        return nn.Linear(width, n_out)
 
 
 def _weights_loaded(module: EarlyExitEncoder, incompatible_keys: Any) -> None:

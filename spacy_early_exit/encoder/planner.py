@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .config_block import is_number, read_block
-from .exits import normalized_entropy, simulate_exit_layers
+from .exits import joint_uncertainty, simulate_exit_layers
 from .model import EarlyExitEncoder, EncoderInput
 
 TRAINING_MODES = ("joint", "self_sampling", "random")
@@ -110,7 +110,8 @@ class ExitPlanner:
 
     settings (TrainingSettings): the stage-2 settings.
     reference (EarlyExitEncoder): frozen stage-1 encoder whose full-depth
-        predictions decide the exits (and give the flooding loss its floor).
+        predictions decide the exits (and give the flooding loss its floor);
+        with several heads, by the joint rule (the max over heads).
     """
 
     def __init__(self, settings: TrainingSettings, reference: EarlyExitEncoder) -> None:
@@ -139,7 +140,10 @@ class ExitPlanner:
         uncertainty = None
         if self.settings.mode == "self_sampling" or self.settings.loss == "flooding" or self.settings.distill_weight > 0:
             reference_logits = self._reference_logits(batch)
-            uncertainty = self._per_word(normalized_entropy(reference_logits), batch.word_mask)
+            # Several heads on one encoder: the same joint rule as prediction
+            # (a word settles when every head is confident).
+            joint = joint_uncertainty(reference_logits, self.reference.head_sizes)
+            uncertainty = self._per_word(joint, batch.word_mask)
         mask = batch.word_mask
         n_layers = self.reference.num_layers
         if self.settings.mode == "random":

@@ -84,10 +84,15 @@ def get_shim(model: Model) -> EarlyExitShim:
 
 
 def init(model: Model, X: Any = None, Y: Any = None) -> None:
-    n_classes = model.attrs["n_classes"]
-    if not n_classes:
-        raise ValueError("Set model.attrs['n_classes'] (the component does) before initializing")
-    get_shim(model).build(model.attrs["name"], n_classes, model.attrs["ramp_dropout"])
+    # A shared encoder (tokee_transformer) starts with no heads: each
+    # listening component adds its off-ramps once it knows its labels.
+    head_sizes = model.attrs.get("head_sizes")
+    if head_sizes is None:
+        n_classes = model.attrs["n_classes"]
+        if not n_classes:
+            raise ValueError("Set model.attrs['n_classes'] (the component does) before initializing")
+        head_sizes = [n_classes]
+    get_shim(model).build(model.attrs["name"], list(head_sizes), model.attrs["ramp_dropout"])
 
 
 def get_aligner(model: Model) -> Aligner:

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import srsly
 import torch
@@ -161,12 +161,16 @@ class EarlyExitShim(PyTorchShim):
             self._aligner = Aligner(self.tokenizer, wanted, pretokenized=pretokenized)
         return self._aligner
 
-    def build(self, name: str, n_classes: int, ramp_dropout: float) -> None:
-        """Load the pretrained backbone `name` and add fresh off-ramps."""
+    def build(self, name: str, head_sizes: Sequence[int], ramp_dropout: float) -> None:
+        """Load the pretrained backbone `name` and add fresh off-ramps.
+
+        head_sizes (Sequence[int]): each head's class count; empty for a
+            shared encoder whose heads join later (`EarlyExitEncoder.set_head`).
+        """
         backbone, tokenizer = load_pretrained(name)
         self.tokenizer = tokenizer
         self._aligner = None
-        self._model.encoder = EarlyExitEncoder(backbone, n_classes, ramp_dropout)
+        self._model.encoder = EarlyExitEncoder(backbone, ramp_dropout=ramp_dropout, head_sizes=head_sizes)
         self._model.to(self.device_for_build())
 
     def extend_vocabulary(self, texts: Iterable[str]) -> List[str]:
@@ -245,6 +249,7 @@ class EarlyExitShim(PyTorchShim):
             "initialized": True,
             "backbone_config": encoder.backbone.config.to_dict(),
             "n_classes": encoder.n_classes,
+            "head_sizes": list(encoder.head_sizes),
             "ramp_dropout": float(encoder.ramps[0][0].p),
             "tokenizer": files,
             "state": state.getvalue(),
@@ -259,9 +264,13 @@ class EarlyExitShim(PyTorchShim):
             return self
         device = self.device_for_build()
         backbone = build_from_config(msg["backbone_config"])
-        # Pipelines saved before the rename wrote the class count as "n_labels".
-        n_classes = msg["n_classes"] if "n_classes" in msg else msg["n_labels"]
-        encoder = EarlyExitEncoder(backbone, n_classes, msg["ramp_dropout"])
+        # Pipelines saved before shared encoders wrote one head's class count,
+        # as "n_classes" (or "n_labels", before that rename).
+        if "head_sizes" in msg:
+            head_sizes = [int(n) for n in msg["head_sizes"]]
+        else:
+            head_sizes = [msg["n_classes"] if "n_classes" in msg else msg["n_labels"]]
+        encoder = EarlyExitEncoder(backbone, ramp_dropout=msg["ramp_dropout"], head_sizes=head_sizes)
         try:
             encoder.load_state_dict(load_weights(msg["state"], device))
         except UnsafeWeightsError:

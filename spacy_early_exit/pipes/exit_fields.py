@@ -6,7 +6,7 @@ validated by the policy itself and takes effect on the next call.
 """
 import dataclasses
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from ..encoder.exits import ExitPolicy
 
@@ -90,12 +90,23 @@ class ExitSettings:
         unknown = set(changes) - set(POLICY_FIELDS)
         if unknown:
             raise ValueError(f"Unknown exit fields {sorted(unknown)}; expected {sorted(POLICY_FIELDS)}")
+        previous = self._exit_state()
+        try:
+            yield self._apply_exit_changes(policy, changes)
+        finally:
+            self._restore_exit_state(previous)
+
+    def _apply_exit_changes(self, policy: Optional[ExitPolicy], changes: Dict[str, Any]) -> ExitPolicy:
+        """Put `policy` (None: the pipe's own) with `changes` in force; RETURNS it."""
         fields = {POLICY_FIELDS[name]: value for name, value in changes.items()}
         chosen = dataclasses.replace(policy or self._policy, **fields)
-        previous = self._policy
         self.set_policy(chosen)
-        try:
-            yield chosen
-        finally:
-            self._policy = previous
+        return chosen
 
+    def _exit_state(self) -> Any:
+        """What `using` restores afterwards: here the policy (a shared encoder
+        keeps its per-head temperatures beside it)."""
+        return self._policy
+
+    def _restore_exit_state(self, state: Any) -> None:
+        self._policy = state

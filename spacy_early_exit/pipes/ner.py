@@ -6,14 +6,18 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from thinc.api import Model
 
+from ..layers.listener import is_listener
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .head import TaskHead
+from .listening import ListeningHead
 from .settings import ExitMode, Precision, Temperature, Threshold, Window
 
 TAG_SCHEMES = {"BIO": ("B", "I"), "BILUO": ("B", "I", "L", "U")}
 
 
-class EarlyExitNER(EarlyExitPipe):
-    """Entity recognizer on the early-exit encoder; see :class:`EarlyExitPipe`.
+class NERTask(TaskHead):
+    """Entity recognition over early-exit off-ramps: the task half of
+    `EarlyExitNER` (own encoder) and `ListeningNER` (a shared one).
 
     tag_scheme (str): "BIO" or "BILUO", the classes the off-ramps predict.
     """
@@ -71,6 +75,14 @@ class EarlyExitNER(EarlyExitPipe):
         return {"ents": entity_offsets}
 
 
+class EarlyExitNER(NERTask, EarlyExitPipe):
+    """Entity recognizer with its own early-exit encoder; see :class:`EarlyExitPipe`."""
+
+
+class ListeningNER(NERTask, ListeningHead):
+    """Entity recognizer on a shared `tokee_transformer`; see :class:`ListeningHead`."""
+
+
 def entity_offsets(doc: Doc) -> List[List[Any]]:
     """Each entity as [start_char, end_char, label]: a row's form, since JSON has no tuples."""
     return [[ent.start_char, ent.end_char, ent.label_] for ent in doc.ents]
@@ -100,6 +112,10 @@ def make_tokee_ner(
     training: Dict[str, Any],
     memory: Dict[str, Any],
     scorer: Optional[Callable],
-) -> EarlyExitNER:
-    """Create a `tokee_ner` component (see README for every field)."""
-    return EarlyExitNER(nlp.vocab, model, name, **component_fields(locals()))
+) -> NERTask:
+    """Create a `tokee_ner` component (see README for every field); with
+    `spacy-early-exit.EarlyExitListener.v1` as its model it listens to a
+    `tokee_transformer`, which then holds the exit fields and blocks."""
+    fields = component_fields(locals())
+    cls = ListeningNER if is_listener(model) else EarlyExitNER
+    return cls(nlp.vocab, model, name, **fields)

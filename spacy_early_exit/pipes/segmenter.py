@@ -15,8 +15,11 @@ from spacy.training import Example
 from spacy.vocab import Vocab
 from thinc.api import Model
 
+from ..layers.listener import is_listener
 from ..layers.types import DocPrediction
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .head import TaskHead
+from .listening import ListeningHead
 from .settings import ExitMode, Precision, Temperature, Threshold, Window
 from .record import read_record
 
@@ -27,8 +30,9 @@ TAG_SCHEMES = {
 }
 
 
-class EarlyExitSegmenter(EarlyExitPipe):
-    """Word segmenter on the early-exit encoder; see :class:`EarlyExitPipe`.
+class SegmenterTask(TaskHead):
+    """Word segmentation over early-exit off-ramps: the task half of
+    `EarlyExitSegmenter` (own encoder) and `ListeningSegmenter` (a shared one).
 
     Decoding: a word starts at a B (or S) and ends after an E (or S); the
     classes need not be consistent (an M after an E starts a new word). A token
@@ -38,7 +42,10 @@ class EarlyExitSegmenter(EarlyExitPipe):
 
     Record: ``doc._.early_exit[name]["exit_layers"]`` has one entry per final
     token, i.e. per word; a word takes the deepest exit layer of its
-    characters (the encoder ran until the last of them had exited).
+    characters (the encoder ran until the last of them had exited). A
+    listening segmenter rewrites its `tokee_transformer`'s record so, and must
+    be the last component listening to it (the later ones would read
+    characters that are gone).
 
     tag_scheme (str): "BMES" or "BI", the classes the off-ramps predict.
     """
@@ -116,13 +123,21 @@ class EarlyExitSegmenter(EarlyExitPipe):
         for doc, starts in zip(docs, char_starts):
             if len(doc) == 0:
                 continue
-            record = read_record(doc, self.name)
+            record = read_record(doc, self.record_name)
             # Each word starts where one of its characters did.
             first_char = numpy.searchsorted(starts, doc.to_array(IDX))
             record["exit_layers"] = numpy.maximum.reduceat(numpy.asarray(record["exit_layers"]), first_char).tolist()
 
     def row_fields(self) -> Dict[str, Callable[[Doc], Any]]:
         return {"words": word_texts}
+
+
+class EarlyExitSegmenter(SegmenterTask, EarlyExitPipe):
+    """Word segmenter with its own early-exit encoder; see :class:`EarlyExitPipe`."""
+
+
+class ListeningSegmenter(SegmenterTask, ListeningHead):
+    """Word segmenter on a shared `tokee_transformer`; see :class:`ListeningHead`."""
 
 
 def word_texts(doc: Doc) -> List[str]:
@@ -156,11 +171,15 @@ def make_tokee_segmenter(
     training: Dict[str, Any],
     memory: Dict[str, Any],
     scorer: Optional[Callable],
-) -> EarlyExitSegmenter:
+) -> SegmenterTask:
     """Create a `tokee_segmenter` component. Use it with the character tokenizer
     (``[nlp.tokenizer] @tokenizers = "spacy-early-exit.CharacterTokenizer.v1"``).
 
     tag_scheme (str): "BMES" or "BI", the classes the off-ramps predict.
-    The other fields are the shared ones of `tokee_ner` (see README).
+    The other fields are the shared ones of `tokee_ner` (see README); a
+    listening segmenter (model `spacy-early-exit.EarlyExitListener.v1`) leaves
+    them to its `tokee_transformer`, whose model then needs `pretokenized = true`.
     """
-    return EarlyExitSegmenter(nlp.vocab, model, name, **component_fields(locals()))
+    fields = component_fields(locals())
+    cls = ListeningSegmenter if is_listener(model) else EarlyExitSegmenter
+    return cls(nlp.vocab, model, name, **fields)

@@ -9,8 +9,11 @@ from spacy.training import Example
 from spacy.vocab import Vocab
 from thinc.api import Model
 
+from ..layers.listener import is_listener
 from ..scorers import TAGGER_ATTRIBUTES
 from .base import EarlyExitPipe, component_defaults, component_fields
+from .head import TaskHead
+from .listening import ListeningHead
 from .settings import ExitMode, Precision, Temperature, Threshold, Window
 
 # What `token.pos_` accepts: the 17 UD UPOS tags plus spaCy's own (SPACE,
@@ -18,8 +21,9 @@ from .settings import ExitMode, Precision, Temperature, Threshold, Window
 POS_NAMES = frozenset(name for name in POS_IDS if name)
 
 
-class EarlyExitTagger(EarlyExitPipe):
-    """Tagger on the early-exit encoder; see :class:`EarlyExitPipe`.
+class TaggerTask(TaskHead):
+    """Tagging over early-exit off-ramps: the task half of `EarlyExitTagger`
+    (own encoder) and `ListeningTagger` (a shared one).
 
     Each label is one off-ramp class. With ``attribute="tag"`` the component
     learns and writes `token.tag_`; when every label is also a valid
@@ -100,6 +104,14 @@ class EarlyExitTagger(EarlyExitPipe):
         return fields
 
 
+class EarlyExitTagger(TaggerTask, EarlyExitPipe):
+    """Tagger with its own early-exit encoder; see :class:`EarlyExitPipe`."""
+
+
+class ListeningTagger(TaggerTask, ListeningHead):
+    """Tagger on a shared `tokee_transformer`; see :class:`ListeningHead`."""
+
+
 def token_tags(doc: Doc) -> List[str]:
     """`token.tag_` of each token."""
     return [token.tag_ for token in doc]
@@ -138,10 +150,14 @@ def make_tokee_tagger(
     training: Dict[str, Any],
     memory: Dict[str, Any],
     scorer: Optional[Callable],
-) -> EarlyExitTagger:
+) -> TaggerTask:
     """Create a `tokee_tagger` component.
 
     attribute (str): "tag" (learn and write `token.tag_`) or "pos" (`token.pos_`).
-    The other fields are the shared ones of `tokee_ner` (see README).
+    The other fields are the shared ones of `tokee_ner` (see README); a
+    listening tagger (model `spacy-early-exit.EarlyExitListener.v1`) leaves
+    them to its `tokee_transformer`.
     """
-    return EarlyExitTagger(nlp.vocab, model, name, **component_fields(locals()))
+    fields = component_fields(locals())
+    cls = ListeningTagger if is_listener(model) else EarlyExitTagger
+    return cls(nlp.vocab, model, name, **fields)

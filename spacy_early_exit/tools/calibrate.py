@@ -229,7 +229,7 @@ def calibrate_pipeline(
 
     from .config_files import save_tuned_pipeline
     from .data import load_examples
-    from .evaluate import early_exit_pipes
+    from .evaluate import standalone_pipes
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0; got {limit!r}")
@@ -237,7 +237,7 @@ def calibrate_pipeline(
     if not dev_path.exists():
         raise ValueError(f"No such dev data file: {dev_path}")
     nlp = spacy.load(pipeline_dir)
-    pipes = early_exit_pipes(nlp)
+    pipes = standalone_pipes(nlp, "calibrate")
     if component is not None:
         names = [name for name, _ in pipes]
         if component not in names:

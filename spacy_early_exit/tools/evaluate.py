@@ -16,7 +16,7 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc
 from spacy.training import Example
 
-from ..pipes.base import EarlyExitPipe
+from ..pipes.base import EncoderOwner, TaskHead
 from ..pipes.exit_fields import POLICY_FIELDS
 from ..pipes.record import read_record
 
@@ -46,12 +46,33 @@ class Setting:
         return self.nlp if self.nlp is not None else default
 
 
-def early_exit_pipes(nlp: Language) -> List[Tuple[str, EarlyExitPipe]]:
-    """The pipeline's early-exit components, in order."""
-    pipes = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, EarlyExitPipe)]
+def early_exit_pipes(nlp: Language) -> List[Tuple[str, EncoderOwner]]:
+    """The pipeline's early-exit encoders, in order: each standalone task
+    component, and each `tokee_transformer` (once, whatever the number of
+    heads listening to it). They hold the exit settings and write the
+    ``doc._.early_exit`` records."""
+    pipes = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, EncoderOwner)]
     if not pipes:
         raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit component")
     return pipes
+
+
+def standalone_pipes(nlp: Language, command: str) -> List[Tuple[str, EncoderOwner]]:
+    """`early_exit_pipes`, for a command that reads one task's off-ramps per
+    encoder; fails in one line on a shared `tokee_transformer` (not supported yet)."""
+    pipes = early_exit_pipes(nlp)
+    shared = [name for name, pipe in pipes if not isinstance(pipe, TaskHead)]
+    if shared:
+        raise ValueError(
+            f"{command} does not support a shared encoder yet ('{shared[0]}' with listening heads); "
+            "run it on a pipeline of standalone tokee_* components"
+        )
+    return pipes
+
+
+def task_heads(nlp: Language) -> List[Tuple[str, TaskHead]]:
+    """The pipeline's early-exit task components (standalone or listening), in order."""
+    return [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, TaskHead)]
 
 
 @contextmanager
@@ -255,4 +276,4 @@ def dash(value: Any) -> str:
     return "\u2013" if value is None else str(value)
 
 
-__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "format_table", "interleaved_seconds", "score", "setting_runner", "words_per_second"]
+__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "task_heads", "format_table", "interleaved_seconds", "score", "setting_runner", "words_per_second"]

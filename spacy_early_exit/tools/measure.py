@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from spacy.language import Language
 from spacy.training import Example
 
-from .evaluate import cost_summary, early_exit_pipes, exit_settings, score
+from .evaluate import cost_summary, exit_settings, score, task_heads
 
 
 def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size: int = 64) -> float:
@@ -116,13 +116,16 @@ class Measurement:
 
 
 def main_metric(nlp: Language) -> str:
-    """The first early-exit component's main score key: the highest default
-    score weight among the keys its scorer reports.
+    """The first early-exit task component's main score key: the highest
+    default score weight among the keys its scorer reports.
 
     nlp (Language): the pipeline.
     RETURNS (str): e.g. "ents_f" for `tokee_ner`.
     """
-    name, pipe = early_exit_pipes(nlp)[0]
+    heads = task_heads(nlp)
+    if not heads:
+        raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit task component to score")
+    name, pipe = heads[0]
     # Only keys the component's scorer really reports: a tagger with
     # attribute "pos" declares weights for tag_acc and pos_acc but reports one.
     reported = set(pipe.score([]))

@@ -34,7 +34,7 @@ from spacy.training import Example
 from tqdm import tqdm
 
 from ..encoder.exit_schedule import schedule_grid
-from .evaluate import early_exit_pipes, exit_settings
+from .evaluate import exit_settings, standalone_pipes
 from .measure import (
     GRID,
     Measurement,
@@ -163,7 +163,7 @@ def tune(
         raise ValueError(f"keep must be >= 1; got {keep!r}")
     validate_cost(cost)
     metric = metric or main_metric(nlp)
-    name, pipe = early_exit_pipes(nlp)[0]
+    name, pipe = standalone_pipes(nlp, "tune")[0]
     num_layers = pipe.num_layers
     layers = list(min_layers) if min_layers is not None else list(range(1, num_layers))
     if max_layers is None:
