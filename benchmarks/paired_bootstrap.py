@@ -5,7 +5,8 @@ Two rows of benchmarks/results/<dataset>.json (say `tokee@3` and
 in the table. Each test doc's entity counts (true positives, predicted,
 gold; spans aligned to the gold tokens as spaCy's Scorer does) are kept, and
 the docs are resampled with replacement, the same docs for both rows, to give
-the spread of the F1 difference that a test split of this size allows.
+the spread of the F1 difference that a test split of this size allows. The
+counting and the bootstrap are spacy_early_exit/tools/paired_bootstrap.py's.
 
     python benchmarks/paired_bootstrap.py weibo tokee@3 tokee-stage1@3
 
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import PROJECT, RESULTS  # noqa: E402
 
 from spacy_early_exit.tools.data import load_examples  # noqa: E402
-from spacy_early_exit.tools.evaluate import exit_settings  # noqa: E402
+from spacy_early_exit.tools.paired_bootstrap import bootstrap as paired_bootstrap  # noqa: E402
+from spacy_early_exit.tools.paired_bootstrap import f_score, setting_counts  # noqa: E402
 
 # The table's model names and the pipelines under training/<dataset>/ they stand for.
 PIPELINES = {"stage2": "final", "stage1": "stage1-final", "distill": "distill-final"}
@@ -40,39 +42,17 @@ def pipeline_dir(model: str) -> str:
 
 def entity_counts(nlp: Language, examples: List[Example], fields: Dict[str, Any]) -> numpy.ndarray:
     """Per doc: (true positives, predicted entities, gold entities), shape (n_docs, 3)."""
-    with exit_settings(nlp, fields):
-        docs = list(nlp.pipe((eg.reference.text for eg in examples), batch_size=64))
-    counts = numpy.zeros((len(examples), 3), dtype=numpy.int64)
-    for i, (doc, eg) in enumerate(zip(docs, examples)):
-        aligned = Example(doc, eg.reference)
-        gold = {(span.label_, span.start, span.end) for span in eg.reference.ents}
-        predicted = {(span.label_, span.start, span.end) for span in aligned.get_aligned_spans_x2y(doc.ents)}
-        counts[i] = (len(gold & predicted), len(predicted), len(gold))
-    return counts
+    return setting_counts(nlp, examples, fields, "ents_f")
 
 
-def f1(counts: numpy.ndarray) -> numpy.ndarray:
-    """Micro F1 in percent of count totals over the last-but-one axis."""
-    tp, predicted, gold = counts[..., 0], counts[..., 1], counts[..., 2]
-    denominator = predicted + gold
-    return numpy.where(denominator > 0, 200.0 * tp / numpy.maximum(denominator, 1), 0.0)
+# Micro F1 in percent of count totals over the last axis.
+f1 = f_score
 
 
 def bootstrap(a: numpy.ndarray, b: numpy.ndarray, resamples: int, seed: int) -> Dict[str, float]:
-    """Paired bootstrap of F1(a) - F1(b) over docs."""
-    rng = numpy.random.default_rng(seed)
-    n = len(a)
-    deltas = numpy.empty(resamples)
-    for i in range(resamples):
-        picked = rng.integers(0, n, n)
-        deltas[i] = f1(a[picked].sum(0)) - f1(b[picked].sum(0))
-    low, high = numpy.percentile(deltas, [2.5, 97.5])
-    return {
-        "delta": round(float(f1(a.sum(0)) - f1(b.sum(0))), 3),
-        "ci95": [round(float(low), 3), round(float(high), 3)],
-        "share_a_not_better": round(float((deltas <= 0).mean()), 4),
-        "std": round(float(deltas.std()), 3),
-    }
+    """Paired bootstrap of F1(a) - F1(b) over docs, 95% interval (the package's, under this table's keys)."""
+    result = paired_bootstrap(a, b, resamples, seed, confidence=0.95)
+    return {"delta": result["delta"], "ci95": result["ci"], "share_a_not_better": result["share_a_not_better"], "std": result["std"]}
 
 
 def find_row(report: Dict[str, Any], key: str) -> Dict[str, Any]:
