@@ -131,10 +131,10 @@ def calibrate(
     output: Path = typer.Option(..., "--output", help="Folder for the calibrated pipeline"),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write the JSON report here (e.g. metrics/calibration.json)"),
     limit: int = typer.Option(0, "--limit", min=0, help="Use the first N dev docs only (0: all)"),
-    component: Optional[str] = typer.Option(None, "--component", help="Calibrate only this early-exit component (default: all)"),
+    component: Optional[str] = typer.Option(None, "--component", help="Calibrate only this early-exit component, shared tokee_transformer (all its heads) or listening head (default: all)"),
     precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to fit the temperatures for; written into the saved config"),
 ) -> None:
-    """Fit one temperature per layer on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
+    """Fit one temperature per layer (per head and layer on a shared encoder) on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
     from .tools.calibrate import calibrate_pipeline, format_report
 
     _check_pipeline(pipeline)
@@ -164,7 +164,7 @@ def tune(
     precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16 or int8 to tune for; the chosen settings then set it (default: the pipeline's, not written)"),
     output: Path = typer.Option(Path("metrics/tune.json"), "--output", help="JSON report"),
     limit: int = typer.Option(0, "--limit", min=0, help="Tune on the first N dev docs only (0: all)"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score); on a shared encoder HEAD=METRIC,... per head, and the worst head's loss against its full depth is maximized"),
     steps: int = typer.Option(6, "--steps", min=1, help="Most bisection runs per measured schedule and target"),
     write_configs: Optional[Path] = typer.Option(None, "--write-configs", help="Folder for <target>x.json config overrides"),
     pipeline_out: Optional[Path] = typer.Option(None, "--pipeline-out", help="Folder for a <target>x/ pipeline copy per target"),

@@ -76,7 +76,7 @@ def load_pipeline(
     """
     import spacy
 
-    from .pipes.base import EarlyExitPipe
+    from .pipes.owner import EncoderOwner
 
     if check_folder:
         path = check_pipeline_dir(path)
@@ -94,7 +94,8 @@ def load_pipeline(
         # the rest the first line of the message, which says which file.
         first = config_error_fields(err) or (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         raise PipelineError(f"Cannot load the pipeline {path}: {first}") from err
-    if require_early_exit and not any(isinstance(pipe, EarlyExitPipe) for _, pipe in nlp.pipeline):
+    # A standalone tokee_* component or a shared tokee_transformer: whatever owns an encoder.
+    if require_early_exit and not any(isinstance(pipe, EncoderOwner) for _, pipe in nlp.pipeline):
         raise PipelineError(f"The pipeline {path} has no early-exit component (its pipes: {nlp.pipe_names})")
     return nlp
 

@@ -210,12 +210,16 @@ def calibrate_pipeline(
     does not help on held-out dev documents keeps T = 1 (see `calibrate_layer`),
     the temperatures are set on the pipe, the pipeline is saved to `output_dir`, and the temperatures
     are written into the saved ``config.cfg`` so ``spacy.load(output_dir)``
-    uses them.
+    uses them. A shared `tokee_transformer` is calibrated head by head, each
+    head on its own off-ramp columns and gold (`calibrate_heads`), into its
+    per-head ``temperatures``.
 
     pipeline_dir (Union[str, Path]): the trained pipeline folder.
     dev_path (Union[str, Path]): a .spacy DocBin with gold annotation (never test).
     output_dir (Union[str, Path]): where the calibrated pipeline is written.
-    component (Optional[str]): the one component to calibrate; None = all.
+    component (Optional[str]): the one component to calibrate (a standalone
+        component, a shared transformer: all its heads, or one listening
+        head); None = all.
     limit (int): use the first `limit` dev docs only (0: all).
     n_bins (int): ECE bins.
     precision (Optional[str]): fit the temperatures for this prediction
@@ -223,13 +227,19 @@ def calibrate_pipeline(
         None = each component's own.
     RETURNS (Dict[str, Any]): ``pipeline``, ``dev_data``, ``output``, ``n_docs``
         and ``components``: per component name, the `calibrate_layers` report
-        plus ``previous_temperatures`` (what the pipe had before).
+        plus ``previous_temperatures`` (what the pipe had before); for a
+        shared transformer, `calibrate_heads.calibrate_shared`'s report
+        (``heads``: per head the `calibrate_layers` report; ``temperatures``
+        per head; ``previous_temperatures``).
     """
     import spacy
 
+    from ..pipes.head import TaskHead
+    from .calibrate_heads import calibrate_shared, chosen_heads
     from .config_files import save_tuned_pipeline
     from .data import load_examples
-    from .evaluate import standalone_pipes
+    from .evaluate import early_exit_pipes, task_heads
+    from .heads import owner_heads
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be an integer >= 0; got {limit!r}")
@@ -237,17 +247,29 @@ def calibrate_pipeline(
     if not dev_path.exists():
         raise ValueError(f"No such dev data file: {dev_path}")
     nlp = spacy.load(pipeline_dir)
-    pipes = standalone_pipes(nlp, "calibrate")
-    if component is not None:
-        names = [name for name, _ in pipes]
-        if component not in names:
-            raise ValueError(f"No early-exit component named {component!r}; the pipeline has {names}")
-        pipes = [(name, pipe) for name, pipe in pipes if name == component]
+    pipes: List[Tuple[str, Any, Optional[List[Any]]]] = []
+    for name, owner in early_exit_pipes(nlp):
+        if isinstance(owner, TaskHead):
+            if component in (None, name):
+                pipes.append((name, owner, None))
+        else:
+            heads = chosen_heads(name, owner_heads(nlp, owner), component)
+            if heads:
+                pipes.append((name, owner, heads))
+    if not pipes:
+        names = [name for name, _ in early_exit_pipes(nlp)] + [name for name, _ in task_heads(nlp)]
+        raise ValueError(f"No early-exit component named {component!r}; the pipeline has {sorted(set(names))}")
     examples = load_examples(nlp, dev_path, limit)
     reports: Dict[str, Dict[str, Any]] = {}
-    for name, pipe in pipes:
+    overrides: Dict[str, Any] = {}
+    for name, pipe, heads in pipes:
         if precision is not None:
             pipe.precision = precision
+            overrides[f"components.{name}.precision"] = precision
+        if heads is not None:
+            reports[name] = calibrate_shared(pipe, heads, examples, n_bins, f"the dev data {dev_path}")
+            overrides[f"components.{name}.temperatures"] = reports[name]["temperatures"]
+            continue
         logits, gold, folds = doc_folds(pipe, examples)
         if gold.size == 0:
             raise ValueError(f"Component '{name}': the dev data {dev_path} has no gold-labeled tokens to calibrate on")
@@ -255,11 +277,7 @@ def calibrate_pipeline(
         report["previous_temperatures"] = pipe.temperatures
         pipe.temperatures = report["temperatures"]
         reports[name] = report
-    overrides: Dict[str, Any] = {}
-    for name, report in reports.items():
         overrides[f"components.{name}.temperatures"] = list(report["temperatures"])
-        if precision is not None:
-            overrides[f"components.{name}.precision"] = precision
     save_tuned_pipeline(nlp, overrides, output_dir)
     return {
         "pipeline": str(pipeline_dir),
@@ -271,28 +289,36 @@ def calibrate_pipeline(
     }
 
 
+def layer_table(title: str, component: Dict[str, Any]) -> str:
+    """One `calibrate_layers` report as a Markdown table under `title`."""
+    lines = [
+        f"{title}: {component['n_tokens']} tokens, {component['n_classes']} classes",
+        "| layer | T | NLL before | NLL after | ECE before | ECE after | fit kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in component["layers"]:
+        # Reports written before the held-out check have no "kept": every fit was used.
+        kept = row.get("kept", True)
+        verdict = "yes" if kept else f"no (fitted T {row.get('fitted_temperature', 1.0):.4g}: {row.get('reason', '')})"
+        lines.append(
+            f"| {row['layer']} | {row['temperature']:.4g} | {row['nll_before']:.4f} | {row['nll_after']:.4f} "
+            f"| {row['ece_before']:.4f} | {row['ece_after']:.4f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def format_report(report: Dict[str, Any]) -> str:
-    """A Markdown table per component of a `calibrate_pipeline` report.
+    """A Markdown table per component (per head of a shared encoder, titled
+    "transformer/head") of a `calibrate_pipeline` report.
 
     report (Dict[str, Any]): what `calibrate_pipeline` returned.
     RETURNS (str): the tables.
     """
+    from .calibrate_heads import format_heads
+
     blocks = []
     for name, component in report["components"].items():
-        lines = [
-            f"{name}: {component['n_tokens']} tokens, {component['n_classes']} classes",
-            "| layer | T | NLL before | NLL after | ECE before | ECE after | fit kept |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in component["layers"]:
-            # Reports written before the held-out check have no "kept": every fit was used.
-            kept = row.get("kept", True)
-            verdict = "yes" if kept else f"no (fitted T {row.get('fitted_temperature', 1.0):.4g}: {row.get('reason', '')})"
-            lines.append(
-                f"| {row['layer']} | {row['temperature']:.4g} | {row['nll_before']:.4f} | {row['nll_after']:.4f} "
-                f"| {row['ece_before']:.4f} | {row['ece_after']:.4f} | {verdict} |"
-            )
-        blocks.append("\n".join(lines))
+        blocks.extend(format_heads(name, component, layer_table) if "heads" in component else [layer_table(name, component)])
     return "\n\n".join(blocks)
 
 

@@ -19,6 +19,7 @@ from spacy.training import Example
 from ..pipes.base import EncoderOwner, TaskHead
 from ..pipes.exit_fields import POLICY_FIELDS
 from ..pipes.record import read_record
+from .heads import HeadScoring, head_metrics, head_value, rounded_scores, score_heads
 
 SETTING_FIELDS = tuple(POLICY_FIELDS)
 
@@ -54,19 +55,6 @@ def early_exit_pipes(nlp: Language) -> List[Tuple[str, EncoderOwner]]:
     pipes = [(name, pipe) for name, pipe in nlp.pipeline if isinstance(pipe, EncoderOwner)]
     if not pipes:
         raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit component")
-    return pipes
-
-
-def standalone_pipes(nlp: Language, command: str) -> List[Tuple[str, EncoderOwner]]:
-    """`early_exit_pipes`, for a command that reads one task's off-ramps per
-    encoder; fails in one line on a shared `tokee_transformer` (not supported yet)."""
-    pipes = early_exit_pipes(nlp)
-    shared = [name for name, pipe in pipes if not isinstance(pipe, TaskHead)]
-    if shared:
-        raise ValueError(
-            f"{command} does not support a shared encoder yet ('{shared[0]}' with listening heads); "
-            "run it on a pipeline of standalone tokee_* components"
-        )
     return pipes
 
 
@@ -122,11 +110,16 @@ def cost_summary(docs: Sequence[Doc], nlp: Language) -> Dict[str, float]:
     }
 
 
+def run_examples(nlp: Language, examples: Sequence[Example], batch_size: int = 64) -> List[Example]:
+    """Annotate the examples' texts: RETURNS each predicted doc with its gold, ready to score."""
+    docs = nlp.pipe((eg.reference.text for eg in examples), batch_size=batch_size)
+    return [Example(doc, eg.reference) for doc, eg in zip(docs, examples)]
+
+
 def score(nlp: Language, examples: Sequence[Example], batch_size: int = 64) -> Tuple[Dict[str, Any], Dict[str, float]]:
     """Annotate the examples' texts; RETURNS spaCy's scores and the cost summary."""
-    docs = list(nlp.pipe((eg.reference.text for eg in examples), batch_size=batch_size))
-    scored = [Example(doc, eg.reference) for doc, eg in zip(docs, examples)]
-    return Scorer(nlp).score(scored), cost_summary(docs, nlp)
+    scored = run_examples(nlp, examples, batch_size)
+    return Scorer(nlp).score(scored), cost_summary([eg.predicted for eg in scored], nlp)
 
 
 def interleaved_seconds(
@@ -216,31 +209,48 @@ def compare(
     RETURNS (List[Dict[str, Any]]): one row per setting with score (0-100),
         flops_speedup, words_per_second and wall_speedup per batch size,
         mean_exit_layer, window and threshold, and the setting's `info` keys.
+        On a shared encoder, `score` is the first head's metric and a row
+        adds ``scores`` ({head: {metric: value}}), ``objective`` (the worst
+        head's score minus its score in the first row, in points) and
+        ``worst_head``; FLOPs are the shared encoder's, counted once.
     """
-    rows = []
+    rows: List[Dict[str, Any]] = []
+    reference: Optional[HeadScoring] = None  # a shared pipeline's first row: every head's reference
     for setting in settings:
         model = setting.model(nlp)
+        metrics = head_metrics(model, metric)
         with exit_settings(model, setting.fields):
-            scores, cost = score(model, examples)
+            scored = run_examples(model, examples)
+            cost = cost_summary([eg.predicted for eg in scored], model)
+            heads = score_heads(model, scored, metrics) if metrics else None
             pipe = early_exit_pipes(model)[0][1]
             exits_on = pipe.exit_mode != "off"
             window = pipe.window if pipe.exit_mode == "tokee" else None
             threshold = pipe.threshold if exits_on else None
-        value = scores.get(metric)
-        if value is None:
-            raise ValueError(f"Metric {metric!r} not in the scores: {sorted(scores)}")
-        rows.append(
-            {
-                "method": setting.method,
-                "score": round(100.0 * float(value), 2),
-                "flops_speedup": round(cost["flops_speedup"], 3),
-                "mean_exit_layer": round(cost["mean_exit_layer"], 3),
-                "window": window,
-                "threshold": threshold,
-                **setting.info,
-            }
-        )
-        print(f"  scored {setting.method}: {metric}={rows[-1]['score']:.2f} FLOPs x{rows[-1]['flops_speedup']:.2f}", flush=True)
+        if heads is not None:
+            # `score` stays the first head's metric, so readers of the
+            # single-component rows (tables, plots) keep working.
+            value: Any = head_value(heads, next(iter(heads)))
+        else:
+            scores = Scorer(model).score(scored)
+            value = scores.get(metric)
+            if value is None:
+                raise ValueError(f"Metric {metric!r} not in the scores: {sorted(scores)}")
+        row = {
+            "method": setting.method,
+            "score": round(100.0 * float(value), 2) if value is not None else None,
+            "flops_speedup": round(cost["flops_speedup"], 3),
+            "mean_exit_layer": round(cost["mean_exit_layer"], 3),
+            "window": window,
+            "threshold": threshold,
+            **setting.info,
+        }
+        if heads is not None and metrics is not None:
+            reference = reference or HeadScoring(metrics, heads)
+            delta, worst = reference.objective(heads)
+            row.update(scores=rounded_scores(heads), objective=round(100.0 * delta, 2) if delta is not None else None, worst_head=worst)
+        rows.append(row)
+        print(f"  scored {setting.method}: {metric}={number(row['score'])} FLOPs x{row['flops_speedup']:.2f}", flush=True)
     texts = list(timing_texts) if timing_texts is not None else [eg.reference.text for eg in examples]
     speed = words_per_second(nlp, texts, settings, batch_sizes, repeats)
     reference = settings[0].method
@@ -253,16 +263,23 @@ def compare(
 
 def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
     """A Markdown table of `compare` rows; a "stage" column when the rows say
-    which training stage's model each ran on."""
+    which training stage's model each ran on; on a shared encoder one column
+    per head's metric and the worst head's delta instead of `metric`."""
     sizes = list(rows[0]["words_per_second"]) if rows else []
     staged = any("stage" in row for row in rows)
-    head = ["method"] + (["stage"] if staged else []) + [metric, "FLOPs x"]
+    per_head = [(head, key) for head, scores in (rows[0].get("scores") or {}).items() for key in scores] if rows else []
+    scored = [f"{head} {key}" for head, key in per_head] + ["worst \u0394"] if per_head else [metric]
+    head = ["method"] + (["stage"] if staged else []) + scored + ["FLOPs x"]
     head += [f"wall x (b{b})" for b in sizes] + [f"words/s (b{b})" for b in sizes]
     head += ["mean exit", "window", "threshold"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"]] + ([dash(row.get("stage"))] if staged else [])
-        cells += [f"{row['score']:.2f}", f"{row['flops_speedup']:.2f}"]
+        if per_head:
+            cells += [number(row["scores"][h][k]) for h, k in per_head] + [number(row.get("objective"))]
+        else:
+            cells += [number(row["score"])]
+        cells += [f"{row['flops_speedup']:.2f}"]
         cells += [f"{row['wall_speedup'][b]:.2f}" for b in sizes]
         cells += [f"{row['words_per_second'][b]:.0f}" for b in sizes]
         # A field that does not apply (full depth has no window) prints as the README's dash.
@@ -271,9 +288,17 @@ def format_table(rows: Sequence[Dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def number(value: Optional[float]) -> str:
+    """A score cell: two decimals, or the dash when the scorer had nothing to score."""
+    return dash(None) if value is None else f"{value:.2f}"
+
+
 def dash(value: Any) -> str:
     """A table cell: a field that does not apply (full depth has no window) prints as the README's dash."""
     return "\u2013" if value is None else str(value)
 
 
-__all__ = ["Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "task_heads", "format_table", "interleaved_seconds", "score", "setting_runner", "words_per_second"]
+__all__ = [
+    "Setting", "compare", "cost_summary", "early_exit_pipes", "exit_settings", "task_heads", "format_table",
+    "interleaved_seconds", "run_examples", "score", "setting_runner", "words_per_second",
+]

@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from spacy.language import Language
 from spacy.training import Example
 
-from .evaluate import cost_summary, exit_settings, score, task_heads
+from .evaluate import cost_summary, exit_settings, run_examples, score, task_heads
+from .heads import HeadScoring, HeadValues, head_main_metric, head_value, rounded_scores, score_heads
 
 
 def flops_speedup(nlp: Language, texts: Sequence[str], fields: dict, batch_size: int = 64) -> float:
@@ -89,30 +90,45 @@ class Measurement:
     mean_exit_layer (float): mean 1-based exit layer over scored tokens.
     layer_speedup (float): full depth's layers per doc over the layers each
         doc runs (see `evaluate.cost_summary`): the batch-size-1 cost.
+    head_scores (Optional[HeadValues]): on a shared encoder, each head's
+        metric (0-1); `score` is then the first head's.
+    objective (Optional[float]): on a shared encoder, the worst head's score
+        minus its full-depth score (0-1 scale); what the tuner maximizes.
+    worst_head (Optional[str]): the head that gives `objective`.
     """
 
     score: Optional[float]
     flops_speedup: float
     mean_exit_layer: float
     layer_speedup: float = 1.0
+    head_scores: Optional[HeadValues] = None
+    objective: Optional[float] = None
+    worst_head: Optional[str] = None
 
     def speedup(self, cost: str) -> float:
         """The speed-up under one cost measure (see COSTS)."""
         return self.flops_speedup if validate_cost(cost) == "flops" else self.layer_speedup
 
     def as_row(self) -> Dict[str, Any]:
-        """Rounded like `evaluation.compare` rows: score in 0-100."""
-        return {
+        """Rounded like `evaluation.compare` rows: score in 0-100; on a shared
+        encoder also ``scores`` per head, ``objective`` (points) and ``worst_head``."""
+        row: Dict[str, Any] = {
             "score": round(100.0 * self.score, 2) if self.score is not None else None,
             "flops_speedup": round(self.flops_speedup, 3),
             "mean_exit_layer": round(self.mean_exit_layer, 3),
             "layer_speedup": round(self.layer_speedup, 3),
         }
+        if self.head_scores is not None:
+            objective = round(100.0 * self.objective, 2) if self.objective is not None else None
+            row.update(scores=rounded_scores(self.head_scores), objective=objective, worst_head=self.worst_head)
+        return row
 
     @property
     def rank_score(self) -> float:
-        """The score for ranking; a missing score ranks below every real one."""
-        return self.score if self.score is not None else float("-inf")
+        """The score for ranking: the worst head's loss on a shared encoder, else
+        the score; a missing one ranks below every real one."""
+        value = self.objective if self.head_scores is not None else self.score
+        return value if value is not None else float("-inf")
 
 
 def main_metric(nlp: Language) -> str:
@@ -125,15 +141,7 @@ def main_metric(nlp: Language) -> str:
     heads = task_heads(nlp)
     if not heads:
         raise ValueError(f"The pipeline {nlp.pipe_names} has no early-exit task component to score")
-    name, pipe = heads[0]
-    # Only keys the component's scorer really reports: a tagger with
-    # attribute "pos" declares weights for tag_acc and pos_acc but reports one.
-    reported = set(pipe.score([]))
-    defaults = nlp.get_pipe_meta(name).default_score_weights
-    weights = {k: w for k, w in defaults.items() if w is not None and k in reported}
-    if not weights:
-        raise ValueError(f"Component '{name}' declares no score weights; pass a metric explicitly")
-    return max(weights, key=lambda key: weights[key])
+    return head_main_metric(nlp, *heads[0])
 
 
 def metric_value(scores: Dict[str, Any], metric: str) -> Optional[float]:
@@ -150,20 +158,34 @@ def metric_value(scores: Dict[str, Any], metric: str) -> Optional[float]:
 
 
 def measure(
-    nlp: Language, examples: Sequence[Example], fields: Dict[str, Any], metric: str, batch_size: int = 64
+    nlp: Language, examples: Sequence[Example], fields: Dict[str, Any], metric: str, batch_size: int = 64,
+    heads: Optional[HeadScoring] = None,
 ) -> Measurement:
     """Run `examples` through `nlp` with the exit `fields` and score them.
 
     nlp (Language): the pipeline (its settings are restored afterwards).
     examples (Sequence[Example]): gold examples.
     fields (Dict[str, Any]): exit fields, as for `evaluation.exit_settings`.
-    metric (str): the score key.
+    metric (str): the score key (ignored with `heads`: the first head's metric is the score).
     batch_size (int): `nlp.pipe` batch size.
+    heads (Optional[HeadScoring]): on a shared encoder, each head's metric
+        and full-depth score: every head is scored and the worst head's loss
+        is the objective.
     RETURNS (Measurement): score, FLOPs speed-up and mean exit layer.
     """
+    if heads is None:
+        with exit_settings(nlp, fields):
+            scores, cost = score(nlp, examples, batch_size=batch_size)
+        return Measurement(metric_value(scores, metric), cost["flops_speedup"], cost["mean_exit_layer"], cost["layer_speedup"])
     with exit_settings(nlp, fields):
-        scores, cost = score(nlp, examples, batch_size=batch_size)
-    return Measurement(metric_value(scores, metric), cost["flops_speedup"], cost["mean_exit_layer"], cost["layer_speedup"])
+        scored = run_examples(nlp, examples, batch_size)
+        cost = cost_summary([eg.predicted for eg in scored], nlp)
+    values = score_heads(nlp, scored, heads.metrics)
+    objective, worst = heads.objective(values)
+    return Measurement(
+        head_value(values, next(iter(values))), cost["flops_speedup"], cost["mean_exit_layer"], cost["layer_speedup"],
+        values, objective, worst,
+    )
 
 
 # What a target speed-up counts: "flops", the corpus FLOPs (what batches of

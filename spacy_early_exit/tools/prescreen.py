@@ -9,12 +9,17 @@ giving a simulated FLOPs speed-up and a token-level proxy score. The replay
 ignores that halted tokens change the states above them, so it only ranks:
 the tuner measures the few best schedules for real.
 
+On a shared encoder the replay runs the joint rule the encoder runs (the max
+over heads of each head's temperature-scaled entropy), and a point's proxy is
+the worst head's proxy loss against that head's full-depth proxy, the
+tuner's objective in miniature.
+
 The proxy score is token accuracy, or, when the classes have an outside class
 ("O", as in NER), the micro F1 of the other classes: entity F1 follows it far
 more closely than accuracy dominated by "O".
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -22,8 +27,9 @@ from spacy.training import Example
 
 from ..layers.architecture import full_depth_logits, get_aligner, get_shim
 from ..encoder.exit_schedule import ExitSchedule, RowShapes, simulated_exits, simulated_flops, simulated_layer_speedup
-from ..encoder.exits import normalized_entropy
-from ..pipes.base import EarlyExitPipe
+from ..encoder.exits import joint_uncertainty
+from ..pipes.head import TaskHead
+from ..pipes.owner import EncoderOwner
 from .measure import validate_cost
 
 OUTSIDE = "O"
@@ -39,8 +45,10 @@ class ScreenPoint:
     schedule (ExitSchedule): the schedule.
     base (float): its base threshold.
     flops_speedup (float): simulated corpus FLOPs speed-up.
-    proxy (float): simulated token-level score (0-1).
+    proxy (float): simulated token-level score (0-1); on a shared encoder
+        the worst head's proxy minus its full-depth proxy.
     layer_speedup (float): simulated layers-per-doc speed-up (rows as docs).
+    head_proxies (Optional[Dict[str, float]]): on a shared encoder, each head's proxy.
     """
 
     schedule: ExitSchedule
@@ -48,111 +56,28 @@ class ScreenPoint:
     flops_speedup: float
     proxy: float
     layer_speedup: float = 1.0
+    head_proxies: Optional[Dict[str, float]] = None
 
     def speedup(self, cost: str) -> float:
         """The simulated speed-up under one cost measure ("flops" or "layers")."""
         return self.flops_speedup if validate_cost(cost) == "flops" else self.layer_speedup
 
 
-class ExitProfile:
-    """Every off-ramp's prediction and uncertainty for every word of a data set, at full depth.
+@dataclass
+class HeadProfile:
+    """One task head's side of an `ExitProfile`.
 
-    uncertainty (torch.Tensor): ``[layers, rows, words]``, with the pipe's temperatures.
-    predicted (torch.Tensor): long ``[layers, rows, words]``, each ramp's argmax class.
+    name (str): the component's name.
+    predicted (torch.Tensor): long ``[layers, rows, words]``, each ramp's argmax over the head's classes.
     gold (torch.Tensor): long ``[rows, words]``, gold class, -1 where unscored
         (padding, missing gold, or a word read from another window of its doc).
-    shapes (RowShapes): what the cost depends on.
     outside (Optional[int]): the outside class's index, if there is one.
-    pipe (EarlyExitPipe): the component profiled (for its cost model and depth).
     """
 
-    def __init__(
-        self,
-        uncertainty: torch.Tensor,
-        predicted: torch.Tensor,
-        gold: torch.Tensor,
-        shapes: RowShapes,
-        outside: Optional[int],
-        pipe: EarlyExitPipe,
-    ) -> None:
-        self.uncertainty = uncertainty
-        self.predicted = predicted
-        self.gold = gold
-        self.shapes = shapes
-        self.outside = outside
-        self.pipe = pipe
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.uncertainty.shape[0])
-
-    @classmethod
-    def collect(cls, pipe: EarlyExitPipe, examples: Sequence[Example], batch_size: int = 64) -> "ExitProfile":
-        """Run `examples` once at full depth through `pipe` (at its precision) and keep what the screen needs.
-
-        pipe (EarlyExitPipe): a trained early-exit component.
-        examples (Sequence[Example]): gold examples (dev).
-        batch_size (int): docs per forward pass.
-        """
-        model = pipe.model
-        aligner = get_aligner(model)
-        policy = pipe.policy
-        index_of = {name: i for i, name in enumerate(pipe.class_names)}
-        per_row: List[Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, int, numpy.ndarray]] = []
-        examples = list(examples)
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            docs = [eg.predicted for eg in chunk]
-            rows, layouts = aligner.layout(docs)
-            output = full_depth_logits(model, docs, policy.precision)
-            logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
-            offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
-            golds = [numpy.full(len(r.word_cols), -1, dtype="int64") for r in rows]
-            for example, layout in zip(chunk, layouts):
-                for token, gold in enumerate(pipe.gold_classes(example)):
-                    row = int(layout.token_rows[token])
-                    if row >= 0 and gold in index_of:
-                        golds[row][int(layout.token_slots[token])] = index_of[gold]
-            for i, row in enumerate(rows):
-                part = logits[:, offsets[i]:offsets[i + 1]]
-                uncertainty = torch.stack(
-                    [normalized_entropy(part[l], policy.layer_temperature(l + 1)) for l in range(part.shape[0])]
-                )
-                pieces = numpy.bincount(row.pair_words, minlength=len(row.word_cols)) if len(row.pair_words) else numpy.zeros(len(row.word_cols), dtype="int64")
-                per_row.append((uncertainty.numpy(), part.argmax(dim=-1).numpy(), golds[i], len(row.ids), pieces))
-        return cls._pad(per_row, pipe)
-
-    @classmethod
-    def _pad(cls, per_row: list, pipe: EarlyExitPipe) -> "ExitProfile":
-        n_layers = get_shim(pipe.model).encoder.num_layers
-        n_rows = len(per_row)
-        width = max([len(r[2]) for r in per_row] + [1])
-        uncertainty = torch.zeros(n_layers, n_rows, width)
-        predicted = torch.zeros(n_layers, n_rows, width, dtype=torch.long)
-        gold = torch.full((n_rows, width), -1, dtype=torch.long)
-        mask = torch.zeros(n_rows, width, dtype=torch.bool)
-        word_pieces = torch.zeros(n_rows, width, dtype=torch.long)
-        row_pieces = torch.zeros(n_rows, dtype=torch.long)
-        for i, (unc, pred, g, n_pieces, pieces) in enumerate(per_row):
-            n = len(g)
-            uncertainty[:, i, :n] = torch.as_tensor(unc)
-            predicted[:, i, :n] = torch.as_tensor(pred)
-            gold[i, :n] = torch.as_tensor(g)
-            mask[i, :n] = True
-            word_pieces[i, :n] = torch.as_tensor(pieces)
-            row_pieces[i] = n_pieces
-        names = pipe.class_names
-        outside = names.index(OUTSIDE) if OUTSIDE in names else None
-        return cls(uncertainty, predicted, gold, RowShapes(mask, word_pieces, row_pieces), outside, pipe)
-
-    def simulate(self, schedule: ExitSchedule, base: float) -> ScreenPoint:
-        """Replay the TOKEE rule for one schedule at one base threshold."""
-        thresholds = schedule.thresholds(base, self.num_layers)
-        exits = simulated_exits(self.uncertainty, self.shapes.word_mask, schedule.window, thresholds)
-        flops, full = simulated_flops(exits, self.shapes, thresholds, get_shim(self.pipe.model).encoder.cost)
-        chosen = self.predicted.gather(0, (exits.clamp(min=1) - 1)[None]).squeeze(0)
-        return ScreenPoint(schedule, base, full / flops if flops else 1.0, self.proxy_score(chosen),
-                           simulated_layer_speedup(exits, self.num_layers))
+    name: str
+    predicted: torch.Tensor
+    gold: torch.Tensor
+    outside: Optional[int]
 
     def proxy_score(self, predicted: torch.Tensor) -> float:
         """Token accuracy, or the non-outside micro F1 when there is an outside class."""
@@ -168,6 +93,144 @@ class ExitProfile:
             return 0.0
         precision, recall = correct / n_pred, correct / n_gold
         return 2 * precision * recall / (precision + recall)
+
+
+class ExitProfile:
+    """Every off-ramp's prediction and uncertainty for every word of a data set, at full depth.
+
+    uncertainty (torch.Tensor): ``[layers, rows, words]``, with the pipe's
+        temperatures; on a shared encoder the joint one (the max over heads).
+    heads (List[HeadProfile]): each head's predictions and gold.
+    shapes (RowShapes): what the cost depends on.
+    pipe (EncoderOwner): the encoder profiled (for its cost model, every head's ramps).
+    relative (bool): score a point by the worst head's proxy loss against
+        its full-depth proxy (a shared encoder) rather than by the one head's proxy.
+    """
+
+    def __init__(
+        self, uncertainty: torch.Tensor, heads: List[HeadProfile], shapes: RowShapes, pipe: EncoderOwner,
+        relative: bool = False,
+    ) -> None:
+        self.uncertainty = uncertainty
+        self.heads = heads
+        self.shapes = shapes
+        self.pipe = pipe
+        self.relative = relative
+        self.full_proxies = [head.proxy_score(head.predicted[-1]) for head in heads]
+
+    # The first head's side, as the profile of one standalone component reads.
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.heads[0].predicted
+
+    @property
+    def gold(self) -> torch.Tensor:
+        return self.heads[0].gold
+
+    @property
+    def outside(self) -> Optional[int]:
+        return self.heads[0].outside
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.uncertainty.shape[0])
+
+    @classmethod
+    def collect(
+        cls, pipe: EncoderOwner, examples: Sequence[Example], batch_size: int = 64,
+        heads: Optional[Sequence[Tuple[str, TaskHead]]] = None,
+    ) -> "ExitProfile":
+        """Run `examples` once at full depth through `pipe` (at its precision) and keep what the screen needs.
+
+        pipe (EncoderOwner): a trained standalone component, or a shared `tokee_transformer`.
+        examples (Sequence[Example]): gold examples (dev).
+        batch_size (int): docs per forward pass.
+        heads (Optional[Sequence[Tuple[str, TaskHead]]]): a shared encoder's
+            listening components, in its head order; None = `pipe` is its own head.
+        """
+        relative = heads is not None
+        if heads is None:
+            if not isinstance(pipe, TaskHead):
+                raise ValueError(f"'{pipe.name}' is a shared encoder: pass the heads listening to it")
+            heads = [(pipe.name, pipe)]
+        model = pipe.model
+        encoder = get_shim(model).encoder
+        aligner = get_aligner(model)
+        policy = pipe.policy
+        columns = [pipe.head_columns(name) if relative else (0, encoder.n_classes) for name, _ in heads]  # type: ignore[attr-defined]
+        index_of = [{name: i for i, name in enumerate(head.class_names)} for _, head in heads]
+        rows_out: List[Tuple[numpy.ndarray, List[numpy.ndarray], List[numpy.ndarray], int, numpy.ndarray]] = []
+        examples = list(examples)
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            docs = [eg.predicted for eg in chunk]
+            rows, layouts = aligner.layout(docs)
+            output = full_depth_logits(model, docs, policy.precision)
+            logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
+            offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
+            golds = [[numpy.full(len(r.word_cols), -1, dtype="int64") for r in rows] for _ in heads]
+            for h, (_, head) in enumerate(heads):
+                for example, layout in zip(chunk, layouts):
+                    for token, gold in enumerate(head.gold_classes(example)):
+                        row = int(layout.token_rows[token])
+                        if row >= 0 and gold in index_of[h]:
+                            golds[h][row][int(layout.token_slots[token])] = index_of[h][gold]
+            for i, row in enumerate(rows):
+                part = logits[:, offsets[i]:offsets[i + 1]]
+                # The rule the encoder runs: the max over every head of its
+                # temperature-scaled entropy (one head: the plain entropy).
+                uncertainty = torch.stack([
+                    joint_uncertainty(part[l], encoder.head_sizes, policy.layer_temperatures(l + 1, encoder.n_heads))
+                    for l in range(part.shape[0])
+                ])
+                predicted = [part[..., a:b].argmax(dim=-1).numpy() for a, b in columns]
+                pieces = numpy.bincount(row.pair_words, minlength=len(row.word_cols)) if len(row.pair_words) else numpy.zeros(len(row.word_cols), dtype="int64")
+                rows_out.append((uncertainty.numpy(), predicted, [g[i] for g in golds], len(row.ids), pieces))
+        return cls._pad(rows_out, pipe, heads, relative)
+
+    @classmethod
+    def _pad(cls, per_row: list, pipe: EncoderOwner, heads: Sequence[Tuple[str, TaskHead]], relative: bool) -> "ExitProfile":
+        n_layers = get_shim(pipe.model).encoder.num_layers
+        n_rows, n_heads = len(per_row), len(heads)
+        width = max([len(r[2][0]) for r in per_row] + [1])
+        uncertainty = torch.zeros(n_layers, n_rows, width)
+        predicted = torch.zeros(n_heads, n_layers, n_rows, width, dtype=torch.long)
+        gold = torch.full((n_heads, n_rows, width), -1, dtype=torch.long)
+        mask = torch.zeros(n_rows, width, dtype=torch.bool)
+        word_pieces = torch.zeros(n_rows, width, dtype=torch.long)
+        row_pieces = torch.zeros(n_rows, dtype=torch.long)
+        for i, (unc, preds, golds, n_pieces, pieces) in enumerate(per_row):
+            n = len(golds[0])
+            uncertainty[:, i, :n] = torch.as_tensor(unc)
+            for h in range(n_heads):
+                predicted[h, :, i, :n] = torch.as_tensor(preds[h])
+                gold[h, i, :n] = torch.as_tensor(golds[h])
+            mask[i, :n] = True
+            word_pieces[i, :n] = torch.as_tensor(pieces)
+            row_pieces[i] = n_pieces
+        profiles = []
+        for h, (name, head) in enumerate(heads):
+            names = head.class_names
+            profiles.append(HeadProfile(name, predicted[h], gold[h], names.index(OUTSIDE) if OUTSIDE in names else None))
+        return cls(uncertainty, profiles, RowShapes(mask, word_pieces, row_pieces), pipe, relative)
+
+    def simulate(self, schedule: ExitSchedule, base: float) -> ScreenPoint:
+        """Replay the exit rule (joint over heads) for one schedule at one base threshold."""
+        thresholds = schedule.thresholds(base, self.num_layers)
+        exits = simulated_exits(self.uncertainty, self.shapes.word_mask, schedule.window, thresholds)
+        flops, full = simulated_flops(exits, self.shapes, thresholds, get_shim(self.pipe.model).encoder.cost)
+        index = (exits.clamp(min=1) - 1)[None]
+        proxies = [head.proxy_score(head.predicted.gather(0, index).squeeze(0)) for head in self.heads]
+        speedups = (full / flops if flops else 1.0, simulated_layer_speedup(exits, self.num_layers))
+        if not self.relative:
+            return ScreenPoint(schedule, base, speedups[0], proxies[0], speedups[1])
+        worst = min(p - f for p, f in zip(proxies, self.full_proxies))
+        by_head = {head.name: p for head, p in zip(self.heads, proxies)}
+        return ScreenPoint(schedule, base, speedups[0], worst, speedups[1], by_head)
+
+    def proxy_score(self, predicted: torch.Tensor) -> float:
+        """The first head's token accuracy, or its non-outside micro F1 when it has an outside class."""
+        return self.heads[0].proxy_score(predicted)
 
 
 def cheapest_reaching(

@@ -12,6 +12,7 @@ from spacy.language import Language
 from spacy.training import Example
 
 from ..encoder.exit_schedule import ExitSchedule
+from .heads import HeadScoring
 from .measure import GRID, Measurement, bisect_steps, grid_step, grid_threshold, measure
 
 
@@ -26,12 +27,15 @@ class Prober:
     num_layers (int): encoder depth.
     batch_size (int): `nlp.pipe` batch size.
     extra (Optional[Dict[str, Any]]): exit fields added to every point (e.g. the precision).
+    heads (Optional[HeadScoring]): on a shared encoder, every head's metric and
+        full-depth score: points are ranked by the worst head's loss.
     """
 
     def __init__(
         self, nlp: Language, examples: Sequence[Example], metric: str, num_layers: int, batch_size: int = 64,
-        extra: Optional[Dict[str, Any]] = None,
+        extra: Optional[Dict[str, Any]] = None, heads: Optional[HeadScoring] = None,
     ) -> None:
+        self.heads = heads
         self.nlp = nlp
         self.extra = dict(extra or {})
         self.examples = examples
@@ -44,7 +48,7 @@ class Prober:
         probed = self.cache.setdefault(schedule.key, {})
         if step not in probed:
             fields = {**schedule.fields(grid_threshold(step), self.num_layers), **self.extra}
-            probed[step] = measure(self.nlp, self.examples, fields, self.metric, self.batch_size)
+            probed[step] = measure(self.nlp, self.examples, fields, self.metric, self.batch_size, self.heads)
         return probed[step]
 
     def probed(self, schedule: ExitSchedule) -> Dict[int, Measurement]:
@@ -140,7 +144,8 @@ def search_schedule(
 
 
 def best_candidate(candidates: Sequence[Candidate], cost: str = "flops") -> Optional[Candidate]:
-    """The reached candidate with the best score; ties go to the faster one."""
+    """The reached candidate with the best score (on a shared encoder: the
+    best worst-head loss); ties go to the faster one."""
     reached = [c for c in candidates if c.reached]
     if not reached:
         return None

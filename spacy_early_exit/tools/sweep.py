@@ -25,6 +25,7 @@ from ..encoder.exit_schedule import ExitSchedule
 from ..encoder.exits import static_thresholds
 from .evaluate import early_exit_pipes
 from .evaluation_rows import pipeline_stage
+from .heads import HeadScoring, head_metrics
 from .tune import main_metric, measure
 
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -195,7 +196,10 @@ def run_sweep(
         targets whose report names another pipeline (e.g. stage 1's).
     RETURNS (List[Dict[str, Any]]): one row per point with the COLUMNS keys
         (score in 0-100, None when the scorer had nothing to score; stage:
-        the training stage of the model the point ran on).
+        the training stage of the model the point ran on). On a shared
+        encoder `score` is the first head's metric and each row adds
+        ``scores`` per head, ``objective`` (the worst head's loss against its
+        full-depth score on the same pipeline, in points) and ``worst_head``.
     """
     metric = metric or main_metric(nlp)
     depth = encoder_depth(nlp)
@@ -204,11 +208,13 @@ def run_sweep(
     else:
         points = sweep_points(depth, thresholds, window, min_layer, slope)
     rows = []
+    # Per pipeline, its shared heads' full-depth scores: each head's reference.
+    scorings: Dict[int, Optional[HeadScoring]] = {}
     for point in tqdm(points, desc="sweep", disable=not progress):
         if point.pipeline is not None and load is None:
             raise ValueError(f"The tune report names the pipeline {point.pipeline}: pass `load`")
         model = load(point.pipeline) if point.pipeline is not None else nlp
-        measured = measure(model, examples, point.fields, metric, batch_size)
+        measured = measure(model, examples, point.fields, metric, batch_size, head_scoring(model, examples, metric, batch_size, scorings))
         rows.append(
             {"method": point.method, "window": point.window, "threshold": point.threshold, "layer": point.layer,
              "target": point.target, "stage": pipeline_stage(model), **measured.as_row()}
@@ -216,13 +222,36 @@ def run_sweep(
     return rows
 
 
+def head_scoring(
+    model: Language, examples: Sequence[Example], metric: str, batch_size: int, known: Dict[int, Optional[HeadScoring]]
+) -> Optional[HeadScoring]:
+    """A shared pipeline's head metrics with their full-depth scores (measured
+    once per pipeline, kept in `known`); None for standalone components."""
+    if id(model) not in known:
+        metrics = head_metrics(model, metric)
+        full = measure(model, examples, {"exit_mode": "off"}, metric, batch_size, HeadScoring(metrics)) if metrics else None
+        known[id(model)] = HeadScoring(metrics, full.head_scores) if metrics and full is not None else None
+    return known[id(model)]
+
+
+def csv_columns(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """COLUMNS, then on a shared encoder one "<head>.<metric>" column per head and the objective."""
+    scores = rows[0].get("scores") if rows else None
+    if not scores:
+        return list(COLUMNS)
+    return list(COLUMNS) + [f"{head}.{key}" for head, metric in scores.items() for key in metric] + ["objective", "worst_head"]
+
+
 def write_csv(rows: Sequence[Dict[str, Any]], path: Path) -> Path:
-    """The rows as CSV, COLUMNS in order; None is an empty cell."""
+    """The rows as CSV, COLUMNS in order (and per-head columns on a shared
+    encoder); None is an empty cell."""
+    columns = csv_columns(rows)
     with Path(path).open("w", encoding="utf8", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
+            flat = {**row, **{f"{h}.{k}": v for h, metric in (row.get("scores") or {}).items() for k, v in metric.items()}}
+            writer.writerow({key: "" if flat.get(key) is None else flat[key] for key in columns})
     return Path(path)
 
 
@@ -243,7 +272,7 @@ def write_sweep(
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: output_dir / f"{FILE_STEM}.{kind}" for kind in ("csv", "json", "png")}
     write_csv(rows, paths["csv"])
-    report = {**(meta or {}), "metric": metric, "columns": list(COLUMNS), "rows": list(rows)}
+    report = {**(meta or {}), "metric": metric, "columns": csv_columns(rows), "rows": list(rows)}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     plot_sweep(rows, paths["png"], metric)
     return paths

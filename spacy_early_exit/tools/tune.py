@@ -24,9 +24,16 @@ A relative `margin` is added to every target: a test set's speed-up differs
 from dev's by a few percent, and a setting tuned to land just on the target
 on dev would miss it on test half of the time.
 
+On a shared `tokee_transformer` one schedule serves every head, so a point
+is judged by the worst head: the objective is ``min over heads of
+(score_h - full_h)``, each head against its own full-depth dev score
+(`heads.HeadScoring`); the screen replays the joint exit rule and ranks by
+the same worst-head loss in its proxy scores.
+
 Tuning is meant for dev data only; the chosen settings are reported on test
 elsewhere (`evaluate`, benchmarks).
 """
+import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
 from spacy.language import Language
@@ -34,7 +41,8 @@ from spacy.training import Example
 from tqdm import tqdm
 
 from ..encoder.exit_schedule import schedule_grid
-from .evaluate import exit_settings, standalone_pipes
+from .evaluate import early_exit_pipes, exit_settings
+from .heads import HeadScoring, head_metrics, shared_heads
 from .measure import (
     GRID,
     Measurement,
@@ -101,12 +109,17 @@ def target_report(
         entry["fields"] = fields
         entry["overrides"] = config_overrides(nlp, fields)
     entry["candidates"] = [c.as_row() for c in candidates]
-    entry["screen"] = [
-        {**p.schedule.as_dict(), "threshold": p.base, "simulated_flops_speedup": round(p.flops_speedup, 3),
-         "simulated_layer_speedup": round(p.layer_speedup, 3), "proxy": round(p.proxy, 4)}
-        for p in screened
-    ]
+    entry["screen"] = [screen_row(p) for p in screened]
     return entry
+
+
+def screen_row(point: Any) -> Dict[str, Any]:
+    """One screened schedule in the report; on a shared encoder with each head's proxy."""
+    row = {**point.schedule.as_dict(), "threshold": point.base, "simulated_flops_speedup": round(point.flops_speedup, 3),
+           "simulated_layer_speedup": round(point.layer_speedup, 3), "proxy": round(point.proxy, 4)}
+    if point.head_proxies is not None:
+        row["head_proxies"] = {name: round(value, 4) for name, value in point.head_proxies.items()}
+    return row
 
 
 def tune(
@@ -132,7 +145,9 @@ def tune(
     examples (Sequence[Example]): dev examples (never test).
     targets (Sequence[float]): FLOPs speed-ups to reach.
     windows (Sequence[int]): TOKEE windows k in the schedule grid.
-    metric (Optional[str]): score key; None = the early-exit component's main score.
+    metric (Optional[str]): score key; None = the early-exit component's main
+        score. On a shared encoder see `heads.head_metrics` (each head's main
+        metric unless named as "HEAD=METRIC,...").
     steps (int): the most bisection runs per measured schedule and target.
     batch_size (int): `nlp.pipe` batch size.
     progress (bool): show a progress bar.
@@ -152,6 +167,10 @@ def tune(
         entry per target (schedule, thresholds, score, speed-up, config
         overrides, every measured candidate and the screen's ranking; or
         `reachable: false` and a reason), and every real run per schedule.
+        On a shared encoder the report adds ``metrics`` (head -> metric) and
+        ``objective``; every row adds ``scores`` per head, ``objective`` (the
+        worst head's loss in points, maximized) and ``worst_head``; `score`
+        is the first head's metric.
     """
     if not targets or not windows:
         raise ValueError("tune needs at least one target and one window")
@@ -162,8 +181,9 @@ def tune(
     if keep < 1:
         raise ValueError(f"keep must be >= 1; got {keep!r}")
     validate_cost(cost)
-    metric = metric or main_metric(nlp)
-    name, pipe = standalone_pipes(nlp, "tune")[0]
+    metrics = head_metrics(nlp, metric)
+    metric = next(iter(metrics.values())) if metrics else (metric or main_metric(nlp))
+    name, pipe = early_exit_pipes(nlp)[0]
     num_layers = pipe.num_layers
     layers = list(min_layers) if min_layers is not None else list(range(1, num_layers))
     if max_layers is None:
@@ -174,9 +194,15 @@ def tune(
         raise ValueError(f"No schedule fits a {num_layers}-layer encoder with min_layers {layers}")
     extra = {"precision": precision} if precision is not None else {}
     with exit_settings(nlp, extra):
-        profile = ExitProfile.collect(pipe, examples, batch_size)
-    prober = Prober(nlp, examples, metric, num_layers, batch_size, extra)
-    full = measure(nlp, examples, {"exit_mode": "off", **extra}, metric, batch_size)
+        profile = ExitProfile.collect(pipe, examples, batch_size, shared_heads(nlp))
+    scoring = HeadScoring(metrics) if metrics else None
+    full = measure(nlp, examples, {"exit_mode": "off", **extra}, metric, batch_size, scoring)
+    if scoring is not None:
+        # Every head's own full-depth score is its reference from here on.
+        scoring = HeadScoring(scoring.metrics, full.head_scores)
+        objective, worst = scoring.objective(full.head_scores or {})
+        full = dataclasses.replace(full, objective=objective, worst_head=worst)
+    prober = Prober(nlp, examples, metric, num_layers, batch_size, extra, scoring)
     entries = []
     with tqdm(total=len(targets), desc="tune", disable=not progress) as bar:
         for target in targets:
@@ -189,8 +215,10 @@ def tune(
             candidates += static_candidates(prober, num_layers, goal, cost)
             entries.append(target_report(nlp, target, goal, num_layers, candidates, screened, extra, cost))
             bar.update(1)
+    shared = {"metrics": metrics, "objective": "min over heads of (score - full-depth score)"} if metrics else {}
     return {
         "metric": metric,
+        **shared,
         "n_docs": len(examples),
         "component": name,
         "margin": margin,
@@ -206,10 +234,18 @@ def tune(
     }
 
 
+def head_summary(row: Dict[str, Any]) -> str:
+    """A shared encoder's per-head scores and the worst head's loss; "" for one component."""
+    if "scores" not in row:
+        return ""
+    scores = ", ".join(f"{head} {key}={value}" for head, metric in row["scores"].items() for key, value in metric.items())
+    return f" [{scores}; worst {row['worst_head']} {row['objective']:+}]" if row.get("objective") is not None else f" [{scores}]"
+
+
 def format_tune_report(report: Dict[str, Any]) -> str:
     """One line per target, for the terminal."""
     full = report["full"]
-    lines = [f"full depth: {report['metric']}={full['score']} (1.00x) on {report['n_docs']} docs"]
+    lines = [f"full depth: {report['metric']}={full['score']} (1.00x) on {report['n_docs']} docs{head_summary(full)}"]
     for entry in report["targets"]:
         if entry["reachable"]:
             cap = f", all out by layer {entry['max_layer']}" if entry.get("max_layer") else ""
@@ -218,7 +254,7 @@ def format_tune_report(report: Dict[str, Any]) -> str:
                 f"exits from layer {entry['min_layer']}{cap}, "
                 f"slope {entry['slope']:g}, threshold {entry['threshold']} (per layer {entry['thresholds']}): "
                 f"{report['metric']}={entry['score']}, FLOPs x{entry['flops_speedup']:.2f}, "
-                f"layers per doc x{entry['layer_speedup']:.2f}"
+                f"layers per doc x{entry['layer_speedup']:.2f}{head_summary(entry)}"
             )
         else:
             lines.append(f"{entry['target']:g}x: UNREACHABLE: {entry['reason']}")
