@@ -51,12 +51,13 @@ class BadLine(ValueError):
     """A line of an input file that cannot be read; str() is "file:line: message".
 
     path (PathLike): The input file.
-    lineno (int): The 1-based line number.
+    lineno (int): The 1-based line number; 0 for a problem of the whole file.
     message (str): What was expected.
     """
 
     def __init__(self, path: PathLike, lineno: int, message: str) -> None:
-        super().__init__(f"{path}:{lineno}: {message}")
+        # Line 0: the whole file is at fault, not one of its lines.
+        super().__init__(f"{path}:{lineno}: {message}" if lineno else f"{path}: {message}")
         self.path, self.lineno, self.message = path, lineno, message
         # Set by BadLines.report: a line --skip-bad-lines would have skipped.
         self.skippable = False
@@ -191,7 +192,13 @@ def detect_separator(path: PathLike) -> Optional[str]:
 
 
 def make_ner_doc(
-    path: PathLike, vocab: Vocab, words: List[str], tags: List[Tuple[int, str]], spaces: bool, strict: bool
+    path: PathLike,
+    vocab: Vocab,
+    words: List[str],
+    tags: List[Tuple[int, str]],
+    spaces: bool,
+    strict: bool,
+    token_tags: Optional[List[str]] = None,
 ) -> Doc:
     """Create a Doc and set its entities from IOB tags (IOB2, or IOB1 unless strict).
 
@@ -201,6 +208,7 @@ def make_ner_doc(
     tags (List[Tuple[int, str]]): (line number, tag) per token.
     spaces (bool): Whether tokens are separated by a space (never after the last one).
     strict (bool): Raise on an I- tag that does not continue an entity of its type (IOB2).
+    token_tags (Optional[List[str]]): token.tag_ per token (e.g. CoNLL-2003's PTB column), or None.
     RETURNS (Doc): The Doc with doc.ents set and all other tokens marked outside.
     """
     previous = "O"
@@ -210,7 +218,7 @@ def make_ner_doc(
         if strict and tag.startswith("I-") and previous[2:] != tag[2:]:
             raise fail(path, lineno, f"IOB2 tag {tag!r} follows {previous!r}")
         previous = tag
-    doc = Doc(vocab, words=words, spaces=[spaces] * (len(words) - 1) + [False])
+    doc = Doc(vocab, words=words, spaces=[spaces] * (len(words) - 1) + [False], tags=token_tags)
     doc.ents = biluo_tags_to_spans(doc, iob_to_biluo([tag for _, tag in tags]))
     return doc
 
@@ -226,6 +234,7 @@ def read_iob_columns(
     strict: bool = False,
     docstart: bool = False,
     bad_lines: Optional[BadLines] = None,
+    token_tag_col: Optional[int] = None,
 ) -> List[Doc]:
     """Read a one-token-per-line NER file into Docs (shared by conll2003, iob2, weibo and conll).
 
@@ -243,6 +252,7 @@ def read_iob_columns(
     docstart (bool): Skip -DOCSTART- lines, which must each form their own block.
     bad_lines (Optional[BadLines]): Where unreadable lines (columns, empty token, bad IOB
         tag) go; None raises.
+    token_tag_col (Optional[int]): A column read into token.tag_ as well (any tag set), or None.
     RETURNS (List[Doc]): One Doc per sentence.
     """
     n_columns, word_col, tag_col = columns
@@ -251,6 +261,8 @@ def read_iob_columns(
     n_i_starts = 0
     for block in read_blocks(path, [n_columns], sep=sep, comment=comment, bad_lines=bad_lines):
         block = readable_tokens(path, block, word_col, tag_col, bad_lines, IOB_TAG, "IOB tag", "O, B-TYPE or I-TYPE")
+        if token_tag_col is not None:
+            block = readable_tokens(path, block, word_col, token_tag_col, bad_lines, ANY_TAG, "tag", "a tag without spaces")
         starts = [lineno for lineno, fields in block if docstart and fields[0] == "-DOCSTART-"]
         if starts and len(block) > 1:
             raise fail(path, starts[0], "-DOCSTART- must be alone, between blank lines")
@@ -260,7 +272,8 @@ def read_iob_columns(
         if word_of is not None:
             words = [word_of(path, lineno, word) for (lineno, _), word in zip(block, words)]
         tags = [(lineno, fields[tag_col]) for lineno, fields in block]
-        doc = make_ner_doc(path, get_vocab(lang), words, tags, spaces, strict)
+        token_tags = None if token_tag_col is None else [fields[token_tag_col] for _, fields in block]
+        doc = make_ner_doc(path, get_vocab(lang), words, tags, spaces, strict, token_tags)
         n_i_starts += sum(tags[ent.start][1].startswith("I-") for ent in doc.ents)
         docs.append(doc)
     if n_i_starts:
@@ -329,6 +342,21 @@ def read_conll2003(path: PathLike, lang: str = "en", bad_lines: Optional[BadLine
     RETURNS (List[Doc]): One Doc per sentence with doc.ents.
     """
     return read_iob_columns(path, lang, (4, 0, 3), sep=detect_separator(path), docstart=True, bad_lines=bad_lines)
+
+
+def read_conll2003_tagged(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
+    """Read CoNLL-2003 with both of its annotations: NER (doc.ents) and the PTB POS column (token.tag_).
+
+    The POS tags are PTB, not UPOS, so they go to token.tag_ only: a tagger trained
+    on them uses attribute "tag" (tag_acc).
+
+    path (PathLike): The input file.
+    lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
+    RETURNS (List[Doc]): One Doc per sentence with doc.ents and token.tag_.
+    """
+    sep = detect_separator(path)
+    return read_iob_columns(path, lang, (4, 0, 3), sep=sep, docstart=True, bad_lines=bad_lines, token_tag_col=1)
 
 
 def read_iob2(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None) -> List[Doc]:
@@ -402,6 +430,133 @@ def read_conllu_pos(path: PathLike, lang: str = "en", bad_lines: Optional[BadLin
         tags = ["" if f[4] == "_" else f[4] for _, f in lines]
         docs.append(Doc(get_vocab(lang), words=words, spaces=spaces, pos=pos, tags=tags))
     return docs
+
+
+SENT_ID = re.compile(r"^#\s*sent_id\s*=\s*(.*?)\s*$")
+# Skipped sentences named one by one before "... and N more".
+JOIN_REPORT_LIMIT = 5
+
+
+def sentence_ids(path: PathLike) -> List[Optional[str]]:
+    """The `# sent_id = ...` of each sentence of a CoNLL-U-like file (CoNLL-U, UNER .iob2), in order.
+
+    A sentence is a blank-line separated block with at least one token line, as
+    read_blocks yields them, so the list pairs up with the docs a reader returns.
+
+    path (PathLike): The input file.
+    RETURNS (List[Optional[str]]): One id per sentence; None for a sentence without one.
+    """
+    ids: List[Optional[str]] = []
+    pending: Optional[str] = None
+    in_sentence = False
+    # The readers report unreadable lines; here they only must not stop the count.
+    for _, text in iter_lines(path, BadLines(skip=True)):
+        if not text.strip():
+            pending, in_sentence = None, False
+        elif text.startswith("#"):
+            match = SENT_ID.match(text)
+            pending = match.group(1) if match else pending
+        elif not in_sentence:
+            ids.append(pending)
+            in_sentence = True
+    return ids
+
+
+def with_ids(path: PathLike, docs: List[Doc]) -> List[Tuple[Optional[str], Doc]]:
+    """Pair each doc a reader returned for `path` with its sentence id.
+
+    path (PathLike): The file the docs were read from.
+    docs (List[Doc]): One doc per sentence.
+    RETURNS (List[Tuple[Optional[str], Doc]]): (sent_id, doc) in file order.
+    RAISES (BadLine): The file has a different number of sentences than docs
+        (a whole sentence was skipped as unreadable), so ids cannot be paired.
+    """
+    ids = sentence_ids(path)
+    if len(ids) != len(docs):
+        raise fail(path, 0, f"{len(ids)} sentences but {len(docs)} were read: cannot pair sentences with their sent_id")
+    return list(zip(ids, docs))
+
+
+def join_by_sentence_id(
+    ner: List[Tuple[Optional[str], Doc]], pos: List[Tuple[Optional[str], Doc]]
+) -> Tuple[List[Doc], List[str]]:
+    """Join NER sentences and POS sentences of the same treebank on their sent_id.
+
+    The joined doc is the POS doc (its words, spaces, UPOS and XPOS) with the NER
+    doc's entities, token for token; a sentence whose words differ between the
+    two files (the annotators tokenized it differently) is skipped, since its
+    entities cannot be placed on the POS tokens without guessing.
+
+    ner (List[Tuple[Optional[str], Doc]]): (sent_id, doc with doc.ents), in the order kept.
+    pos (List[Tuple[Optional[str], Doc]]): (sent_id, doc with token.pos_).
+    RETURNS (Tuple[List[Doc], List[str]]): The joined docs in `ner`'s order, and one
+        line per skipped sentence saying why.
+    """
+    by_id: Dict[str, Doc] = {}
+    duplicates = set()
+    for sent_id, doc in pos:
+        if sent_id is not None:
+            if sent_id in by_id:
+                duplicates.add(sent_id)
+            by_id[sent_id] = doc
+    joined: List[Doc] = []
+    skipped: List[str] = []
+    seen = set()
+    for sent_id, ner_doc in ner:
+        words = [t.text for t in ner_doc]
+        pos_doc = by_id.get(sent_id) if sent_id is not None else None
+        if sent_id is None:
+            skipped.append(f"a sentence without sent_id ({' '.join(words[:8])} ...)")
+        elif sent_id in duplicates or sent_id in seen:
+            skipped.append(f"{sent_id}: the sent_id is not unique")
+        elif pos_doc is None:
+            skipped.append(f"{sent_id}: not in the POS file")
+        elif [t.text for t in pos_doc] != words:
+            first = next(i for i, (a, b) in enumerate(zip(words + [""], [t.text for t in pos_doc] + [""])) if a != b)
+            ner_word = words[first] if first < len(words) else "(end)"
+            pos_word = pos_doc[first].text if first < len(pos_doc) else "(end)"
+            skipped.append(f"{sent_id}: the tokens differ at token {first + 1} ({ner_word!r} vs {pos_word!r})")
+        else:
+            doc = pos_doc.copy()
+            doc.ents = [Span(doc, ent.start, ent.end, label=ent.label_) for ent in ner_doc.ents]
+            joined.append(doc)
+        if sent_id is not None:
+            seen.add(sent_id)
+    matched = {sent_id for sent_id, _ in ner}
+    missing = [sent_id for sent_id, _ in pos if sent_id is not None and sent_id not in matched]
+    skipped.extend(f"{sent_id}: not in the NER file" for sent_id in missing)
+    return joined, skipped
+
+
+def read_iob2_conllu(
+    ner_path: PathLike, pos_path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] = None
+) -> Tuple[List[Doc], List[str]]:
+    """Read a UNER .iob2 file and the UD CoNLL-U file of the same sentences, joined by sent_id.
+
+    ner_path (PathLike): The .iob2 file (entities).
+    pos_path (PathLike): The .conllu file (UPOS).
+    lang (str): The language of the vocab.
+    bad_lines (Optional[BadLines]): Where unreadable lines go; None raises.
+    RETURNS (Tuple[List[Doc], List[str]]): Docs with doc.ents and token.pos_ (and
+        token.tag_, the XPOS) in the .iob2 file's order, and one line per sentence
+        that did not join (see join_by_sentence_id).
+    """
+    ner = with_ids(ner_path, read_iob2(ner_path, lang, bad_lines=bad_lines))
+    pos = with_ids(pos_path, read_conllu_pos(pos_path, lang, bad_lines=bad_lines))
+    return join_by_sentence_id(ner, pos)
+
+
+def join_report(skipped: List[str], limit: int = JOIN_REPORT_LIMIT) -> List[str]:
+    """The lines that report sentences left out of a join: the first `limit`, then a count.
+
+    skipped (List[str]): One line per skipped sentence.
+    limit (int): How many to name.
+    RETURNS (List[str]): The lines to print.
+    """
+    lines = [f"  skipped {line}" for line in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return lines
 
 
 def read_conllu_seg(path: PathLike, lang: str = "zh", bad_lines: Optional[BadLines] = None) -> List[Doc]:
@@ -638,6 +793,7 @@ def read_jsonl(path: PathLike, lang: str = "en", bad_lines: Optional[BadLines] =
 
 class Format(str, Enum):
     conll2003 = "conll2003"
+    conll2003_tagged = "conll2003_tagged"
     iob2 = "iob2"
     conllu_pos = "conllu_pos"
     conllu_seg = "conllu_seg"
@@ -651,6 +807,7 @@ class Format(str, Enum):
 # Each reader is reader(path, lang, bad_lines=None).
 READERS: Dict[str, Tuple[Callable[..., List[Doc]], str]] = {
     "conll2003": (read_conll2003, "en"),
+    "conll2003_tagged": (read_conll2003_tagged, "en"),
     "iob2": (read_iob2, "en"),
     "conllu_pos": (read_conllu_pos, "en"),
     "conllu_seg": (read_conllu_seg, "zh"),

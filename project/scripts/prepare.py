@@ -17,6 +17,15 @@ UPOS corpus (.conllu, token.pos_, or tags that are all UPOS) trains token.pos_
 
 A line that cannot be read stops the run with one "file:line: what was
 expected" line (status 2); --skip-bad-lines skips such lines and counts them.
+
+Two tasks on one corpus (--task ner,tagger) make a corpus for one shared
+encoder with an NER and a tagger head: every doc carries doc.ents and tags.
+CoNLL-2003 gives its PTB POS column as token.tag_ (tag_acc); uner_ud_en_ewt
+(or uner_en_ewt with --task ner,tagger) joins the shipped UNER English-EWT
+sentences with the shipped UD English-EWT ones by sent_id (UPOS, pos_acc),
+reporting and skipping the sentences that do not join; your own corpus must be
+.spacy files with both annotations. meta.json then lists "tasks", each task's
+metric in "metrics", and the tagger's "attribute".
 """
 import json
 from dataclasses import asdict, dataclass
@@ -26,7 +35,7 @@ from typing import Dict, List, Optional
 import typer
 from spacy.tokens import Doc, DocBin
 
-from convert import READERS, UD_UPOS, BadLines, get_vocab, read_or_exit, summarize
+from convert import READERS, UD_UPOS, BadLines, BadLine, get_vocab, join_report, read_iob2_conllu, read_or_exit, summarize
 
 # How a project user asks for --skip-bad-lines, named in the hint of a bad line.
 SKIP_OPTION = "--vars.skip_bad_lines true, or prepare.py --skip-bad-lines true"
@@ -37,11 +46,14 @@ FALSE_WORDS = ("false", "no", "0")
 
 @dataclass
 class Dataset:
-    """task: "ner" | "tagger" | "segmenter"; files: split -> (reader, path
-    relative to its root); hold_out: docs moved from the end of train to dev when
-    the corpus has no usable dev split (or dev is used as the test split);
-    attribute: what a tagger learns, "pos" (UPOS) or "tag" (any tag set), None
-    for the other tasks (a custom tagger corpus gets it from its annotation)."""
+    """task: "ner" | "tagger" | "segmenter", or "ner,tagger" for one shared
+    encoder with two heads; metric: the task's score key (comma separated, one
+    per task, for two tasks); files: split -> (reader, path relative to its
+    root), or (JOIN_READER, NER path, POS path); hold_out: docs moved from the
+    end of train to dev when the corpus has no usable dev split (or dev is used
+    as the test split); attribute: what a tagger learns, "pos" (UPOS) or "tag"
+    (any tag set), None without a tagger (a custom tagger corpus gets it from
+    its annotation)."""
 
     task: str
     lang: str
@@ -52,6 +64,14 @@ class Dataset:
     note: str = ""
     attribute: Optional[str] = None
 
+    @property
+    def tasks(self) -> List[str]:
+        """The tasks, one per head: ["ner"], or ["ner", "tagger"] for a shared encoder."""
+        return self.task.split(",")
+
+
+# The reader of a split that joins two files by sent_id: (JOIN_READER, NER file, POS file).
+JOIN_READER = "iob2+conllu_pos"
 
 DATASETS: Dict[str, Dataset] = {
     "uner_en_ewt": Dataset(
@@ -63,6 +83,18 @@ DATASETS: Dict[str, Dataset] = {
     "conll2003": Dataset(
         "ner", "en", "ents_f",
         {s: ("conll2003", f"conll2003/{s}.txt") for s in ("train", "dev", "test")},
+    ),
+    # The NER demo's sentences with UD English-EWT's UPOS besides (both shipped):
+    # the same train/dev split, for one encoder with an NER and a tagger head.
+    "uner_ud_en_ewt": Dataset(
+        "ner,tagger", "en", "ents_f,pos_acc",
+        {
+            "train": (JOIN_READER, "uner_en_ewt/en_ewt-ud-dev.iob2", "ud_en_ewt/en_ewt-ud-dev.conllu"),
+            "test": (JOIN_READER, "uner_en_ewt/en_ewt-ud-test.iob2", "ud_en_ewt/en_ewt-ud-test.conllu"),
+        },
+        in_assets=True, hold_out=200, attribute="pos",
+        note="two-task demo: UNER English-EWT entities and UD English-EWT UPOS joined by sent_id; "
+        "trains on dev minus its last 200 sentences, which serve as dev",
     ),
     "ud_en_ewt": Dataset(
         "tagger", "en", "pos_acc",
@@ -91,10 +123,23 @@ DATASETS: Dict[str, Dataset] = {
 }
 
 
+# The two-task variant of a bundled dataset, for --task ner,tagger.
+TWO_TASK_VARIANTS: Dict[str, Dataset] = {
+    "uner_en_ewt": DATASETS["uner_ud_en_ewt"],
+    # CoNLL-2003's second column is PTB POS: token.tag_, scored as tag_acc.
+    "conll2003": Dataset(
+        "ner,tagger", "en", "ents_f,tag_acc",
+        {s: ("conll2003_tagged", f"conll2003/{s}.txt") for s in ("train", "dev", "test")},
+        attribute="tag", note="NER and the PTB POS column on the same sentences",
+    ),
+}
 METRICS = {"ner": "ents_f", "tagger": "pos_acc", "segmenter": "token_f"}
+# The task sets one shared encoder can serve, in head order (the pipeline order of
+# project/configs/shared.cfg).
+SHARED_TASKS = ("ner", "tagger")
 # A file's extension -> its format, per task; "spacy" is a DocBin for any task.
 FORMAT_OF_EXTENSION: Dict[str, Dict[str, str]] = {
-    ".spacy": {"ner": "spacy", "tagger": "spacy", "segmenter": "spacy"},
+    ".spacy": {"ner": "spacy", "tagger": "spacy", "segmenter": "spacy", "ner,tagger": "spacy"},
     ".iob2": {"ner": "iob2", "segmenter": "conllu_seg"},
     ".conllu": {"tagger": "conllu_pos", "segmenter": "conllu_seg"},
     ".jsonl": {"ner": "jsonl"},
@@ -104,7 +149,8 @@ FORMAT_OF_EXTENSION: Dict[str, Dict[str, str]] = {
 }
 # What each format annotates; a .spacy DocBin may carry any of them.
 TASKS_OF_FORMAT = {
-    "spacy": ("ner", "tagger", "segmenter"),
+    "spacy": ("ner", "tagger", "segmenter", "ner,tagger"),
+    "conll2003_tagged": ("ner,tagger",),
     "conllu_pos": ("tagger",),
     "conll_tag": ("tagger",),
     "conllu_seg": ("segmenter",),
@@ -136,21 +182,111 @@ def read(dataset: Dataset, split: str, root: Path, bad_lines: Optional[BadLines]
     """
     if split not in dataset.files:
         return None
-    reader_name, relative = dataset.files[split]
-    path = root / relative
-    if not path.exists():
-        bundled = bool(dataset_name(dataset))
-        hint = "point --data-dir at a copy of the corpus (see project.yml assets)" if bundled else "check the path (a relative path starts from the project folder)"
-        raise typer.BadParameter(f"Missing {path}: {hint}")
+    reader_name, *relatives = dataset.files[split]
+    paths = [root / relative for relative in relatives]
+    for path in paths:
+        if not path.exists():
+            bundled = bool(dataset_name(dataset))
+            hint = "point --data-dir at a copy of the corpus (see project.yml assets)" if bundled else "check the path (a relative path starts from the project folder)"
+            raise typer.BadParameter(f"Missing {path}: {hint}")
+    if reader_name == JOIN_READER:
+        return read_joined(paths[0], paths[1], dataset.lang, bad_lines or BadLines())
     if reader_name == "spacy":
-        return read_docbin(path, dataset.lang)
+        return read_docbin(paths[0], dataset.lang)
     reader, _ = READERS[reader_name]
-    return read_or_exit(reader, path, dataset.lang, bad_lines or BadLines(), SKIP_OPTION)
+    return read_or_exit(reader, paths[0], dataset.lang, bad_lines or BadLines(), SKIP_OPTION)
+
+
+def read_joined(ner_path: Path, pos_path: Path, lang: str, bad_lines: BadLines) -> List[Doc]:
+    """The docs of an NER file and a POS file joined by sent_id; prints the sentences left out.
+
+    ner_path (Path): The UNER .iob2 file.
+    pos_path (Path): The UD CoNLL-U file of the same sentences.
+    lang (str): The language of the vocab.
+    bad_lines (BadLines): Skip and count unreadable lines, or stop at the first (status 2).
+    RETURNS (List[Doc]): Docs with doc.ents and token.pos_, in the NER file's order.
+    """
+    try:
+        docs, skipped = read_iob2_conllu(ner_path, pos_path, lang, bad_lines=bad_lines)
+    except BadLine as err:
+        hint = f" (skip such lines with {SKIP_OPTION})" if err.skippable else ""
+        typer.echo(f"{err}{hint}", err=True)
+        raise typer.Exit(2) from None
+    if skipped:
+        print(f"{ner_path.name} + {pos_path.name}: {len(docs)} sentences joined, {len(skipped)} left out (they do not join by sent_id)")
+        for line in join_report(skipped):
+            print(line)
+    return docs
 
 
 def dataset_name(dataset: Dataset) -> str:
-    """The registered name of a dataset, or "" for a custom one."""
-    return next((name for name, known in DATASETS.items() if known is dataset), "")
+    """The registered name of a dataset (or of the bundled dataset it is the two-task variant of), or "" for a custom one."""
+    known = [*DATASETS.items(), *TWO_TASK_VARIANTS.items()]
+    return next((name for name, bundled in known if bundled is dataset), "")
+
+
+def parse_tasks(task: str) -> str:
+    """--task as a Dataset's task: one task, or "ner,tagger" (in head order) for a shared encoder.
+
+    task (str): "ner", "tagger", "segmenter", or two of them comma separated.
+    RETURNS (str): The task.
+    RAISES (typer.BadParameter): An unknown task, or a pair no shared encoder serves.
+    """
+    names = [name.strip() for name in task.split(",") if name.strip()]
+    if len(names) == 1 and names[0] in METRICS:
+        return names[0]
+    if sorted(names) == sorted(SHARED_TASKS):
+        return ",".join(SHARED_TASKS)
+    raise typer.BadParameter(
+        f"--task must be one of {', '.join(METRICS)}, or {','.join(SHARED_TASKS)} "
+        f"(one shared encoder, two heads); got {task!r}"
+    )
+
+
+def task_metrics(dataset: Dataset) -> Dict[str, str]:
+    """Each task's score key, e.g. {"ner": "ents_f", "tagger": "pos_acc"}.
+
+    dataset (Dataset): The dataset; its metric holds one key per task, comma separated.
+    RETURNS (Dict[str, str]): task -> metric, in head order.
+    """
+    return dict(zip(dataset.tasks, dataset.metric.split(",")))
+
+
+def check_entities(splits: Dict[str, Optional[List[Doc]]]) -> None:
+    """Require NER annotation on every doc of a two-task corpus.
+
+    A doc without it would train the tagger head only, silently; a corpus meant
+    for both heads that lacks entities is far more likely a wrong file.
+
+    splits (Dict[str, Optional[List[Doc]]]): split -> docs.
+    RAISES (typer.BadParameter): A split has a doc without entity annotation.
+    """
+    for split, docs in splits.items():
+        if docs and not all(doc.has_annotation("ENT_IOB") for doc in docs if len(doc)):
+            raise typer.BadParameter(
+                f"The {split} file has docs without entity annotation: --task ner,tagger needs doc.ents "
+                "(an empty doc.ents for a sentence without entities) and tags on every doc"
+            )
+
+
+def bundled_dataset(name: str, task: str) -> Dataset:
+    """A bundled dataset, or its two-task variant when --task names two tasks.
+
+    name (str): A DATASETS name.
+    task (str): The parsed --task. One task is ignored: a bundled dataset knows its own.
+    RETURNS (Dataset): The dataset.
+    RAISES (typer.BadParameter): Two tasks for a dataset without them both.
+    """
+    dataset = DATASETS[name]
+    if "," not in task or dataset.task == task:
+        return dataset
+    if name not in TWO_TASK_VARIANTS:
+        variants = ", ".join(f"{known} ({TWO_TASK_VARIANTS[known].metric})" for known in TWO_TASK_VARIANTS)
+        raise typer.BadParameter(
+            f"{name} has no {task} annotation; --task {task} runs on {variants}, uner_ud_en_ewt, "
+            "or your own .spacy files carrying both"
+        )
+    return TWO_TASK_VARIANTS[name]
 
 
 def format_for(path: Path, task: str, fmt: str) -> str:
@@ -166,6 +302,11 @@ def format_for(path: Path, task: str, fmt: str) -> str:
         if by_task is None:
             known = ", ".join(sorted(FORMAT_OF_EXTENSION))
             raise typer.BadParameter(f"{path}: cannot tell the format from {path.suffix!r} (known: {known}); set --format")
+        if "," in task and task not in by_task:
+            raise typer.BadParameter(
+                f"{path}: --task {task} needs both annotations in one file: a .spacy DocBin "
+                "(doc.ents and token.tag_ or token.pos_), or CoNLL-2003 columns with --format conll2003_tagged"
+            )
         if task not in by_task:
             # The task, not the format, is what is off: the extension already says what the file holds.
             tasks = " or ".join(by_task)
@@ -177,7 +318,9 @@ def format_for(path: Path, task: str, fmt: str) -> str:
     if fmt not in TASKS_OF_FORMAT:
         raise typer.BadParameter(f"Unknown --format {fmt!r}; choose from auto, {', '.join(TASKS_OF_FORMAT)}")
     if task not in TASKS_OF_FORMAT[fmt]:
-        raise typer.BadParameter(f"--format {fmt} holds {'/'.join(TASKS_OF_FORMAT[fmt])} annotation, not {task}")
+        two = [known for known, tasks in TASKS_OF_FORMAT.items() if task in tasks]
+        hint = f" (formats with both: {', '.join(two)})" if "," in task else ""
+        raise typer.BadParameter(f"--format {fmt} holds {'/'.join(TASKS_OF_FORMAT[fmt])} annotation, not {task}{hint}")
     return fmt
 
 
@@ -214,14 +357,13 @@ def tagger_attribute(splits: Dict[str, Optional[List[Doc]]]) -> str:
 def custom_dataset(task: str, lang: str, files: Dict[str, Path], fmt: str) -> Dataset:
     """A Dataset for the user's own train/dev/test files.
 
-    task (str): "ner", "tagger" or "segmenter".
+    task (str): "ner", "tagger", "segmenter", or "ner,tagger" (one shared encoder).
     lang (str): A spaCy language code.
     files (Dict[str, Path]): split -> file; "dev" may be missing.
     fmt (str): "auto" or a format name for every file.
     RETURNS (Dataset): The dataset; without dev, the end of train is held out (see main).
     """
-    if task not in METRICS:
-        raise typer.BadParameter(f"--task must be one of {', '.join(METRICS)}; got {task!r}")
+    task = parse_tasks(task)
     try:
         get_vocab(lang)
     except ImportError:
@@ -231,7 +373,8 @@ def custom_dataset(task: str, lang: str, files: Dict[str, Path], fmt: str) -> Da
             raise typer.BadParameter(f"Your own corpus needs --{split} (a file path)")
     table = {split: (format_for(path, task, fmt), str(path)) for split, path in files.items()}
     note = "your own corpus" + ("" if "dev" in files else f"; dev = the last {CUSTOM_DEV_SHARE:.0%} of train")
-    return Dataset(task, lang, METRICS[task], table, note=note)
+    metric = ",".join(METRICS[name] for name in task.split(","))
+    return Dataset(task, lang, metric, table, note=note)
 
 
 def parse_switch(value: str, option: str) -> bool:
@@ -257,17 +400,18 @@ def main(
     train: str = typer.Option("", help="Your own corpus: the train file (.spacy, .conll/.txt, .iob2, .conllu, .jsonl)"),
     dev: str = typer.Option("", help="Your own corpus: the dev file (empty: the last 10% of train)"),
     test: str = typer.Option("", help="Your own corpus: the test file"),
-    task: str = typer.Option("ner", help="Your own corpus: ner, tagger or segmenter"),
+    task: str = typer.Option("ner", help="Your own corpus: ner, tagger or segmenter; ner,tagger (one shared encoder, two heads) also for conll2003 and uner_en_ewt"),
     lang: str = typer.Option("en", help="Your own corpus: spaCy language code"),
     fmt: str = typer.Option("auto", "--format", help="Your own corpus: auto (from each file's extension), spacy, or a convert.py format"),
     # A value, not a flag: project.yml passes ${vars.skip_bad_lines} either way.
     skip_bad_lines: str = typer.Option("false", "--skip-bad-lines", metavar="true|false", help="true: skip lines that cannot be read (a count per file is printed) instead of stopping at the first"),
 ) -> None:
     files = {split: Path(path) for split, path in (("train", train), ("dev", dev), ("test", test)) if path}
+    task = parse_tasks(task)
     if name in DATASETS:
         if files:
             raise typer.BadParameter(f"{name} is a bundled dataset; --train/--dev/--test need another name (e.g. custom)")
-        dataset = DATASETS[name]
+        dataset = bundled_dataset(name, task)
         root = assets_dir if dataset.in_assets else data_dir
     elif files:
         dataset = custom_dataset(task, lang, files, fmt)
@@ -278,11 +422,14 @@ def main(
     splits = {split: read(dataset, split, root, bad_lines) for split in ("train", "dev", "test")}
     for line in bad_lines.summary():
         print(line)
-    if dataset.task == "tagger" and dataset.attribute is None:
+    if len(dataset.tasks) > 1 and "ner" in dataset.tasks:
+        check_entities(splits)
+    if "tagger" in dataset.tasks and dataset.attribute is None:
         dataset.attribute = tagger_attribute(splits)
-        dataset.metric = f"{dataset.attribute}_acc"
+        metrics = {**task_metrics(dataset), "tagger": f"{dataset.attribute}_acc"}
+        dataset.metric = ",".join(metrics.values())
         kind = "UPOS" if dataset.attribute == "pos" else "its own tag set"
-        print(f"{name}: a tagger corpus with {kind}: trains token.{dataset.attribute}_, scored as {dataset.metric}")
+        print(f"{name}: a tagger corpus with {kind}: trains token.{dataset.attribute}_, scored as {dataset.attribute}_acc")
     if splits["dev"] is None and not dataset.hold_out:
         dataset.hold_out = max(1, int(len(splits["train"]) * CUSTOM_DEV_SHARE))
     if dataset.hold_out:
@@ -298,7 +445,9 @@ def main(
         counts = summarize(docs)
         totals = dict(counts.get("totals", {}))
         print(f"{name} {split}: {len(docs)} docs {totals}")
-    meta = {"dataset": name, **asdict(dataset)}
+    # "tasks" and "metrics" (one per head) say the same as "task" and "metric" in
+    # lists, so a reader need not split the two-task strings.
+    meta = {"dataset": name, **asdict(dataset), "tasks": dataset.tasks, "metrics": task_metrics(dataset)}
     (output_dir / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
 
 

@@ -6,11 +6,16 @@ Stage 1 trains every off-ramp jointly. Stage 2 starts from stage 1's weights
 config; Chinese corpora get the vocabulary extension (the training set's
 characters that the backbone does not know become new wordpieces, and the
 word embeddings learn at the off-ramp rate so the new rows can move).
+
+A corpus with two tasks ("tasks": ["ner", "tagger"]) trains configs/shared.cfg:
+one tokee_transformer, which holds the encoder, the exit setting and the
+training switches, with a listening tokee_ner and tokee_tagger. Stage 2 then
+starts the transformer and both heads from the stage-1 pipeline.
 """
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 # Before spaCy, which loads torch (through thinc): the package sets OpenMP's
 # passive wait policy, which libgomp reads only once, when torch loads.
@@ -20,15 +25,59 @@ from spacy.cli.train import train
 from spacy_early_exit.threads import apply_threads, parse_threads
 
 COMPONENTS = {"ner": "tokee_ner", "tagger": "tokee_tagger", "segmenter": "tokee_segmenter"}
+# The component that owns the encoder when several heads share it (configs/shared.cfg).
+SHARED_ENCODER = "tokee_transformer"
+SHARED_CONFIG = "shared"
+# The heads of configs/shared.cfg, in pipeline order.
+SHARED_TASKS = ("ner", "tagger")
+
+
+def corpus_tasks(meta: Dict[str, Any]) -> List[str]:
+    """The corpus's tasks, one per head: meta.json's "tasks", or its "task" split on commas
+    (a meta.json written before "tasks" existed has one task).
+
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    RETURNS (List[str]): e.g. ["ner"] or ["ner", "tagger"].
+    """
+    tasks = meta.get("tasks") or str(meta["task"]).split(",")
+    unknown = [task for task in tasks if task not in COMPONENTS]
+    if unknown:
+        raise typer.BadParameter(f"meta.json: unknown task {unknown[0]!r}; expected {', '.join(COMPONENTS)}")
+    if len(tasks) > 1 and list(tasks) != list(SHARED_TASKS):
+        # shared.cfg has exactly these heads, in this order.
+        raise typer.BadParameter(f"meta.json: tasks {tasks}; a shared encoder trains {', '.join(SHARED_TASKS)}")
+    return list(tasks)
+
+
+def config_name(meta: Dict[str, Any]) -> str:
+    """The config that trains the corpus: the task's own, or shared.cfg for several tasks.
+
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    RETURNS (str): the config's stem in the configs folder.
+    """
+    tasks = corpus_tasks(meta)
+    return tasks[0] if len(tasks) == 1 else SHARED_CONFIG
+
+
+def encoder_owner(meta: Dict[str, Any]) -> str:
+    """The component that holds the encoder, the exit fields and the training switches.
+
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    RETURNS (str): the task component for one task, tokee_transformer for several.
+    """
+    tasks = corpus_tasks(meta)
+    return COMPONENTS[tasks[0]] if len(tasks) == 1 else SHARED_ENCODER
 
 
 def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
-    """Config overrides that follow from the corpus (its task, language and, for a tagger, tag set).
+    """Config overrides that follow from the corpus (its tasks, language and, for a tagger, tag set).
 
     meta (Dict[str, Any]): corpus/<dataset>/meta.json.
-    RETURNS (Dict[str, Any]): dotted overrides for the task's config.
+    RETURNS (Dict[str, Any]): dotted overrides for the corpus's config.
     """
-    name = COMPONENTS[meta["task"]]
+    tasks = corpus_tasks(meta)
+    # The encoder's fields live on its owner: the task component, or the shared transformer.
+    name = encoder_owner(meta)
     chinese = meta["lang"] == "zh"
     overrides: Dict[str, Any] = {
         f"components.{name}.fine_tuning.extend_vocab": chinese,
@@ -38,17 +87,20 @@ def corpus_overrides(meta: Dict[str, Any]) -> Dict[str, Any]:
         # Chinese corpora are character-level: each character its own wordpiece.
         f"components.{name}.model.pretokenized": chinese,
     }
-    if meta["task"] == "segmenter" or chinese:
+    if "segmenter" in tasks or chinese:
         # The segmenter labels characters, and the Chinese corpora are
         # annotated per character: spaCy's rule tokenizer would make a whole
         # unspaced sentence one token, and no gold entity would align.
         overrides["nlp.tokenizer"] = {"@tokenizers": "spacy-early-exit.CharacterTokenizer.v1"}
-    if meta["task"] == "tagger":
-        overrides.update(tagger_overrides(name, meta))
+    if "tagger" in tasks:
+        # With two heads, model-best weighs the tagger's accuracy as much as
+        # the entity F-score (shared.cfg gives ents_f 0.5).
+        weight = 1.0 / len(tasks)
+        overrides.update(tagger_overrides(COMPONENTS["tagger"], meta, weight))
     return overrides
 
 
-def tagger_overrides(name: str, meta: Dict[str, Any]) -> Dict[str, Any]:
+def tagger_overrides(name: str, meta: Dict[str, Any], weight: float = 1.0) -> Dict[str, Any]:
     """What the tagger learns and how model-best is picked, from meta.json's "attribute".
 
     "pos" (UPOS, scored as pos_acc) or "tag" (any other tag set, tag_acc);
@@ -56,6 +108,7 @@ def tagger_overrides(name: str, meta: Dict[str, Any]) -> Dict[str, Any]:
 
     name (str): the tagger component's name.
     meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    weight (float): the accuracy's score weight: 1 alone, 0.5 beside the NER head.
     RETURNS (Dict[str, Any]): dotted overrides.
     """
     attribute = meta.get("attribute") or "pos"
@@ -63,12 +116,49 @@ def tagger_overrides(name: str, meta: Dict[str, Any]) -> Dict[str, Any]:
         raise typer.BadParameter(f"meta.json: 'attribute' must be 'pos' or 'tag'; got {attribute!r}")
     other = "tag" if attribute == "pos" else "pos"
     # The scorer reports only the attribute's accuracy: weigh it alone, so
-    # spaCy's score column is the plain accuracy.
+    # spaCy's score column is the plain accuracy (with one head).
     return {
         f"components.{name}.attribute": attribute,
-        f"training.score_weights.{attribute}_acc": 1.0,
+        f"training.score_weights.{attribute}_acc": weight,
         f"training.score_weights.{other}_acc": None,
     }
+
+
+def stage_overrides(meta: Dict[str, Any], stage: int, init_from: Optional[Path], mode: str, loss: str, max_steps: int) -> Dict[str, Any]:
+    """Config overrides of stage 1 (joint training) or stage 2 (from stage 1's weights).
+
+    Stage 2 starts every component from the stage-1 pipeline: the one task
+    component, or the shared transformer (encoder and every head's off-ramps)
+    and each head (its labels, so its off-ramp columns are kept).
+
+    meta (Dict[str, Any]): corpus/<dataset>/meta.json.
+    stage (int): 1 or 2.
+    init_from (Optional[Path]): stage 2: the stage-1 pipeline.
+    mode (str): stage 2's training.mode, self_sampling or random.
+    loss (str): stage 2's loss, ce or flooding.
+    max_steps (int): the update budget, for the warm-up's length.
+    RETURNS (Dict[str, Any]): dotted overrides.
+    """
+    name = encoder_owner(meta)
+    overrides: Dict[str, Any] = {}
+    if stage == 2:
+        if init_from is None:
+            raise typer.BadParameter("stage 2 needs --init-from (the stage-1 pipeline)")
+        overrides[f"components.{name}.training.mode"] = mode
+        overrides[f"components.{name}.training.loss"] = loss
+        overrides[f"initialize.components.{name}.init_from"] = str(init_from)
+        if name == SHARED_ENCODER:
+            for task in corpus_tasks(meta):
+                overrides[f"initialize.components.{COMPONENTS[task]}.init_from"] = str(init_from)
+        # The weights start trained: no vocabulary to extend, short warm-up.
+        overrides[f"components.{name}.fine_tuning.extend_vocab"] = False
+        overrides["training.optimizer.learn_rate.warmup_steps"] = max(1, max_steps // 20)
+    elif stage == 1:
+        # ~5% of the budget, as in stage 2 (the config's 60 suits short runs).
+        overrides["training.optimizer.learn_rate.warmup_steps"] = max(60, max_steps // 20)
+    else:
+        raise typer.BadParameter("--stage must be 1 or 2")
+    return overrides
 
 
 def stop_overrides(max_steps: int, stop_after: int, eval_frequency: int) -> Dict[str, Any]:
@@ -117,11 +207,11 @@ def main(
     progress_every: Optional[int] = typer.Option(None, help="Print a progress line every N updates (default: the config's)"),
     threads: str = typer.Option("auto", help="torch threads: auto (the cores not busy at start), a count, or 0 for torch's default; OMP_NUM_THREADS, when set, caps it"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
-    configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg"),
+    configs: Path = typer.Option(Path("configs"), help="Folder with ner.cfg, tagger.cfg, segmenter.cfg and shared.cfg (two tasks)"),
 ) -> None:
     meta = json.loads((corpus / "meta.json").read_text(encoding="utf8"))
-    task = meta["task"]
-    name = COMPONENTS[task]
+    # The component whose exit and training fields the options below set.
+    name = encoder_owner(meta)
     overrides: Dict[str, Any] = {
         "paths.train": str(corpus / "train.spacy"),
         "paths.dev": str(corpus / "dev.spacy"),
@@ -150,24 +240,13 @@ def main(
     overrides.update(corpus_overrides(meta))
     overrides[f"components.{name}.training.distill_weight"] = distill_weight
     overrides[f"components.{name}.training.distill_temperature"] = distill_temperature
-    if stage == 2:
-        if init_from is None:
-            raise typer.BadParameter("stage 2 needs --init-from (the stage-1 pipeline)")
-        overrides[f"components.{name}.training.mode"] = mode
-        overrides[f"components.{name}.training.loss"] = loss
-        overrides[f"initialize.components.{name}.init_from"] = str(init_from)
-        # The weights start trained: no vocabulary to extend, short warm-up.
-        overrides[f"components.{name}.fine_tuning.extend_vocab"] = False
-        overrides["training.optimizer.learn_rate.warmup_steps"] = max(1, max_steps // 20)
-    elif stage == 1:
-        # ~5% of the budget, as in stage 2 (the config's 60 suits short runs).
-        overrides["training.optimizer.learn_rate.warmup_steps"] = max(60, max_steps // 20)
-    else:
-        raise typer.BadParameter("--stage must be 1 or 2")
+    overrides.update(stage_overrides(meta, stage, init_from, mode, loss, max_steps))
     overrides.update(stop_overrides(max_steps, stop_after, eval_frequency))
     stop = f" (stopping after update {stop_after}'s evaluation)" if stop_after else ""
-    print(f"{meta['dataset']}: stage {stage}, {name}, {max_steps} updates{stop}; {meta.get('note', '')}")
-    train(configs / f"{task}.cfg", output, use_gpu=gpu_id, overrides=overrides)
+    heads = [COMPONENTS[task] for task in corpus_tasks(meta)]
+    components = name if heads == [name] else f"{name} + {', '.join(heads)}"
+    print(f"{meta['dataset']}: stage {stage}, {components}, {max_steps} updates{stop}; {meta.get('note', '')}")
+    train(configs / f"{config_name(meta)}.cfg", output, use_gpu=gpu_id, overrides=overrides)
 
 
 if __name__ == "__main__":
