@@ -166,3 +166,20 @@ def test_every_project_step_gets_the_threads_var():
                 assert "--threads ${vars.threads}" in line, command["name"]
             if "spacy_early_exit" in line:
                 assert line.startswith("python -m spacy_early_exit --threads ${vars.threads} "), command["name"]
+
+
+def test_annotate_rate_starts_at_the_first_document(monkeypatch):
+    # 25 s of start-up (Ray actors) and then 10 docs in 1 s: the first line
+    # must say ~10 docs/s and a matching ETA, not 10 docs over 26 s.
+    import io
+
+    from spacy_early_exit.annotate import progress as module
+
+    clock = iter([25.0] + [25.0 + 0.1 * i for i in range(1, 11)])
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    progress = AnnotateProgress(total=110, stream=stream, every=1.0, started=0.0)
+    for _ in range(11):
+        progress.add({"exit_layers": [1, 2], "flops": 1, "full_flops": 2})
+    line = stream.getvalue().strip().splitlines()[-1]
+    assert "10 docs/s" in line and "ETA 10s" in line, line

@@ -52,12 +52,16 @@ class Progress:
         annotation (Dict[str, Any]): the document's annotation (RowSpec.annotate).
         """
         now = time.perf_counter()
-        if self.first_doc is None:
-            self.first_doc = now
         self.docs += 1
         self.words += len(annotation["exit_layers"])
         self.flops += annotation["flops"]
         self.full_flops += annotation["full_flops"]
+        if self.first_doc is None:
+            # The first window starts once the first document is back: start-up
+            # (loading, Ray actors) is not throughput, and counting it made the
+            # first ETA absurd (14 hours for a 40-second run).
+            self.first_doc = self._last_report = now
+            self._last_docs, self._last_words = self.docs, self.words
         if self.stream is not None and now - self._last_report >= self.every:
             print(f"annotate: {self.line(now)}", file=self.stream, flush=True)
             self._last_report, self._last_docs, self._last_words = now, self.docs, self.words
