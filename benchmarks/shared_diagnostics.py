@@ -43,12 +43,13 @@ from run import PROJECT, RESULTS  # noqa: E402
 from shared import tuned_targets  # noqa: E402
 
 from spacy_early_exit.encoder.exits import ExitPolicy, exit_decisions, joint_uncertainty, normalized_entropy, window_max  # noqa: E402
-from spacy_early_exit.layers.architecture import full_depth_logits, get_aligner, get_shim  # noqa: E402
+from spacy_early_exit.layers.architecture import get_shim  # noqa: E402
 from spacy_early_exit.pipes.head import TaskHead  # noqa: E402
 from spacy_early_exit.pipes.record import read_record  # noqa: E402
 from spacy_early_exit.tools.data import load_examples  # noqa: E402
 from spacy_early_exit.tools.evaluate import early_exit_pipes, exit_settings  # noqa: E402
 from spacy_early_exit.tools.heads import shared_heads  # noqa: E402
+from spacy_early_exit.tools.prescreen import full_depth_rows  # noqa: E402
 from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
 
 OUTSIDE = "O"
@@ -130,33 +131,16 @@ def collect_pass(
     RETURNS (FullPass): the padded logits, gold per head and each token's (row, slot).
     """
     model = transformer.model
-    aligner = get_aligner(model)
-    class_ids = [{name: i for i, name in enumerate(head.class_names)} for _, head in heads]
     per_row: List[Tuple[torch.Tensor, List[numpy.ndarray]]] = []
     token_rows: List[numpy.ndarray] = []
     token_slots: List[numpy.ndarray] = []
-    examples = list(examples)
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        docs = [eg.predicted for eg in chunk]
-        rows, layouts = aligner.layout(docs)
-        output = full_depth_logits(model, docs, transformer.policy.precision)
-        logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
-        offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
-        golds = [[numpy.full(len(r.word_cols), -1, dtype="int64") for r in rows] for _ in heads]
-        for h, (_, head) in enumerate(heads):
-            for example, layout in zip(chunk, layouts):
-                for token, gold in enumerate(head.gold_classes(example)):
-                    row = int(layout.token_rows[token])
-                    if row >= 0 and gold in class_ids[h]:
-                        golds[h][row][int(layout.token_slots[token])] = class_ids[h][gold]
+    for batch in full_depth_rows(model, heads, examples, batch_size, transformer.policy.precision):
         # Rows are numbered per batch: shift them to the split's global numbering.
         base = len(per_row)
-        for layout in layouts:
+        for layout in batch.layouts:
             token_rows.append(numpy.where(layout.token_rows >= 0, layout.token_rows + base, -1))
             token_slots.append(numpy.asarray(layout.token_slots))
-        for i in range(len(rows)):
-            per_row.append((logits[:, offsets[i]:offsets[i + 1]], [g[i] for g in golds]))
+        per_row.extend(zip(batch.logits, batch.golds))
     encoder = get_shim(model).encoder
     n_layers, n_classes = encoder.num_layers, encoder.n_classes
     width = max([part.shape[1] for part, _ in per_row] + [1])

@@ -19,7 +19,7 @@ The proxy score is token accuracy, or, when the classes have an outside class
 more closely than accuracy dominated by "O".
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -36,6 +36,57 @@ OUTSIDE = "O"
 # Base thresholds the screen tries per schedule: geometric, dense at the low end
 # where accurate settings live, ending at 1.0 (exit at min_layer: the static cut).
 BASE_GRID = tuple(round(float(t), 4) for t in numpy.geomspace(0.002, 1.0, 40))
+
+
+@dataclass(frozen=True)
+class FullDepthRows:
+    """One batch of examples run at full depth: per encoder row, every
+    off-ramp's logits and each head's gold class ids.
+
+    rows (List[Any]): the aligner's encoder rows (SequenceRow).
+    layouts (List[Any]): per doc, where its tokens sit in the rows (DocLayout).
+    logits (List[torch.Tensor]): per row ``[layers, words, classes]`` (all heads' columns).
+    golds (List[List[numpy.ndarray]]): per row, per head, gold ids per word (-1: none).
+    """
+
+    rows: List[Any]
+    layouts: List[Any]
+    logits: List[torch.Tensor]
+    golds: List[List[numpy.ndarray]]
+
+
+def full_depth_rows(
+    model: Any, heads: Sequence[Tuple[str, TaskHead]], examples: Sequence[Example], batch_size: int, precision: str
+) -> Iterator[FullDepthRows]:
+    """Run `examples` through an encoder's model at full depth, a batch at a time.
+
+    What the screen and the shared-encoder diagnostics both replay exits from.
+    model (Any): the encoder owner's Thinc model.
+    heads (Sequence[Tuple[str, TaskHead]]): the heads whose gold to read, in head order.
+    examples (Sequence[Example]): gold examples.
+    batch_size (int): docs per forward pass.
+    precision (str): the layer stack's precision.
+    YIELDS (FullDepthRows): one per batch.
+    """
+    aligner = get_aligner(model)
+    index_of = [{name: i for i, name in enumerate(head.class_names)} for _, head in heads]
+    examples = list(examples)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        docs = [eg.predicted for eg in chunk]
+        rows, layouts = aligner.layout(docs)
+        output = full_depth_logits(model, docs, precision)
+        logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
+        offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
+        golds = [[numpy.full(len(r.word_cols), -1, dtype="int64") for _ in heads] for r in rows]
+        for h, (_, head) in enumerate(heads):
+            for example, layout in zip(chunk, layouts):
+                for token, gold in enumerate(head.gold_classes(example)):
+                    row = int(layout.token_rows[token])
+                    if row >= 0 and gold in index_of[h]:
+                        golds[row][h][int(layout.token_slots[token])] = index_of[h][gold]
+        parts = [logits[:, offsets[i]:offsets[i + 1]] for i in range(len(rows))]
+        yield FullDepthRows(rows, layouts, parts, golds)
 
 
 @dataclass
@@ -155,28 +206,11 @@ class ExitProfile:
             heads = [(pipe.name, pipe)]
         model = pipe.model
         encoder = get_shim(model).encoder
-        aligner = get_aligner(model)
         policy = pipe.policy
         columns = [pipe.head_columns(name) if relative else (0, encoder.n_classes) for name, _ in heads]  # type: ignore[attr-defined]
-        index_of = [{name: i for i, name in enumerate(head.class_names)} for _, head in heads]
         rows_out: List[Tuple[numpy.ndarray, List[numpy.ndarray], List[numpy.ndarray], int, numpy.ndarray]] = []
-        examples = list(examples)
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            docs = [eg.predicted for eg in chunk]
-            rows, layouts = aligner.layout(docs)
-            output = full_depth_logits(model, docs, policy.precision)
-            logits = torch.as_tensor(model.ops.to_numpy(output.layer_logits))
-            offsets = numpy.concatenate([[0], numpy.cumsum([len(r.word_cols) for r in rows])])
-            golds = [[numpy.full(len(r.word_cols), -1, dtype="int64") for r in rows] for _ in heads]
-            for h, (_, head) in enumerate(heads):
-                for example, layout in zip(chunk, layouts):
-                    for token, gold in enumerate(head.gold_classes(example)):
-                        row = int(layout.token_rows[token])
-                        if row >= 0 and gold in index_of[h]:
-                            golds[h][row][int(layout.token_slots[token])] = index_of[h][gold]
-            for i, row in enumerate(rows):
-                part = logits[:, offsets[i]:offsets[i + 1]]
+        for batch in full_depth_rows(model, heads, examples, batch_size, policy.precision):
+            for row, part, row_golds in zip(batch.rows, batch.logits, batch.golds):
                 # The rule the encoder runs: the max over every head of its
                 # temperature-scaled entropy (one head: the plain entropy).
                 uncertainty = torch.stack([
@@ -185,7 +219,7 @@ class ExitProfile:
                 ])
                 predicted = [part[..., a:b].argmax(dim=-1).numpy() for a, b in columns]
                 pieces = numpy.bincount(row.pair_words, minlength=len(row.word_cols)) if len(row.pair_words) else numpy.zeros(len(row.word_cols), dtype="int64")
-                rows_out.append((uncertainty.numpy(), predicted, [g[i] for g in golds], len(row.ids), pieces))
+                rows_out.append((uncertainty.numpy(), predicted, row_golds, len(row.ids), pieces))
         return cls._pad(rows_out, pipe, heads, relative)
 
     @classmethod
