@@ -9,49 +9,62 @@ On one corpus of the four-corpus benchmark, with its trained pipeline
    `tools.evaluate.cost_summary`), with the exit schedule tuned on dev *for
    that precision* (`tools.tune.tune(..., precision=p, cost=c)`: thresholds
    fitted to the uncertainties that precision produces);
-2. two outside rows with the same weights outside spaCy: `hf-full` (plain
+2. rows outside spaCy (outside_rows.py): `hf-full` (the same weights as plain
    transformers, fp32; hf_full.py) and `hf-int8` (the same after
    `torch.ao.quantization.quantize_dynamic` on its nn.Linear layers: the one
-   line a practitioner adds today);
+   line a practitioner adds today); with --outside (by default wherever they
+   can run), `ort-fp32` / `ort-int8` (the same weights exported to ONNX, fused
+   by ONNX Runtime's BERT optimizer, fp32 and dynamic int8; each reports the
+   faster of document order and length-sorted batches) and `spacy-cnn`
+   (spaCy's efficiency NER pipeline trained on the same corpus by
+   train_spacy_cnn.sh, at its best batch size);
 3. every row scored on the whole test split, and timed on evenly spaced test
    docs at batch sizes 1 and 32, settings interleaved every 64 docs, median of
-   the repetitions after a warm-up pass (as benchmarks/run.py);
+   the repetitions after a warm-up pass (table_harness.py, as run.py);
 4. benchmarks/results/precision_<dataset>.json and .md.
 
     python benchmarks/precision.py conll2003                 # everything
     python benchmarks/precision.py conll2003 --phase score   # tune + score (a busy machine is fine)
     python benchmarks/precision.py conll2003 --phase time    # time the scored rows (a quiet machine)
+    python benchmarks/precision.py conll2003 --outside none  # no ORT / spacy-cnn rows
 
 FLOPs do not depend on precision (they are counted from the exit schedule), so
 a row's speed over its fp32 twin is what the precision itself buys.
 """
 import json
-import os
-import platform
-import statistics
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 import torch
 import typer
 from spacy.language import Language
-from spacy.scorer import Scorer
 from spacy.training import Example
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_full import HFFullDepth  # noqa: E402
+from outside_rows import ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, OutsideRow, hf_rows, onnxruntime_missing, outside_rows  # noqa: E402
+from table_harness import (  # noqa: E402
+    ReportLayout,
+    Row,
+    Timing,
+    command_line,
+    dash,
+    machine,
+    markdown_table,
+    one_order,
+    per_batch_cells,
+    score_rows,
+    time_rows,
+    write_report,
+)
 
 from spacy_early_exit.encoder.precision import PRECISIONS, cpu_has_fast_bf16, int8_kernels_available  # noqa: E402
 from spacy_early_exit.tools.data import load_examples, spread_sample  # noqa: E402
-from spacy_early_exit.tools.evaluate import Setting, early_exit_pipes, interleaved_seconds, setting_runner  # noqa: E402
+from spacy_early_exit.tools.evaluate import Setting, early_exit_pipes, setting_runner  # noqa: E402
 from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
-from spacy_early_exit.tools.tune import main_metric, measure, metric_value, tune  # noqa: E402
+from spacy_early_exit.tools.tune import main_metric, measure, tune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,67 +76,32 @@ TUNE_KEYS = ("target", "cost", "reachable", "reason", "window", "min_layer", "sl
 # The row name of a TOKEE schedule tuned for each cost (tune's `cost`): FLOPs,
 # or encoder layers per doc (what batch size 1 pays for).
 TOKEE_METHODS = {"flops": "tokee", "layers": "tokee-layers"}
-
-
-@dataclass
-class Row:
-    """One line of the table.
-
-    method (str): "full", "tokee" (tuned for FLOPs), "tokee-layers" (tuned for
-        layers per doc), "hf-full" or "hf-int8".
-    precision (str): what the encoder layers compute in.
-    target (int): the FLOPs speed-up aimed at (1 for full depth).
-    fields (Dict[str, Any]): the exit fields that reproduce the row, precision
-        included (empty for the hf rows).
-    result (Dict[str, Any]): score, flops_speedup, mean_exit_layer; after
-        timing words_per_second, vs_hf_full, vs_hf_int8 and seconds.
-    dev (Dict[str, Any]): TOKEE rows: the dev score and speed-up the tuner measured.
-    """
-
-    method: str
-    precision: str
-    target: int
-    fields: Dict[str, Any] = field(default_factory=dict)
-    result: Dict[str, Any] = field(default_factory=dict)
-    dev: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}@{self.target}/{self.precision}"
-
-    def as_json(self) -> Dict[str, Any]:
-        timed = {"words_per_second": None, "vs_hf_full": None}
-        return {"method": self.method, "precision": self.precision, "target": self.target,
-                **timed, **self.result, "fields": self.fields, "dev": self.dev}
-
-    @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "Row":
-        own = ("method", "precision", "target", "fields", "dev")
-        result = {k: v for k, v in data.items() if k not in own}
-        return cls(data["method"], data["precision"], data["target"], data["fields"], result, data.get("dev", {}))
-
-
-def practitioner_int8(nlp: Language) -> HFFullDepth:
-    """`hf-full` after one line of dynamic int8 quantization of every nn.Linear
-    (the off-ramp included, as `quantize_dynamic(model, {nn.Linear})` on a
-    token classifier would): what a user would run today for speed."""
-    hf = HFFullDepth(nlp)
-    with warnings.catch_warnings():
-        # torch.ao announces its move to torchao; in this torch the API works,
-        # and this row is meant to be what practitioners use now.
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        # Not in place: the pipeline's own encoder stays fp32.
-        hf.encoder = quantize_dynamic(hf.encoder, {nn.Linear}, dtype=torch.qint8).eval()
-    return hf
+# A row in precision_<dataset>.json: words/s and vs_hf_full read None until
+# the timing phase; an outside row says what ran it under "runtime".
+LAYOUT = ReportLayout(head=("method", "precision", "target"), untimed=("words_per_second", "vs_hf_full"), extra=("runtime",))
+# Ratio columns: each row's words/s over these rows' (where the table has them).
+REFERENCES = {"vs_hf_full": "hf-full", "vs_hf_int8": "hf-int8", "vs_ort_int8": "ort-int8"}
 
 
 def choose_rows(
     nlp: Language, dev: List[Example], precisions: Sequence[str], targets: Sequence[float], windows: Sequence[int],
     steps: int, metric: str, margin: float, costs: Sequence[str] = ("flops",),
 ) -> Dict[str, Any]:
-    """Every row's exit fields; the TOKEE schedules tuned on dev, per precision and cost."""
+    """Every row's exit fields; the TOKEE schedules tuned on dev, per precision and cost.
+
+    nlp (Language): the trained pipeline.
+    dev (List[Example]): the dev examples tuned on.
+    precisions (Sequence[str]): the precisions, each with its own rows.
+    targets (Sequence[float]): the TOKEE target speed-ups.
+    windows (Sequence[int]): the TOKEE windows tried.
+    steps (int): most bisection runs per schedule and target.
+    metric (str): the score key.
+    margin (float): relative safety margin on each target.
+    costs (Sequence[str]): what the targets count: "flops" and/or "layers".
+    RETURNS (Dict[str, Any]): "rows" (the pipeline's rows, then hf-full and
+        hf-int8), "unreachable" (targets dev could not reach), "tuning" (the
+        tuner's summary per precision and cost).
+    """
     rows: List[Row] = []
     unreachable: List[str] = []
     tuning: Dict[str, Any] = {}
@@ -149,55 +127,95 @@ def choose_rows(
     return {"rows": rows, "unreachable": unreachable, "tuning": tuning}
 
 
-def score_rows(rows: Sequence[Row], nlp: Language, hfs: Dict[str, HFFullDepth], test: List[Example], metric: str) -> None:
-    """Score, FLOPs speed-up and mean exit layer of every row on the whole test split."""
-    for row in rows:
-        if row.method in hfs:
-            hf = hfs[row.method]
-            docs = hf.annotate([eg.predicted for eg in test])
-            value = metric_value(Scorer(nlp).score([Example(d, eg.reference) for d, eg in zip(docs, test)]), metric)
-            row.result = {"score": round(100 * value, 2) if value is not None else None, "flops_speedup": 1.0,
-                          "mean_exit_layer": float(len(hf.encoder.layers)), "layer_speedup": 1.0}
+def choose_outside(spec: str, spacy_cnn: Path) -> Tuple[List[str], List[str]]:
+    """The outside rows asked for with --outside.
+
+    spec (str): "auto" (the ORT rows where onnxruntime imports, spacy-cnn
+        where its pipeline exists), "none", or names from OUTSIDE_METHODS,
+        comma-separated (each must be able to run).
+    spacy_cnn (Path): the spacy-cnn pipeline.
+    RETURNS (Tuple[List[str], List[str]]): the methods, and one line per row skipped.
+    """
+    missing = onnxruntime_missing()
+    if spec.strip() == "auto":
+        methods: List[str] = [] if missing else list(ORT_METHODS)
+        skipped = [f"ort-fp32, ort-int8 skipped: {missing}"] if missing else []
+        if spacy_cnn.exists():
+            methods.append(SPACY_CNN)
         else:
-            row.result = measure(nlp, test, row.fields, metric).as_row()
-        print(f"[score] {row.key:22s} {metric}={row.result['score']} FLOPs x{row.result['flops_speedup']:.2f}", flush=True)
+            skipped.append(f"spacy-cnn skipped: no pipeline at {spacy_cnn} (bash benchmarks/train_spacy_cnn.sh <dataset>, or --spacy-cnn)")
+        return methods, skipped
+    methods = [m.strip() for m in spec.split(",") if m.strip() and m.strip() != "none"]
+    unknown = [m for m in methods if m not in OUTSIDE_METHODS]
+    if unknown:
+        raise typer.BadParameter(f"--outside takes auto, none or some of {', '.join(OUTSIDE_METHODS)}; got {unknown}")
+    if missing and any(m in ORT_METHODS for m in methods):
+        raise typer.BadParameter(f"--outside {spec}: {missing}")
+    if SPACY_CNN in methods and not spacy_cnn.exists():
+        raise typer.BadParameter(f"--outside {spec}: no spacy-cnn pipeline at {spacy_cnn} (bash benchmarks/train_spacy_cnn.sh <dataset>)")
+    return [m for m in OUTSIDE_METHODS if m in methods], []
 
 
-def time_rows(
-    rows: Sequence[Row], nlp: Language, hfs: Dict[str, HFFullDepth], texts: List[str], batch_sizes: Sequence[int], repeats: int,
-) -> None:
-    """Median words/second per row and batch size, repetitions interleaved
-    across rows; each row's ratio to hf-full and hf-int8 on the same loop."""
+def spacy_cnn_training(dataset: str) -> Optional[Dict[str, Any]]:
+    """What train_spacy_cnn.sh recorded for the corpus (its per-evaluation log left out).
+
+    dataset (str): the corpus name.
+    RETURNS (Optional[Dict[str, Any]]): results/spacy_cnn_<dataset>_training.json, or None.
+    """
+    path = RESULTS / f"spacy_cnn_{dataset}_training.json"
+    if not path.exists():
+        return None
+    return {k: v for k, v in json.loads(path.read_text(encoding="utf8")).items() if k != "evaluations"}
+
+
+def row_result(row: Row, nlp: Language, outside: Dict[str, OutsideRow], test: List[Example], metric: str) -> Dict[str, Any]:
+    """Score, FLOPs speed-up and mean exit layer of one row on the whole test split.
+
+    row (Row): the row.
+    nlp (Language): the trained pipeline (its own rows run in it; its scorers score every row).
+    outside (Dict[str, OutsideRow]): the rows run outside it, by method.
+    test (List[Example]): the test examples.
+    metric (str): the score key.
+    RETURNS (Dict[str, Any]): the row's result.
+    """
+    if row.method in outside:
+        return outside[row.method].result(nlp, test, metric)
+    return measure(nlp, test, row.fields, metric).as_row()
+
+
+def row_timings(
+    rows: Sequence[Row], nlp: Language, outside: Dict[str, OutsideRow], texts: List[str], batch_sizes: Sequence[int],
+) -> Tuple[Dict[str, Timing], int]:
+    """How each row is timed on the timing docs.
+
+    rows (Sequence[Row]): the rows.
+    nlp (Language): the trained pipeline.
+    outside (Dict[str, OutsideRow]): the rows run outside it, by method.
+    texts (List[str]): the timing docs.
+    batch_sizes (Sequence[int]): the table's batch sizes.
+    RETURNS (Tuple[Dict[str, Timing], int]): per row key its timing, and the
+        words in the timing docs (the pipeline's tokenization, for every row).
+    """
     words = [[t.text for t in doc] for doc in nlp.tokenizer.pipe(texts)]
-    n_words = sum(len(w) for w in words)
-
-    def hf_runner(hf: HFFullDepth) -> Callable[[slice, int], Any]:
-        return lambda part, batch_size: hf.run(words[part], batch_size)
-
-    runners = {
-        row.key: hf_runner(hfs[row.method]) if row.method in hfs else setting_runner(nlp, texts, Setting(row.key, row.fields))
+    timings = {
+        row.key: outside[row.method].timing(texts, words, batch_sizes) if row.method in outside
+        else one_order(setting_runner(nlp, texts, Setting(row.key, row.fields)))
         for row in rows
     }
-    # Warm-up: first-call allocations, lazy imports, and each precision's
-    # converted layer stack, made on its first prediction.
-    for run in runners.values():
-        run(slice(None), max(batch_sizes))
-    times = interleaved_seconds(runners, len(texts), batch_sizes, repeats)
-    medians = {key: {b: statistics.median(times[key][b]) for b in batch_sizes} for key in runners}
-    reference = {method: next(r.key for r in rows if r.method == method) for method in HF_METHODS}
-    for row in rows:
-        median = medians[row.key]
-        row.result["words_per_second"] = {str(b): round(n_words / median[b], 1) for b in batch_sizes}
-        for method, key in reference.items():
-            # Words/s relative to the reference = its seconds over this row's.
-            ratio_key = "vs_" + method.replace("-", "_")
-            row.result[ratio_key] = {str(b): round(medians[key][b] / median[b], 3) for b in batch_sizes}
-        row.result["seconds"] = {str(b): [round(t, 3) for t in times[row.key][b]] for b in batch_sizes}
+    return timings, sum(len(w) for w in words)
 
 
 def fp32_twin_delta(row: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> Optional[float]:
-    """The row's score minus the fp32 row of the same method and target (None: no such pair)."""
-    if row["method"] in HF_METHODS:
+    """The row's score minus its fp32 twin's: the same method and target in
+    fp32, or hf-full for the rows with hf-full's weights (spacy-cnn has none).
+
+    row (Dict[str, Any]): a report row.
+    rows (Sequence[Dict[str, Any]]): all report rows.
+    RETURNS (Optional[float]): the difference in points (None: no such pair).
+    """
+    if row["method"] == SPACY_CNN:
+        return None
+    if row["method"] in HF_METHODS + ORT_METHODS:
         twin = next((r for r in rows if r["method"] == "hf-full"), None)
     else:
         twin = next((r for r in rows if (r["method"], r["target"], r["precision"]) == (row["method"], row["target"], "fp32")), None)
@@ -207,30 +225,38 @@ def fp32_twin_delta(row: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> Opti
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    """The table: score, its change against the fp32 twin, FLOPs speed-up,
-    words/s and words/s relative to hf-full per batch size ("–" until timed)."""
+    """The table: score, its change against the fp32 twin, FLOPs and layer
+    speed-up, words/s and words/s relative to hf-full, hf-int8 and (where the
+    table has it) ort-int8, per batch size ("–" until timed).
+
+    report (Dict[str, Any]): the report.
+    RETURNS (str): the Markdown table.
+    """
     sizes = [str(b) for b in report.get("batch_sizes", [1, 32])]
-    head = ["method", "precision", "target", report["metric"], "Δ vs fp32", "FLOPs x", "layers x"]
-    head += [f"words/s b{b}" for b in sizes] + [f"vs hf-full b{b}" for b in sizes] + [f"vs hf-int8 b{b}" for b in sizes]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = report["rows"]
+    ratios = [("vs_hf_full", "hf-full"), ("vs_hf_int8", "hf-int8")]
+    if any(r["method"] == "ort-int8" for r in rows):
+        ratios.append(("vs_ort_int8", "ort-int8"))
+    head = ["method", "precision", "target", report["metric"], "Δ vs fp32", "FLOPs x", "layers x"]
+    head += [f"words/s b{b}" for b in sizes] + [f"vs {name} b{b}" for _, name in ratios for b in sizes]
+    lines = []
     for r in rows:
-        delta = fp32_twin_delta(r, rows)
-        cells = [r["method"], r["precision"], f"{r['target']}x", "–" if r["score"] is None else f"{r['score']:.2f}",
-                 "–" if delta is None else f"{delta:+.2f}", f"{r['flops_speedup']:.2f}",
-                 f"{r['layer_speedup']:.2f}" if r.get("layer_speedup") is not None else "–"]
-        for key, form in (("words_per_second", "{:.0f}"), ("vs_hf_full", "{:.2f}"), ("vs_hf_int8", "{:.2f}")):
-            values = r.get(key)
-            cells += [form.format(values[b]) if values else "–" for b in sizes]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells = [r["method"], r["precision"], f"{r['target']}x", dash(r["score"], "{:.2f}"),
+                 dash(fp32_twin_delta(r, rows), "{:+.2f}"), f"{r['flops_speedup']:.2f}", dash(r.get("layer_speedup"), "{:.2f}")]
+        cells += per_batch_cells(r, "words_per_second", sizes, "{:.0f}")
+        for key, _ in ratios:
+            cells += per_batch_cells(r, key, sizes, "{:.2f}")
+        lines.append(cells)
+    return markdown_table(head, lines)
 
 
 def write_outputs(report: Dict[str, Any], output_dir: Path) -> Path:
-    """precision_<dataset>.json and .md; RETURNS the JSON's path."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_dir / f"precision_{report['corpus']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    """precision_<dataset>.json and .md.
+
+    report (Dict[str, Any]): the report.
+    output_dir (Path): the results folder.
+    RETURNS (Path): the JSON's path.
+    """
     timed = "timing_docs" in report
     header = (
         f"{report['corpus']}, test split ({report['test_docs']} docs), {report['metric']}; TOKEE schedules tuned per "
@@ -241,11 +267,20 @@ def write_outputs(report: Dict[str, Any], output_dir: Path) -> Path:
         f"{report['threads']} threads, {report['machine']}.\n\n"
         if timed else "Not timed yet (run --phase time).\n\n"
     )
+    methods = {r["method"] for r in report["rows"]}
+    if methods & set(ORT_METHODS):
+        header += ("ort-*: the same weights in ONNX Runtime (fused for BERT); words/s is the faster of document order "
+                   "and length-sorted batches (both in words_per_second_by_order).\n")
+    if SPACY_CNN in methods:
+        header += ("spacy-cnn: spaCy's efficiency NER pipeline on the same corpus; its b32 column is its best batch size "
+                   "(batch_size_used, every size in words_per_second_by_batch).\n")
+    if methods & set(OUTSIDE_METHODS):
+        header += "\n"
     table = markdown(report)
-    stem.with_suffix(".md").write_text(header + table + "\n", encoding="utf8")
+    path = write_report(report, output_dir / f"precision_{report['corpus']}", header, table)
     print(table)
-    print(f"Wrote {stem}.json/.md" + ("" if timed else " (scores only; run --phase time next)"))
-    return stem.with_suffix(".json")
+    print(f"Wrote {path.with_suffix('')}.json/.md" + ("" if timed else " (scores only; run --phase time next)"))
+    return path
 
 
 def main(
@@ -261,10 +296,15 @@ def main(
     tune_limit: int = typer.Option(0, help="Dev docs used for tuning, evenly spaced (0: all)"),
     steps: int = typer.Option(6, help="Most bisection runs per measured schedule and target"),
     margin: float = typer.Option(0.02, help="Relative safety margin on each TOKEE target (tuned on dev)"),
+    outside: str = typer.Option("auto", help="Rows outside spaCy besides hf-full/hf-int8 (score phase; the time phase "
+                                "times the scored ones): auto (ort-fp32, ort-int8 where onnxruntime imports, spacy-cnn "
+                                "where its pipeline exists), none, or some of " + ",".join(OUTSIDE_METHODS)),
+    spacy_cnn: Optional[Path] = typer.Option(None, help="The spacy-cnn pipeline (default: <project>/training/"
+                                             "spacy_cnn_<dataset>/model-best, from benchmarks/train_spacy_cnn.sh)"),
     timing_docs: int = typer.Option(500, help="Test docs timed, evenly spaced (0: all); every score uses all"),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes timed"),
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
-    threads: int = typer.Option(1, help="torch intra-op threads (0: torch's default)"),
+    threads: int = typer.Option(1, help="torch intra-op threads, and ONNX Runtime's (0: torch's default)"),
     output_dir: Path = typer.Option(RESULTS, help="Where precision_<dataset>.json/.md go"),
 ) -> None:
     if phase not in ("all", "score", "time"):
@@ -282,17 +322,28 @@ def main(
     path = pipeline or project / "training" / dataset / "final"
     if not path.exists():
         raise typer.BadParameter(f"No pipeline at {path}: train it first (benchmarks/train_corpus.sh {dataset}) or pass --pipeline")
+    cnn_path = spacy_cnn or project / "training" / f"spacy_cnn_{dataset}" / "model-best"
     nlp = spacy.load(path)
-    hfs = {"hf-full": HFFullDepth(nlp), "hf-int8": practitioner_int8(nlp)}
     test = load_examples(nlp, corpus / "test.spacy")
-    command = "python benchmarks/precision.py " + " ".join(sys.argv[1:])
+    command = command_line("benchmarks/precision.py")
     output = output_dir / f"precision_{dataset}.json"
     if phase == "time":
         if not output.exists():
             raise typer.BadParameter(f"No scored rows at {output}: run --phase score first")
         report = json.loads(output.read_text(encoding="utf8"))
-        rows = [Row.from_json(r) for r in report["rows"]]
+        rows = [LAYOUT.from_json(r) for r in report["rows"]]
+        # The outside rows scored before are timed now: they must run here too,
+        # spacy-cnn from the pipeline it was scored with unless --spacy-cnn says.
+        scored_cnn = next((r.extra.get("runtime", {}).get("pipeline") for r in rows if r.method == SPACY_CNN), None)
+        if spacy_cnn is None and scored_cnn:
+            cnn_path = Path(scored_cnn)
+        methods, _ = choose_outside(",".join(m for m in OUTSIDE_METHODS if any(r.method == m for r in rows)) or "none", cnn_path)
     else:
+        methods, skipped = choose_outside(outside, cnn_path)
+        for line in skipped:
+            print(f"[outside] {line}", flush=True)
+    runners = {**hf_rows(nlp), **outside_rows(nlp, methods, torch.get_num_threads(), cnn_path)}
+    if phase != "time":
         metric = main_metric(nlp)
         dev = load_examples(nlp, corpus / "dev.spacy", tune_limit, spread=True)
         meta_path = corpus / "meta.json"
@@ -302,8 +353,8 @@ def main(
             nlp, dev, chosen_precisions, parse_numbers(targets, float, "--targets"), parse_numbers(windows, int, "--windows"),
             steps, metric, margin, chosen_costs,
         )
-        rows = chosen["rows"]
-        score_rows(rows, nlp, hfs, test, metric)
+        rows = chosen["rows"] + [Row(m, runners[m].precision, 1) for m in methods]
+        score_rows(rows, lambda row: row_result(row, nlp, runners, test, metric), metric)
         name = early_exit_pipes(nlp)[0][0]
         report = {
             "corpus": dataset,
@@ -318,17 +369,24 @@ def main(
             "windows_tried": parse_numbers(windows, int, "--windows"),
             "costs": chosen_costs,
             "margin": margin,
+            "outside": methods,
+            "outside_skipped": skipped,
+            "spacy_cnn_training": spacy_cnn_training(dataset) if SPACY_CNN in methods else None,
             "unreachable": chosen["unreachable"],
             "tuning": chosen["tuning"],
             "score_command": command,
             "score_seconds": round(time.time() - started),
         }
+    # Each outside row says what ran it, as of this phase (the timing phase's threads).
+    for row in rows:
+        if row.method in runners:
+            row.extra["runtime"] = runners[row.method].runtime
     # What ran, where: the last phase's command; threads and machine as now
     # (the timing phase's, when there is one).
     report.update(
         command=command,
         threads=torch.get_num_threads(),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        machine=machine(),
         cpu_fast_bf16=cpu_has_fast_bf16(),
         int8_kernels=int8_kernels_available(),
     )
@@ -337,7 +395,10 @@ def main(
         sizes = parse_numbers(batch_sizes, int, "--batch-sizes")
         print(f"[time] {len(rows)} rows, {len(texts)} test docs, batch sizes {sizes}, {repeats} repetitions, "
               f"{torch.get_num_threads()} threads", flush=True)
-        time_rows(rows, nlp, hfs, texts, sizes, repeats)
+        timings, n_words = row_timings(rows, nlp, runners, texts, sizes)
+        keys = {method: next((r.key for r in rows if r.method == method), None) for method in REFERENCES.values()}
+        references = {name: keys[method] for name, method in REFERENCES.items() if keys[method] is not None}
+        time_rows(rows, timings, len(texts), n_words, sizes, repeats, references)
         report.update(
             batch_sizes=sizes,
             repeats=repeats,
@@ -346,7 +407,7 @@ def main(
             time_seconds=round(time.time() - started),
         )
     report["docs"] = {"test": report["test_docs"], "tune": report["tune_docs"], "timing": report.get("timing_docs")}
-    report["rows"] = [r.as_json() for r in rows]
+    report["rows"] = [LAYOUT.to_json(r) for r in rows]
     write_outputs(report, output_dir)
 
 

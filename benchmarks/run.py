@@ -27,34 +27,39 @@ Scoring does not need a quiet machine; timing does (ratios are side by side,
 but other load adds noise), hence the two phases. Progress goes to stdout.
 """
 import json
-import os
-import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 import torch
 import typer
 from spacy.language import Language
-from spacy.scorer import Scorer
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_full import HFFullDepth  # noqa: E402
+from table_harness import (  # noqa: E402
+    ReportLayout,
+    Row,
+    Timing,
+    command_line,
+    dash,
+    machine,
+    markdown_table,
+    one_order,
+    per_batch_cells,
+    score_rows,
+    scored_percent,
+    time_rows,
+    write_report,
+)
 
 from spacy_early_exit.encoder.exits import static_thresholds  # noqa: E402
 from spacy_early_exit.tools.data import load_examples, spread_sample  # noqa: E402
-from spacy_early_exit.tools.evaluate import (  # noqa: E402
-    Setting,
-    early_exit_pipes,
-    interleaved_seconds,
-    setting_runner,
-)
-from spacy_early_exit.tools.measure import main_metric, measure, metric_value, threshold_for_speedup  # noqa: E402
+from spacy_early_exit.tools.evaluate import Setting, early_exit_pipes, setting_runner  # noqa: E402
+from spacy_early_exit.tools.measure import main_metric, measure, threshold_for_speedup  # noqa: E402
 from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
 from spacy_early_exit.tools.tune import tune  # noqa: E402
 
@@ -65,32 +70,25 @@ PROJECT = ROOT / "project"
 TOKEE_MODELS = (("stage2", "tokee"), ("stage1", "tokee-stage1"), ("distill", "tokee-distill"))
 
 
-@dataclass
-class Row:
-    """One line of the table.
+# What a TOKEE row keeps of its dev-tuned schedule (Row.dev), at the top level of the report's row.
+SCHEDULE_KEYS = ("min_layer", "slope", "thresholds", "source", "dev_flops_speedup", "dev_score")
+# A row of <dataset>.json: method, target, the result, window and threshold as
+# chosen on dev (None where they do not apply), the schedule keys, which
+# trained pipeline ran it ("stage2", "stage1", "distill" or an ablation's
+# name) and its exit fields (empty for hf-full). Methods: full | static-3 |
+# static-2 | sentee | tokee | tokee-stage1 | tokee-distill | tokee-<ablation> | hf-full.
+LAYOUT = ReportLayout(head=("method", "target"), extra=("window", "threshold"), nest_dev=False, dev_keys=SCHEDULE_KEYS,
+                      model=True)
 
-    method (str): full | static-3 | static-2 | sentee | tokee | tokee-stage1 | tokee-distill |
-        tokee-<ablation> | hf-full.
-    target (int): the FLOPs speed-up aimed at (1 for full depth).
-    model (str): "stage2", "stage1", "distill" or an ablation's name: which trained pipeline runs it.
-    fields (Dict[str, Any]): exit fields (empty for hf-full).
-    window, threshold: as chosen on dev (None where they do not apply).
-    schedule (Dict[str, Any]): TOKEE rows: min_layer, slope, per-layer
-        thresholds and the dev speed-up the tuner measured.
+
+def chosen(window: Optional[int] = None, threshold: Optional[float] = None) -> Dict[str, Any]:
+    """A row's window and threshold as chosen on dev (None where they do not apply).
+
+    window (Optional[int]): the TOKEE window.
+    threshold (Optional[float]): the exit threshold.
+    RETURNS (Dict[str, Any]): the row's `extra`.
     """
-
-    method: str
-    target: int
-    model: str
-    fields: Dict[str, Any] = field(default_factory=dict)
-    window: Optional[int] = None
-    threshold: Optional[float] = None
-    result: Dict[str, Any] = field(default_factory=dict)
-    schedule: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}@{self.target}"
+    return {"window": window, "threshold": threshold}
 
 
 # A training run writes its wall times under the project's (ignored) metrics
@@ -123,13 +121,26 @@ def choose_rows(
     metric: str,
     margin: float,
 ) -> Dict[str, Any]:
-    """Every row's exit settings, all chosen on dev."""
+    """Every row's exit settings, all chosen on dev.
+
+    models (Dict[str, Language]): the trained pipelines by name ("stage2", "stage1", maybe "distill").
+    devs (Dict[str, List[Example]]): each pipeline's dev examples for tuning.
+    targets (Sequence[float]): the TOKEE target FLOPs speed-ups.
+    sentee_targets (Sequence[float]): the SENTEE target FLOPs speed-ups.
+    static_layers (Sequence[int]): the static exit layers.
+    windows (Sequence[int]): the TOKEE windows tried.
+    steps (int): most bisection runs per schedule and target.
+    metric (str): the score key.
+    margin (float): relative safety margin on each TOKEE target.
+    RETURNS (Dict[str, Any]): "rows", "unreachable" (targets dev could not
+        reach) and "tune_reports" (the tuner's report per pipeline).
+    """
     nlp2, dev = models["stage2"], devs["stage2"]
     num_layers = early_exit_pipes(nlp2)[0][1].num_layers
-    rows = [Row("full", 1, "stage2", {"exit_mode": "off"})]
+    rows = [Row("full", target=1, model="stage2", fields={"exit_mode": "off"}, extra=chosen())]
     for layer in static_layers:
         fields = {"exit_mode": "tokee", "window": 0, "threshold": 1.0, "thresholds": list(static_thresholds(layer, num_layers))}
-        rows.append(Row(f"static-{layer}", round(num_layers / layer), "stage2", fields))
+        rows.append(Row(f"static-{layer}", target=round(num_layers / layer), model="stage2", fields=fields, extra=chosen()))
     unreachable: List[str] = []
     dev_texts = [eg.reference.text for eg in dev]
     for target in sentee_targets:
@@ -139,7 +150,7 @@ def choose_rows(
             unreachable.append(f"sentee {target:g}x")
             continue
         fields = {"exit_mode": "sentee", "threshold": threshold, "thresholds": None}
-        rows.append(Row("sentee", int(target), "stage2", fields, None, threshold))
+        rows.append(Row("sentee", target=int(target), model="stage2", fields=fields, extra=chosen(None, threshold)))
     reports = {}
     for model, method in TOKEE_MODELS:
         if model not in models:
@@ -147,7 +158,7 @@ def choose_rows(
         found, reports[model], missed = tokee_rows(models[model], devs[model], model, method, targets, windows, steps, metric, margin)
         rows += found
         unreachable += missed
-    rows.append(Row("hf-full", 1, "stage2"))
+    rows.append(Row("hf-full", target=1, model="stage2", extra=chosen()))
     return {"rows": rows, "unreachable": unreachable, "tune_reports": reports}
 
 
@@ -164,6 +175,15 @@ def tokee_rows(
 ) -> Tuple[List[Row], Dict[str, Any], List[str]]:
     """One pipeline's TOKEE rows: the exit schedule per target, searched on dev.
 
+    nlp (Language): the pipeline.
+    examples (List[Example]): its dev examples.
+    model (str): the pipeline's name in `models` ("stage2", "stage1", an ablation's).
+    method (str): the rows' method, e.g. "tokee-stage1".
+    targets (Sequence[float]): the target FLOPs speed-ups.
+    windows (Sequence[int]): the windows tried.
+    steps (int): most bisection runs per schedule and target.
+    metric (str): the score key.
+    margin (float): relative safety margin on each target.
     RETURNS (Tuple[List[Row], Dict[str, Any], List[str]]): the rows, the tuner's
         report (without its per-run log) and the targets dev could not reach.
     """
@@ -178,63 +198,70 @@ def tokee_rows(
             continue
         schedule = {"min_layer": entry["min_layer"], "slope": entry["slope"], "thresholds": entry["thresholds"],
                     "source": entry["source"], "dev_flops_speedup": entry["flops_speedup"], "dev_score": entry["score"]}
-        rows.append(Row(method, int(entry["target"]), model, entry["fields"], entry["window"], entry["threshold"], schedule=schedule))
+        rows.append(Row(method, target=int(entry["target"]), model=model, fields=entry["fields"],
+                        extra=chosen(entry["window"], entry["threshold"]), dev=schedule))
     return rows, {k: v for k, v in report.items() if k != "runs"}, unreachable
 
 
-def score_rows(rows: List[Row], models: Dict[str, Language], test: List[Example], metric: str, hf: Optional[HFFullDepth]) -> None:
-    """Score, FLOPs speed-up and mean exit layer of every row on the whole test split."""
-    for row in rows:
-        if row.method == "hf-full":
-            docs = hf.annotate([eg.predicted for eg in test])
-            scores = Scorer(models["stage2"]).score([Example(d, eg.reference) for d, eg in zip(docs, test)])
-            value = metric_value(scores, metric)
-            row.result = {"score": round(100 * value, 2) if value is not None else None, "flops_speedup": 1.0, "mean_exit_layer": float(len(hf.encoder.layers))}
-        else:
-            row.result = measure(models[row.model], test, row.fields, metric).as_row()
-        print(f"[score] {row.key:18s} {metric}={row.result['score']} FLOPs x{row.result['flops_speedup']:.2f}", flush=True)
+def row_result(row: Row, models: Dict[str, Language], test: List[Example], metric: str, hf: Optional[HFFullDepth]) -> Dict[str, Any]:
+    """Score, FLOPs speed-up and mean exit layer of one row on the whole test split.
+
+    row (Row): the row.
+    models (Dict[str, Language]): the trained pipelines by name.
+    test (List[Example]): the test examples.
+    metric (str): the score key.
+    hf (Optional[HFFullDepth]): the hf-full row's model (needed with that row).
+    RETURNS (Dict[str, Any]): the row's result.
+    """
+    if row.method == "hf-full":
+        docs = hf.annotate([eg.predicted for eg in test])
+        return {"score": scored_percent(models["stage2"], docs, test, metric), "flops_speedup": 1.0,
+                "mean_exit_layer": float(len(hf.encoder.layers))}
+    return measure(models[row.model], test, row.fields, metric).as_row()
 
 
-def time_rows(
+def time_table(
     rows: List[Row], models: Dict[str, Language], hf: Optional[HFFullDepth], texts: List[str], batch_sizes: Sequence[int], repeats: int
 ) -> None:
     """Median words/second per row and batch size; repetitions interleaved across
-    rows. Speed-ups are against the row `full@1`, which `rows` must contain."""
+    rows. Wall-clock speed-ups are against the row `full@1`, which `rows` must contain.
+
+    rows (List[Row]): the rows.
+    models (Dict[str, Language]): the trained pipelines by name.
+    hf (Optional[HFFullDepth]): the hf-full row's model (needed with that row).
+    texts (List[str]): the timing docs.
+    batch_sizes (Sequence[int]): the batch sizes.
+    repeats (int): repetitions (the median is kept).
+    """
     words = [[t.text for t in doc] for doc in models[rows[0].model].tokenizer.pipe(texts)]
-    n_words = sum(len(w) for w in words)
-    runners: Dict[str, Callable[[slice, int], Any]] = {
-        row.key: (lambda part, batch_size: hf.run(words[part], batch_size)) if row.method == "hf-full"
-        else setting_runner(models[row.model], texts, Setting(row.key, row.fields))
+    timings: Dict[str, Timing] = {
+        row.key: one_order(lambda part, batch_size: hf.run(words[part], batch_size)) if row.method == "hf-full"
+        else one_order(setting_runner(models[row.model], texts, Setting(row.key, row.fields)))
         for row in rows
     }
-    for run in runners.values():  # warm-up: first-call allocations, lazy imports
-        run(slice(None), max(batch_sizes))
-    times = interleaved_seconds(runners, len(texts), batch_sizes, repeats)
-    full = {b: statistics.median(times["full@1"][b]) for b in batch_sizes}
-    for row in rows:
-        median = {b: statistics.median(times[row.key][b]) for b in batch_sizes}
-        row.result["words_per_second"] = {str(b): round(n_words / median[b], 1) for b in batch_sizes}
-        row.result["wall_speedup"] = {str(b): round(full[b] / median[b], 3) for b in batch_sizes}
-        row.result["seconds"] = {str(b): [round(t, 3) for t in times[row.key][b]] for b in batch_sizes}
+    full = next(row.key for row in rows if (row.method, row.target) == ("full", 1))
+    time_rows(rows, timings, len(texts), sum(len(w) for w in words), batch_sizes, repeats, {"wall_speedup": full})
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    """The table for README.md."""
+    """The table for README.md ("–" where a row is not timed yet, as an
+    ablation scored after the table was timed).
+
+    report (Dict[str, Any]): the report.
+    RETURNS (str): the Markdown table.
+    """
     sizes = [str(b) for b in report["batch_sizes"]]
     head = ["method", "target", report["metric"], "Δ vs full", "FLOPs x"]
     head += [f"wall x b{b}" for b in sizes] + [f"words/s b{b}" for b in sizes] + ["mean exit layer", "window", "threshold"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     full = next(r for r in report["rows"] if r["method"] == "full")["score"]
+    lines = []
     for r in report["rows"]:
-        delta = f"{r['score'] - full:+.2f}" if r["score"] is not None and full is not None else "–"
-        cells = [r["method"], f"{r['target']}x", f"{r['score']:.2f}", delta, f"{r['flops_speedup']:.2f}"]
-        timed = "wall_speedup" in r  # an ablation scored but not yet timed
-        cells += [f"{r['wall_speedup'][b]:.2f}" if timed else "–" for b in sizes]
-        cells += [f"{r['words_per_second'][b]:.0f}" if timed else "–" for b in sizes]
-        cells += [f"{r['mean_exit_layer']:.2f}", "–" if r["window"] is None else str(r["window"])]
-        cells += ["–" if r["threshold"] is None else f"{r['threshold']:g}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        delta = r["score"] - full if r["score"] is not None and full is not None else None
+        cells = [r["method"], f"{r['target']}x", dash(r["score"], "{:.2f}"), dash(delta, "{:+.2f}"), f"{r['flops_speedup']:.2f}"]
+        cells += per_batch_cells(r, "wall_speedup", sizes, "{:.2f}") + per_batch_cells(r, "words_per_second", sizes, "{:.0f}")
+        cells += [f"{r['mean_exit_layer']:.2f}", dash(r["window"]), dash(r["threshold"], "{:g}")]
+        lines.append(cells)
+    return markdown_table(head, lines)
 
 
 def plot(report: Dict[str, Any], path: Path) -> Path:
@@ -275,28 +302,16 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-def to_report_row(row: Row) -> Dict[str, Any]:
-    """A row in the results layout, plus the exit fields that reproduce it."""
-    return {"method": row.method, "target": row.target, **row.result, "window": row.window, "threshold": row.threshold,
-            **row.schedule, "model": row.model, "fields": row.fields}
-
-
-SCHEDULE_KEYS = ("min_layer", "slope", "thresholds", "source", "dev_flops_speedup", "dev_score")
-
-
-def from_report_row(data: Dict[str, Any]) -> Row:
-    own = ("method", "target", "window", "threshold", "model", "fields") + SCHEDULE_KEYS
-    result = {k: v for k, v in data.items() if k not in own}
-    schedule = {k: data[k] for k in SCHEDULE_KEYS if k in data}
-    return Row(data["method"], data["target"], data["model"], data["fields"], data["window"], data["threshold"], result, schedule)
-
-
 def write_outputs(report: Dict[str, Any], output_dir: Path) -> None:
-    """<dataset>.json always; the table and plot once the rows are timed."""
+    """<dataset>.json always; the table and plot once the rows are timed.
+
+    report (Dict[str, Any]): the report.
+    output_dir (Path): the results folder.
+    """
     dataset = report["corpus"]
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{dataset}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     if "wall_speedup" not in report["rows"][0]:
+        (output_dir / f"{dataset}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
         print(f"Wrote {output_dir / dataset}.json (scores only; run --phase time next)")
         return
     table = markdown(report)
@@ -306,7 +321,7 @@ def write_outputs(report: Dict[str, Any], output_dir: Path) -> None:
         f"timing on {report['timing_docs']} evenly spaced test docs, {report['repeats']} interleaved repetitions, median, "
         f"{report['threads']} threads.{note}\n\n"
     )
-    (output_dir / f"{dataset}.md").write_text(header + table + "\n", encoding="utf8")
+    write_report(report, output_dir / dataset, header, table)
     plot(report, output_dir / f"{dataset}.png")
     print(table)
     print(f"Wrote {output_dir / dataset}.json/.md/.png")
@@ -356,7 +371,7 @@ def run_ablation(
         dev = load_examples(nlp, corpus / "dev.spacy", tune_limit, spread=True)
         print(f"{dataset} ablation {name}: {len(dev)} dev docs for tuning, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)
         rows, tuning, unreachable = tokee_rows(nlp, dev, name, method, targets, windows, steps, report["metric"], margin)
-        score_rows(rows, {name: nlp}, test, report["metric"], None)
+        score_rows(rows, lambda row: row_result(row, {name: nlp}, test, report["metric"], None), report["metric"])
         full = measure(nlp, test, {"exit_mode": "off"}, report["metric"]).as_row()
         training_time = training_time_file(project, dataset, name.replace("-", "_"))
         report.setdefault("ablations", {})[name] = {
@@ -367,26 +382,26 @@ def run_ablation(
             "tuning": tuning,
             "full_depth_score": full["score"],  # this pipeline at full depth, for reference
             "training": json.loads(training_time.read_text(encoding="utf8")) if training_time.exists() else None,
-            "score_command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "score_command": command_line("benchmarks/run.py"),
             "score_seconds": round(time.time() - started),
         }
         others = [r for r in report["rows"] if r["method"] != method]
         at = next((i for i, r in enumerate(others) if r["method"] == "hf-full"), len(others))
-        report["rows"] = others[:at] + [to_report_row(r) for r in rows] + others[at:]
+        report["rows"] = others[:at] + [LAYOUT.to_json(r) for r in rows] + others[at:]
     else:
-        rows = [from_report_row(r) for r in report["rows"] if r["method"] == method]
+        rows = [LAYOUT.from_json(r) for r in report["rows"] if r["method"] == method]
         if not rows:
             raise typer.BadParameter(f"No {method} rows in {report_path}: run --phase ablation first")
         texts = spread_sample([eg.reference.text for eg in test], timing_docs)
-        reference = Row("full", 1, name, {"exit_mode": "off"})
+        reference = Row("full", target=1, model=name, fields={"exit_mode": "off"}, extra=chosen())
         print(f"[time] {method}: {len(rows)} rows and full depth, {len(texts)} test docs, batch sizes {list(batch_sizes)}, "
               f"{repeats} repetitions, {torch.get_num_threads()} threads", flush=True)
-        time_rows([reference] + rows, {name: nlp}, None, texts, batch_sizes, repeats)
-        timed = {r.key: to_report_row(r) for r in rows}
-        report["rows"] = [timed.get(f"{r['method']}@{r['target']}", r) for r in report["rows"]]
+        time_table([reference] + rows, {name: nlp}, None, texts, batch_sizes, repeats)
+        timed = {r.key: LAYOUT.to_json(r) for r in rows}
+        report["rows"] = [timed.get(LAYOUT.from_json(r).key, r) for r in report["rows"]]
         report["ablations"][name].update(
             full_words_per_second=reference.result["words_per_second"], timing_docs=len(texts), repeats=repeats,
-            threads=torch.get_num_threads(), time_command="python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            threads=torch.get_num_threads(), time_command=command_line("benchmarks/run.py"),
             time_seconds=round(time.time() - started),
         )
     write_outputs(report, output_dir)
@@ -441,7 +456,7 @@ def main(
     test = load_examples(models["stage2"], corpus / "test.spacy")
     if phase == "time":
         report = json.loads((output_dir / f"{dataset}.json").read_text(encoding="utf8"))
-        rows = [from_report_row(r) for r in report["rows"]]
+        rows = [LAYOUT.from_json(r) for r in report["rows"]]
         for model in {r.model for r in rows} - set(models):  # ablation rows added by --phase ablation
             models[model] = spacy.load(training / f"{model}-final")
     else:
@@ -459,7 +474,7 @@ def main(
             margin,
         )
         rows = chosen["rows"]
-        score_rows(rows, models, test, metric, hf)
+        score_rows(rows, lambda row: row_result(row, models, test, metric, hf), metric)
         backbone = models["stage2"].config.interpolate()["components"][early_exit_pipes(models["stage2"])[0][0]]["model"]["name"]
         training_time = training_time_file(project, dataset)
         report = {
@@ -476,24 +491,24 @@ def main(
             "unreachable": chosen["unreachable"],
             "tuning": chosen["tune_reports"],
             "training": json.loads(training_time.read_text(encoding="utf8")) if training_time.exists() else None,
-            "score_command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            "score_command": command_line("benchmarks/run.py"),
             "score_seconds": round(time.time() - started),
         }
     if phase != "score":
         texts = spread_sample([eg.reference.text for eg in test], timing_docs)
         sizes = parse_numbers(batch_sizes, int, "--batch-sizes")
         print(f"[time] {len(rows)} rows, {len(texts)} test docs, batch sizes {sizes}, {repeats} repetitions, {torch.get_num_threads()} threads", flush=True)
-        time_rows(rows, models, hf, texts, sizes, repeats)
+        time_table(rows, models, hf, texts, sizes, repeats)
         report.update(
             threads=torch.get_num_threads(),
-            machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            machine=machine(),
             batch_sizes=sizes,
             repeats=repeats,
             timing_docs=len(texts),
-            time_command="python benchmarks/run.py " + " ".join(sys.argv[1:]),
+            time_command=command_line("benchmarks/run.py"),
             time_seconds=round(time.time() - started),
         )
-    report["rows"] = [to_report_row(r) for r in rows]
+    report["rows"] = [LAYOUT.to_json(r) for r in rows]
     write_outputs(report, output_dir)
 
 

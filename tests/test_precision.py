@@ -13,6 +13,7 @@ from spacy_early_exit.encoder import quantized_linear
 from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
 from spacy_early_exit.encoder.exits import ExitPolicy, normalized_entropy
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
+from spacy_early_exit.encoder.precision import LayerStack
 from spacy_early_exit.layers.architecture import full_depth_logits, get_shim
 from spacy_early_exit.testing import NER_DATA, make_ner_nlp, ner_examples, tiny_backbone
 from spacy_early_exit.tools.evaluate import exit_settings
@@ -73,9 +74,16 @@ def test_copies_are_converted_and_the_originals_untouched(nlp):
     assert all(isinstance(m, precision_module.Int8Linear) and m.use_int_mm for m in linears)
     assert int8.parts[0].query.weight_int8.dtype == torch.int8
     assert int8.parts[0].attn_norm is encoder.layers[0].attn_norm  # LayerNorms stay fp32
-    assert encoder.layer_stack("fp32").parts == tuple(encoder.layers)
+    fp32 = encoder.layer_stack("fp32")
+    # fp32 predictions run transposed copies of the same weights, equal up to rounding.
+    assert all(isinstance(getattr(p, name), precision_module.FP32Linear)
+               for p in fp32.parts for name in ("query", "key_value", "attn_out", "ffn_in", "ffn_out"))
+    assert fp32.parts[0].query_key_value is None and fp32.parts[0].ffn_norm is encoder.layers[0].ffn_norm
+    assert torch.equal(fp32.parts[0].ffn_in.weight_t, encoder.layers[0].ffn_in.weight.t())
+    assert torch.equal(fp32.parts[0].value.weight_t, encoder.layers[0].value.weight.t())
     # Made once, then reused.
     assert encoder.layer_stack("int8") is int8 and encoder.layer_stack("bf16") is bf16
+    assert encoder.layer_stack("fp32") is fp32
     after = encoder.state_dict()
     assert after.keys() == before.keys()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
@@ -269,7 +277,7 @@ def test_no_quantized_copy_is_written(tiny_model_dir, tmp_path):
     data = nlp.to_bytes()
     predict(nlp, SHORT, precision="int8")
     predict(nlp, SHORT, precision="bf16")
-    assert len(encoder_of(nlp).precision_cache) == 2
+    assert len(encoder_of(nlp).precision_cache) == 3  # fp32 (transposed), int8, bf16
     nlp.to_disk(tmp_path / "after")
     assert nlp.to_bytes() == data
     before = sorted(p.relative_to(tmp_path / "before") for p in (tmp_path / "before").rglob("*") if p.is_file())
@@ -491,3 +499,45 @@ def test_this_machine_needs_no_warning(nlp, monkeypatch):
         predict(nlp, SHORT, precision="int8")
         if precision_module.cpu_has_fast_bf16():
             predict(nlp, SHORT, precision="bf16")
+
+
+# -- fp32: transposed copies of the same weights -----------------------------------
+
+
+@pytest.mark.parametrize("family", ["bert", "albert"])
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_fp32_stack_computes_what_the_original_modules_do(family, dense):
+    encoder = EarlyExitEncoder(tiny_backbone(family), 5).eval()
+    stack = encoder.layer_stack("fp32")
+    if family == "albert":  # one shared layer stays one copy
+        assert all(parts.query is stack.parts[0].query for parts in stack.parts)
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 7, encoder.spec.hidden_size, generator=generator)
+    present = torch.ones(3, 7, dtype=torch.bool)
+    active = present.clone()
+    if not dense:
+        present[1, 4:] = False
+        present[2] = False
+        active = present.clone()
+        active[0, ::2] = False
+    rows = PackedRows(active)
+    with torch.no_grad():
+        for parts, original in zip(stack.parts, encoder.layers):
+            got = halt_and_copy_layer(parts, hidden, present, rows, encoder.spec.num_heads)
+            want = halt_and_copy_layer(original, hidden, present, rows, encoder.spec.num_heads)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            assert torch.equal(got[~active], hidden[~active])  # halted pieces are copied, bit for bit
+
+
+def test_fp32_exits_and_predictions_match_the_original_modules():
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    batch = encoder_batch()
+    originals = LayerStack(tuple(encoder.layers))
+    for policy in (ExitPolicy(mode="off"), ExitPolicy(mode="tokee", threshold=0.9, window=1)):
+        with torch.no_grad():
+            fast = encoder(batch, policy)
+            plain = encoder(batch, policy, stack=originals)
+        mask = batch.word_mask
+        assert torch.equal(fast.exit_layers, plain.exit_layers)
+        torch.testing.assert_close(fast.logits[mask], plain.logits[mask], atol=1e-5, rtol=1e-5)
+        assert torch.equal(fast.flops, plain.flops)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import importlib.util
+
 import pytest
 from spacy.tokens import DocBin
 
@@ -13,6 +15,8 @@ from spacy_early_exit.testing import NER_DATA, make_ner_nlp
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "precision.py"
 DATASET = "tinyner"
 PRECISIONS = ("fp32", "bf16", "int8")
+# precision.py's default --outside adds the ORT rows where onnxruntime imports.
+HAS_ORT = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 # Enough distinct docs for a dev and a test split; the tiny model has seen the first four.
 EXTRA = [
     ("Smith said Google will be in Paris", [(0, 5, "PER"), (11, 17, "ORG"), (29, 34, "LOC")]),
@@ -31,8 +35,33 @@ def write_split(nlp, data, path: Path) -> None:
     DocBin(docs=docs).to_disk(path)
 
 
-def tiny_project(root: Path, model_dir: Path) -> Path:
-    """corpus/<dataset>/{dev,test}.spacy + meta.json and training/<dataset>/final."""
+def train_tiny_spacy_ner(path: Path, steps: int = 5) -> Path:
+    """A spaCy `ner` pipeline (the default tok2vec CNN + transition-based
+    parser) trained a few updates on the toy sentences, saved at `path`: a
+    stand-in for benchmarks/train_spacy_cnn.sh's model-best.
+
+    path (Path): the folder to write.
+    steps (int): training updates.
+    RETURNS (Path): the folder.
+    """
+    import spacy
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ner")
+    examples = [Example.from_dict(nlp.make_doc(text), {"entities": spans}) for text, spans in NER_DATA + EXTRA]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(steps):
+        nlp.update(examples, sgd=optimizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nlp.to_disk(path)
+    return path
+
+
+def tiny_project(root: Path, model_dir: Path, spacy_cnn: bool = False) -> Path:
+    """corpus/<dataset>/{dev,test}.spacy + meta.json and training/<dataset>/final;
+    with `spacy_cnn`, a tiny spaCy NER pipeline where precision.py looks for
+    the spacy-cnn row's (training/spacy_cnn_<dataset>/model-best)."""
     nlp = make_ner_nlp(model_dir, steps=15, threshold=0.5, window=1, temperatures=[0.25] * 4)
     corpus = root / "corpus" / DATASET
     corpus.mkdir(parents=True)
@@ -47,6 +76,8 @@ def tiny_project(root: Path, model_dir: Path) -> Path:
     final = root / "training" / DATASET / "final"
     final.parent.mkdir(parents=True)
     nlp.to_disk(final)
+    if spacy_cnn:
+        train_tiny_spacy_ner(root / "training" / f"spacy_cnn_{DATASET}" / "model-best")
     return root
 
 
@@ -63,7 +94,7 @@ def run_phase(project: Path, output: Path, phase: str) -> dict:
 
 @pytest.mark.slow
 def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
-    project = tiny_project(tmp_path / "project", tiny_model_dir)
+    project = tiny_project(tmp_path / "project", tiny_model_dir, spacy_cnn=True)
     output = tmp_path / "results"
     scored = run_phase(project, output, "score")
     assert all(row["words_per_second"] is None and row["vs_hf_full"] is None for row in scored["rows"])
@@ -73,7 +104,9 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
     rows = {(r["method"], r["precision"], r["target"]): r for r in report["rows"]}
     tokee = [(m, t) for m in ("tokee", "tokee-layers") for t in (2, 3)]
     expected = {(m, p, t) for p in PRECISIONS for m, t in [("full", 1)] + tokee}
-    expected |= {("hf-full", "fp32", 1), ("hf-int8", "int8", 1)}
+    expected |= {("hf-full", "fp32", 1), ("hf-int8", "int8", 1), ("spacy-cnn", "fp32", 1)}
+    if HAS_ORT:
+        expected |= {("ort-fp32", "fp32", 1), ("ort-int8", "int8", 1)}
     assert set(rows) == expected, report["unreachable"]
     for (method, precision, target), row in rows.items():
         assert {"method", "precision", "target", "score", "flops_speedup", "words_per_second", "vs_hf_full", "fields"} <= set(row)
@@ -92,6 +125,22 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
             assert entry["cost"] == ("layers" if key.endswith("/layers") else "flops")
             assert speedup >= entry["target"] * 1.02
     assert rows[("hf-full", "fp32", 1)]["vs_hf_full"] == {"1": 1.0, "32": 1.0}
+    # The outside rows: what ran them, and how they were timed.
+    cnn = rows[("spacy-cnn", "fp32", 1)]
+    assert set(cnn["words_per_second_by_batch"]) == {"1", "32", "128", "1000"}
+    assert cnn["words_per_second"]["32"] == cnn["words_per_second_by_batch"][str(cnn["batch_size_used"]["32"])]
+    assert cnn["runtime"]["components"] == ["ner"] and cnn["mean_exit_layer"] is None
+    if HAS_ORT:
+        for method, precision in (("ort-fp32", "fp32"), ("ort-int8", "int8")):
+            row = rows[(method, precision, 1)]
+            assert set(row["words_per_second_by_order"]) == {"document", "length-sorted"}
+            for b in ("1", "32"):
+                assert row["words_per_second"][b] == max(v[b] for v in row["words_per_second_by_order"].values())
+            assert row["runtime"]["fused_operators"]["Attention"] == 4 and row["runtime"]["intra_op_threads"] == 1
+        assert all(set(r["vs_ort_int8"]) == {"1", "32"} for r in report["rows"])
+        assert rows[("ort-int8", "int8", 1)]["vs_ort_int8"] == {"1": 1.0, "32": 1.0}
+        # Same weights, same tokenization and decoding: the fp32 ONNX graph scores as hf-full.
+        assert abs(rows[("ort-fp32", "fp32", 1)]["score"] - rows[("hf-full", "fp32", 1)]["score"]) <= 1.0
     # The same weights at full depth outside spaCy label the words identically.
     assert rows[("hf-full", "fp32", 1)]["score"] == rows[("full", "fp32", 1)]["score"]
     # The scores survive the timing phase unchanged.
@@ -100,3 +149,4 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
     assert report["command"].startswith("python benchmarks/precision.py") and "--phase time" in report["command"]
     table = (output / f"precision_{DATASET}.md").read_text(encoding="utf8")
     assert table.count("\n|") == len(expected) + 2 and "hf-int8" in table  # head, rule, rows
+    assert ("vs ort-int8 b32" in table) == HAS_ORT and "spacy-cnn" in table

@@ -152,7 +152,8 @@ def _dense_layer(
     if parts.query_key_value is not None:
         queries, keys, values = parts.query_key_value(hidden).chunk(3, dim=-1)
     else:
-        queries, keys, values = parts.query(hidden), parts.key(hidden), parts.value(hidden)
+        queries = parts.query(hidden)
+        keys, values = _keys_values(parts, hidden)
     context = F.scaled_dot_product_attention(heads(queries), heads(keys), heads(values), dropout_p=attention_dropout)
     context = context.transpose(1, 2).reshape(batch, seq, width)
     attn = F.dropout(parts.attn_out(context), hidden_dropout, training=hidden_dropout > 0)
