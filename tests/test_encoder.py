@@ -69,13 +69,30 @@ def test_halted_tokens_are_copied_but_stay_keys():
     active = present.clone()
     active[0, 2] = active[1, 1] = False
     with torch.no_grad():
-        out = halt_and_copy_layer(parts, hidden, present, PackedRows.from_mask(active), 4)
+        out = halt_and_copy_layer(parts, hidden.clone(), present, PackedRows.from_mask(active), 4)
         # An active token's result equals a full layer's result for it: halted
         # tokens still serve as keys and values.
-        full = halt_and_copy_layer(parts, hidden, present, PackedRows.from_mask(present), 4)
+        full = halt_and_copy_layer(parts, hidden.clone(), present, PackedRows.from_mask(present), 4)
     assert torch.equal(out[0, 2], hidden[0, 2]) and torch.equal(out[1, 1], hidden[1, 1])
     torch.testing.assert_close(out[active], full[active])
     assert not torch.allclose(out[0, 3], hidden[0, 3])
+
+
+def test_prediction_updates_the_states_in_place_and_training_does_not():
+    parts = EarlyExitEncoder(tiny_backbone("bert"), N_LABELS).layers[0]
+    hidden = torch.randn(2, 6, 32)
+    present = torch.ones(2, 6, dtype=torch.bool)
+    active = present.clone()
+    active[0, 1] = False
+    with torch.no_grad():
+        states = hidden.clone()
+        out = halt_and_copy_layer(parts, states, present, PackedRows.from_mask(active), 4)
+    assert out is states  # no copy of the grid per layer at prediction
+    leaf = hidden.clone().requires_grad_(True)
+    out = halt_and_copy_layer(parts, leaf, present, PackedRows.from_mask(active), 4)
+    assert out is not leaf and torch.equal(leaf, hidden)
+    out.sum().backward()
+    assert leaf.grad is not None and parts.query.weight.grad is not None
 
 
 def test_everything_exits_after_layer_one_costs_one_layer():

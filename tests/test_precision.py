@@ -428,8 +428,8 @@ def test_a_layer_with_fused_projections_equals_one_without(precision, dense):
         active[0, ::2] = False  # halted tokens stay keys and values
     rows = PackedRows(active)
     with torch.no_grad():
-        fused_out = halt_and_copy_layer(parts, hidden, present, rows, encoder.spec.num_heads)
-        plain_out = halt_and_copy_layer(unfused, hidden, present, rows, encoder.spec.num_heads)
+        fused_out = halt_and_copy_layer(parts, hidden.clone(), present, rows, encoder.spec.num_heads)
+        plain_out = halt_and_copy_layer(unfused, hidden.clone(), present, rows, encoder.spec.num_heads)
     assert torch.equal(fused_out, plain_out)
     assert not torch.equal(fused_out[active], hidden[active])
 
@@ -523,8 +523,8 @@ def test_the_fp32_stack_computes_what_the_original_modules_do(family, dense):
     rows = PackedRows(active)
     with torch.no_grad():
         for parts, original in zip(stack.parts, encoder.layers):
-            got = halt_and_copy_layer(parts, hidden, present, rows, encoder.spec.num_heads)
-            want = halt_and_copy_layer(original, hidden, present, rows, encoder.spec.num_heads)
+            got = halt_and_copy_layer(parts, hidden.clone(), present, rows, encoder.spec.num_heads)
+            want = halt_and_copy_layer(original, hidden.clone(), present, rows, encoder.spec.num_heads)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             assert torch.equal(got[~active], hidden[~active])  # halted pieces are copied, bit for bit
 

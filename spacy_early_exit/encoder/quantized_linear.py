@@ -54,12 +54,13 @@ class FP32Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        flat = x.dim() == 2
+        rows = x if flat else x.reshape(-1, self.in_features)
         if self.bias is None:
             out = rows @ self.weight_t
         else:
             out = torch.addmm(self.bias, rows, self.weight_t)
-        return out.view(*x.shape[:-1], self.out_features)
+        return out if flat else out.view(*x.shape[:-1], self.out_features)
 
     def output_slice(self, start: int, stop: int) -> "FP32Linear":
         """This layer restricted to output channels [start, stop): a column
@@ -172,9 +173,13 @@ class Int8Linear(nn.Module):
         self.emulation_dtype = torch.float32 if exact_in_fp32 else torch.float64
         emulated = None if self.use_int_mm else self.weight_int8.t().to(self.emulation_dtype)
         self.register_buffer("weight_emulated", emulated, persistent=False)
+        # The transposed view the product reads, made once: at batch size 1
+        # each op around a product is a visible share of it.
+        self.weight_int8_t = self.weight_int8.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        flat = x.dim() == 2
+        rows = x if flat else x.reshape(-1, self.in_features)
         values, scale = quantize_rows(rows)
         # In place (faster than addcmul too): at batch 32 the [rows, out]
         # temporaries cost more than the multiplications. Elementwise only, so
@@ -182,7 +187,7 @@ class Int8Linear(nn.Module):
         out = self.int_product(values).to(torch.float32).mul_(scale).mul_(self.weight_scale)
         if self.bias is not None:
             out.add_(self.bias)
-        return out.view(*x.shape[:-1], self.out_features)
+        return out if flat else out.view(*x.shape[:-1], self.out_features)
 
     def int_product(self, values: torch.Tensor) -> torch.Tensor:
         """The exact integer product ``values @ weight_int8.T``.
@@ -192,7 +197,7 @@ class Int8Linear(nn.Module):
             else the same integers as floats.
         """
         if self.use_int_mm:
-            return on_onednn(torch._int_mm, values, self.weight_int8.t())
+            return on_onednn(torch._int_mm, values, self.weight_int8_t)
         return values.to(self.emulation_dtype) @ self.weight_emulated
 
     def output_slice(self, start: int, stop: int) -> "Int8Linear":
@@ -201,6 +206,7 @@ class Int8Linear(nn.Module):
         every weight scale belongs to one output channel."""
         part = _sliced(self, start, stop, {"weight_int8": 0, "weight_scale": 0, "bias": 0, "weight_emulated": 1})
         part.out_features = stop - start
+        part.weight_int8_t = part.weight_int8.t()
         return part
 
     def extra_repr(self) -> str:
