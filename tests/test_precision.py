@@ -391,7 +391,34 @@ def test_albert_keeps_its_shared_layer_shared(precision):
     assert torch.equal(reduced.flops, fp32.flops)
 
 
-@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_query_and_key_value_are_two_projections(precision):
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for parts, original in zip(encoder.layer_stack(precision).parts, encoder.layers):
+        assert parts.query_key_value is None and parts.key_value.out_features == 2 * original.key.out_features
+        x = torch.randn(5, original.query.in_features).to(dtype)
+        with torch.no_grad():
+            keys, values = parts.key_value(x).chunk(2, dim=-1)
+            torch.testing.assert_close(keys, parts.key(x), atol=1e-2, rtol=1e-2)
+            torch.testing.assert_close(values, parts.value(x), atol=1e-2, rtol=1e-2)
+            torch.testing.assert_close(parts.query(x).float(), original.query(x.float()), atol=0.05, rtol=0.05)
+
+
+def test_bf16_products_read_a_packed_weight_with_the_plain_result():
+    linear = torch.nn.Linear(32, 48)
+    made = quantized_linear.BF16Linear(linear)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch")
+    assert made.packed is not None and made.output_slice(0, 16).packed is None
+    x = torch.randn(7, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        plain = quantized_linear.on_onednn(torch.nn.functional.linear, x, made.weight, made.bias)
+        torch.testing.assert_close(made(x), plain, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(made(x[None])[0], made(x))
+
+
+@pytest.mark.parametrize("precision", ["int8"])
 def test_attention_inputs_are_slices_of_one_fused_projection(precision):
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
     for parts, original in zip(encoder.layer_stack(precision).parts, encoder.layers):
