@@ -15,13 +15,12 @@ HAS_ORT = all(importlib.util.find_spec(name) is not None for name in ("onnxrunti
 DEPTH = 4  # the tiny backbone's layers
 
 
-@pytest.mark.slow
 def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
     project = tiny_project(tmp_path / "project", tiny_model_dir)
     path = main(dataset=DATASET, docs=6, threads=1, pipeline=None, project=project, tuned=None, target=2.0,
                 batch_sizes="1,32", repeats=1, ort=True, output_dir=tmp_path / "results")
     report = json.loads(path.read_text(encoding="utf8"))
-    expected = {"full/fp32", "full/int8", "tokee/fp32", "tokee/int8"} | ({"ort-fp32/fp32", "ort-int8/int8"} if HAS_ORT else set())
+    expected = {f"{m}/{p}" for m in ("full", "tokee") for p in ("fp32", "bf16", "int8")} | ({"ort-fp32/fp32", "ort-int8/int8"} if HAS_ORT else set())
     rows = {row["setting"]: row for row in report["settings"]}
     assert set(rows) == expected, report["ort_skipped"]
     assert report["threads"] == 1 and report["docs"] == 6 and report["depth"] == DEPTH
@@ -43,6 +42,9 @@ def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
                 assert 1 <= entry["mean_exit_layer"] <= entry["layers_run_per_batch"] <= DEPTH
             if name.startswith("ort"):
                 assert 0 < entry["session_run_ms_per_doc"] <= entry["profiled_wall_ms_per_doc"]
+                # Timed and profiled in its faster order, as outside_rows reports it.
+                assert entry["words_per_second"] == entry["words_per_second_by_order"][entry["order"]]
+                assert entry["words_per_second"] == max(entry["words_per_second_by_order"].values())
             else:
                 assert parts[OUTSIDE]["share"] > 0
     assert rows["full/fp32"]["fields"] == {"exit_mode": "off", "precision": "fp32"}
