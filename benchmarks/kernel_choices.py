@@ -8,8 +8,9 @@ tokens exit), hundreds at batch 32.
 
 1. `linear_layouts`: `nn.Linear`'s ``[out, in]`` weight (x @ W.T) against a
    transposed ``[in, out]`` copy (`FP32Linear`), against the same product in
-   int8 (`Int8Linear`, per-token scales), and against one fused [Q; K; V]
-   product vs Q and [K; V] as two.
+   int8 (`Int8Linear`, per-token scales) and in bf16 on oneDNN (`BF16Linear`)
+   with the plain weight and with the weight reordered once into oneDNN's
+   layout, and one fused [Q; K; V] product against Q and [K; V] as two.
 2. `output_block`: the part of a layer after attention (output projection,
    residual, LayerNorm, FFN with GELU, residual, LayerNorm) on R rows, in
    eager torch with transposed weights, exported to ONNX and run by ONNX
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 import typer
 from torch import nn
 
-from spacy_early_exit.encoder.quantized_linear import FP32Linear, Int8Linear, concatenated
+from spacy_early_exit.encoder.quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated
 from spacy_early_exit.memory import native_kernels
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,13 +73,18 @@ def linear_layouts(rows: Sequence[int], calls: int, repeats: int) -> List[Dict[s
     out: List[Dict[str, object]] = []
     for n_in, n_out in ((HIDDEN, HIDDEN), (HIDDEN, FFN), (FFN, HIDDEN)):
         linear = nn.Linear(n_in, n_out).eval()
-        transposed, int8 = FP32Linear(linear), Int8Linear(linear)
+        transposed, int8, bf16 = FP32Linear(linear), Int8Linear(linear), BF16Linear(linear)
+        plain_bf16 = BF16Linear(linear)
+        plain_bf16.packed = None  # the same copy, multiplied by F.linear (reordered per call)
         for n in rows:
             x = torch.randn(n, n_in)
+            x16 = x.to(torch.bfloat16)
             times = best_microseconds({
                 "nn_linear": lambda: linear(x),
                 "transposed": lambda: transposed(x),
                 "int8": lambda: int8(x),
+                "bf16_plain": lambda: plain_bf16(x16),
+                "bf16_packed": lambda: bf16(x16),
             }, calls, repeats)
             out.append({"in": n_in, "out": n_out, "rows": n, "microseconds": times,
                         "transposed_speedup": round(times["nn_linear"] / times["transposed"], 2)})

@@ -63,17 +63,23 @@ result="$root/benchmarks/results/spacy_cnn_${dataset}_training.json"
 command="bash benchmarks/train_spacy_cnn.sh $dataset $max_steps $threads"
 echo "[spacy-cnn] $command (log: project/$log)"
 start=$SECONDS
-python -m spacy train "$config" --output "$out" --gpu-id -1 \
-  --paths.train "corpus/$dataset/train.spacy" --paths.dev "corpus/$dataset/dev.spacy" \
-  --training.max_steps "$max_steps" 2>&1 | tee "$log"
-seconds=$((SECONDS - start))
-python - "$result" "$log" "$out" "$seconds" "$max_steps" "$threads" "$dataset" "$command" "$config" <<'PY'
+# RECORD_ONLY=<seconds> skips training and records a run that ended by hand
+# (its log and model-best as they are; seconds as given): the same file.
+if [[ -z ${RECORD_ONLY:-} ]]; then
+  python -m spacy train "$config" --output "$out" --gpu-id -1 \
+    --paths.train "corpus/$dataset/train.spacy" --paths.dev "corpus/$dataset/dev.spacy" \
+    --training.max_steps "$max_steps" 2>&1 | tee "$log"
+  seconds=$((SECONDS - start))
+else
+  seconds=$RECORD_ONLY
+fi
+python - "$result" "$log" "$out" "$seconds" "$max_steps" "$threads" "$dataset" "$command" "$config" "${RECORD_ONLY:+1}" <<'PY'
 import json, os, platform, re, sys
 from pathlib import Path
 
 import spacy
 
-result, log, out, seconds, max_steps, threads, dataset, command, config = sys.argv[1:]
+result, log, out, seconds, max_steps, threads, dataset, command, config, by_hand = sys.argv[1:]
 training = spacy.util.load_config(config)["training"]
 # The config's ConsoleLogger.v1 prints one table row per evaluation: E, #,
 # one loss per component, the scores, SCORE. Loss names are two words
@@ -101,6 +107,7 @@ data = {
     "steps_run": evaluations[-1]["step"] if evaluations else None,
     "best_step": best["step"] if best else None,
     "stopped_early": bool(evaluations) and evaluations[-1]["step"] < int(max_steps),
+    "stopped_by_hand": by_hand == "1",
     "best_dev": {k: round(100 * meta["performance"][k], 2) for k in ("ents_f", "ents_p", "ents_r")
                  if meta["performance"].get(k) is not None},
     "evaluations": evaluations,

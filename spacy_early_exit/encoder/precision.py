@@ -10,7 +10,9 @@ weights change:
   the layout CPU BLAS multiplies fastest at the few rows of one sentence
   (up to 2x faster products at batch size 1, the same at a few hundred
   rows); the query and the [key; value] projections are one copy each
-  (two calls measured faster than one fused [Q; K; V] call at every size).
+  (once a token has halted the layer asks queries of fewer pieces than it
+  projects keys for; where all run, two calls cost what one fused [Q; K; V]
+  call does, within 15% either way: benchmarks/results/kernel_choices.json).
   On other devices fp32 runs the original modules.
 
 - "int8": W8A8 products in the layers' Linear modules (Q, K, V, the attention
@@ -200,8 +202,9 @@ def _with_query_and_key_value(
     """`converted` with the query made by `make` on its own and keys with
     values as one [K; V] projection (key and value are its slices): only the
     active pieces ask queries, every present piece gives keys and values, and
-    two calls measured faster than one fused [Q; K; V] call at every size in
-    fp32 and in packed bf16. Shared modules (ALBERT) stay shared."""
+    a oneDNN-packed bf16 weight cannot be sliced into Q, K and V views. Where
+    every piece runs, two calls cost what one fused call does (within 15%
+    either way, in fp32). Shared modules (ALBERT) stay shared."""
     made: Dict[Tuple[int, ...], Dict[str, Any]] = {}
     out = []
     for parts, original in zip(converted, originals):
