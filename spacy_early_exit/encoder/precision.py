@@ -193,37 +193,12 @@ def _swap(layers: Sequence[LayerParts], names: Sequence[str], new: Dict[int, Any
 
 def _fp32_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
     new: Dict[int, nn.Module] = {key: FP32Linear(m) for key, m in _unique_modules(layers, OUTPUT_PARTS).items()}
-    return _with_query_and_key_value(_swap(layers, OUTPUT_PARTS, new), layers, FP32Linear)
-
-
-def _with_query_and_key_value(
-    converted: Sequence[LayerParts], originals: Sequence[LayerParts], make: Callable[[nn.Linear], Any]
-) -> Tuple[LayerParts, ...]:
-    """`converted` with the query made by `make` on its own and keys with
-    values as one [K; V] projection (key and value are its slices): only the
-    active pieces ask queries, every present piece gives keys and values, and
-    a oneDNN-packed bf16 weight cannot be sliced into Q, K and V views. Where
-    every piece runs, two calls cost what one fused call does (within 15%
-    either way, in fp32). Shared modules (ALBERT) stay shared."""
-    made: Dict[Tuple[int, ...], Dict[str, Any]] = {}
-    out = []
-    for parts, original in zip(converted, originals):
-        key = (id(original.query), id(original.key), id(original.value))
-        if key not in made:
-            kv = make(concatenated((original.key, original.value)))
-            k = original.key.out_features
-            entry: Dict[str, Any] = {"query": make(original.query), "key": kv.output_slice(0, k),
-                                     "value": kv.output_slice(k, kv.out_features), "query_key_value": None}
-            # The layer splits [K; V] into equal halves (every family here has them).
-            entry["key_value"] = kv if k == original.value.out_features else None
-            made[key] = entry
-        out.append(dataclasses.replace(parts, **made[key]))
-    return tuple(out)
+    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS, new), layers, FP32Linear, fuse_query=False)
 
 
 def _int8_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
     new: Dict[int, nn.Module] = {key: Int8Linear(m) for key, m in _unique_modules(layers, OUTPUT_PARTS).items()}
-    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS, new), layers, Int8Linear)
+    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS, new), layers, Int8Linear, fuse_query=True)
 
 
 def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
@@ -232,33 +207,50 @@ def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
         norm = copy.deepcopy(module).to(torch.bfloat16)
         norm.requires_grad_(False)
         new[key] = norm
-    return _with_query_and_key_value(_swap(layers, OUTPUT_PARTS + NORM_PARTS, new), layers, BF16Linear)
+    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS + NORM_PARTS, new), layers, BF16Linear, fuse_query=False)
 
 
 def _with_attention_inputs(
-    converted: Sequence[LayerParts], originals: Sequence[LayerParts], make: Callable[[nn.Linear], Any]
+    converted: Sequence[LayerParts], originals: Sequence[LayerParts], make: Callable[[nn.Linear], Any], fuse_query: bool
 ) -> Tuple[LayerParts, ...]:
-    """`converted` with query, key and value made by `make` from one
-    concatenated [Q; K; V] projection per layer, and set as its slices, so a
-    layer can run all three (or keys and values) in one call with no extra
-    weight memory. Shared modules (ALBERT) stay shared."""
+    """`converted` with query, key and value made by `make`, each layer's once
+    (shared modules, as in ALBERT, stay shared).
+
+    fuse_query (bool): True (int8): one [Q; K; V] projection, with query, key,
+        value and [K; V] as its slices, so a layer quantizes its input once for
+        all three. False (fp32, bf16): the query on its own and one [K; V]
+        projection (key and value its slices): only the active pieces ask
+        queries while every present piece gives keys and values, a packed
+        bf16 weight cannot be sliced, and where every piece runs two calls
+        cost what one fused call does (within 15% either way, in fp32).
+    """
     made: Dict[Tuple[int, ...], Dict[str, Any]] = {}
     out = []
     for parts, original in zip(converted, originals):
         inputs = (original.query, original.key, original.value)
         key = tuple(id(m) for m in inputs)
         if key not in made:
-            sizes = [m.out_features for m in inputs]
-            fused = make(concatenated(inputs))
-            q, k = sizes[0], sizes[0] + sizes[1]
-            entry = {"query": fused.output_slice(0, q), "key": fused.output_slice(q, k),
-                     "value": fused.output_slice(k, fused.out_features)}
-            # The layer splits fused outputs into equal parts (every family here has them).
-            if len(set(sizes)) == 1:
-                entry.update(query_key_value=fused, key_value=fused.output_slice(q, fused.out_features))
-            made[key] = entry
+            made[key] = _attention_entry(inputs, make, fuse_query)
         out.append(dataclasses.replace(parts, **made[key]))
     return tuple(out)
+
+
+def _attention_entry(inputs: Tuple[nn.Linear, nn.Linear, nn.Linear], make: Callable[[nn.Linear], Any],
+                     fuse_query: bool) -> Dict[str, Any]:
+    """The LayerParts fields for one layer's query, key and value (see _with_attention_inputs)."""
+    q_size, k_size, v_size = (m.out_features for m in inputs)
+    # The layer splits a fused output into equal parts (every family here has them).
+    if fuse_query:
+        fused = make(concatenated(inputs))
+        q, k = q_size, q_size + k_size
+        entry = {"query": fused.output_slice(0, q), "key": fused.output_slice(q, k),
+                 "value": fused.output_slice(k, fused.out_features)}
+        if q_size == k_size == v_size:
+            entry.update(query_key_value=fused, key_value=fused.output_slice(q, fused.out_features))
+        return entry
+    kv = make(concatenated(inputs[1:]))
+    return {"query": make(inputs[0]), "key": kv.output_slice(0, k_size), "value": kv.output_slice(k_size, kv.out_features),
+            "query_key_value": None, "key_value": kv if k_size == v_size else None}
 
 
 def runnable_precision(precision: str, device: torch.device) -> str:
