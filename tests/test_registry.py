@@ -22,6 +22,7 @@ def test_the_package_registers_its_names():
     assert {
         "tokee_ner", "tokee_tagger", "tokee_segmenter", "tokee_transformer",
         "spacy-early-exit.EarlyExitTransformer.v1", "spacy-early-exit.EarlyExitListener.v1",
+        "spacy-early-exit.EarlyExitTok2VecListener.v1",
     } <= names
 
 

@@ -60,12 +60,15 @@ class EncoderCall:
     all_layers (bool): return every off-ramp's logits (a training pass).
     exit_layers (Optional[torch.Tensor]): stage 2's forced exit layers, long
         ``[batch, words]``; needs `all_layers`.
+    word_states (bool): also return each word's hidden state at its exit
+        layer (for listeners that read features, not off-ramps).
     """
 
     batch: EncoderInput
     policy: Optional[ExitPolicy] = None
     all_layers: bool = False
     exit_layers: Optional[torch.Tensor] = None
+    word_states: bool = False
 
 
 @dataclass
@@ -78,6 +81,10 @@ class EncoderOutput:
     flops, full_flops (torch.Tensor): long ``[batch]`` per sequence.
     layer_logits (Optional[List[torch.Tensor]]): training only: for every
         layer, ``[n_words, labels]`` over the real words in row-major order.
+    word_states (Optional[torch.Tensor]): when asked, ``[n_words, width]``
+        over the real words in row-major order: each word's first piece's
+        hidden state at the word's exit layer (halted pieces are copied up
+        unchanged, so the last grid holds it), in the off-ramps' dtype.
     """
 
     logits: torch.Tensor
@@ -85,6 +92,7 @@ class EncoderOutput:
     flops: torch.Tensor
     full_flops: torch.Tensor
     layer_logits: Optional[List[torch.Tensor]] = None
+    word_states: Optional[torch.Tensor] = None
 
 
 class EarlyExitEncoder(nn.Module):
@@ -198,6 +206,7 @@ class EarlyExitEncoder(nn.Module):
         all_layers: bool = False,
         exit_layers: Optional[torch.Tensor] = None,
         stack: Optional[LayerStack] = None,
+        word_states: bool = False,
     ) -> EncoderOutput:
         """Run the batch.
 
@@ -212,6 +221,8 @@ class EarlyExitEncoder(nn.Module):
             stack's dtype inside it and the embeddings' dtype again before
             every off-ramp, so uncertainties and FLOPs mean the same in every
             precision (FLOPs are counted from the schedule, not measured).
+        word_states (bool): also return every word's hidden state at its exit
+            layer (`EncoderOutput.word_states`).
         """
         if exit_layers is not None and not all_layers:
             raise ValueError("Forced exit layers are a training pass: pass all_layers=True")
@@ -291,6 +302,10 @@ class EarlyExitEncoder(nn.Module):
             exits = exit_layers.masked_fill(~word_mask, 0)
         else:
             exits = exits.masked_fill(word_active, last)
+        states_out = None
+        if word_states:
+            words = all_words if all_words is not None else WordIndex.build(word_mask, first_pieces, seq)
+            states_out = hidden.reshape(-1, width).index_select(0, words.pieces).to(ramp_dtype)
         lengths, n_words = torch.stack((batch.lengths, word_mask.sum(dim=1))).tolist()
         full = [last * self.cost.layer_flops(n, n) + self.cost.ramp_flops(w) for n, w in zip(lengths, n_words)]
         return EncoderOutput(
@@ -299,6 +314,7 @@ class EarlyExitEncoder(nn.Module):
             flops=torch.tensor(spent, dtype=torch.long, device=device),
             full_flops=torch.tensor(full, dtype=torch.long, device=device),
             layer_logits=layer_logits if all_layers else None,
+            word_states=states_out,
         )
 
 

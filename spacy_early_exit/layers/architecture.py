@@ -23,12 +23,14 @@ from .types import DocPrediction, ModelInput, TrainingOutput
 
 
 class _RowResult(NamedTuple):
-    """One row's prediction: per-word logits and exit layers, FLOPs spent and at full depth."""
+    """One row's prediction: per-word logits and exit layers, FLOPs spent and
+    at full depth, and per-word states when asked."""
 
     logits: numpy.ndarray
     exit_layers: numpy.ndarray
     flops: int
     full_flops: int
+    states: Optional[numpy.ndarray] = None
 
 
 @registry.architectures("spacy-early-exit.EarlyExitTransformer.v1")
@@ -101,16 +103,19 @@ def get_aligner(model: Model) -> Aligner:
 
 
 def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
-    docs, policy, planner = ModelInput(*inputs)
+    docs, policy, planner, word_states = ModelInput(*inputs)
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
     pad_id = aligner.tokenizer.pad_token_id or 0
     torch_layer = model.layers[0]
     if is_train:
-        return _all_layers_forward(torch_layer, rows, layouts, pad_id, is_train=True, planner=planner)
-    outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"])
-    n_classes = get_shim(model).encoder.n_classes
-    return [_doc_prediction(doc, lay, outputs, n_classes) for doc, lay in zip(docs, layouts)], _no_backprop
+        return _all_layers_forward(
+            torch_layer, rows, layouts, pad_id, is_train=True, planner=planner, word_states=word_states
+        )
+    outputs = _predict_rows(torch_layer, rows, pad_id, policy, model.attrs["batch_pieces"], word_states)
+    encoder = get_shim(model).encoder
+    width = encoder.spec.hidden_size if word_states else 0
+    return [_doc_prediction(doc, lay, outputs, encoder.n_classes, width) for doc, lay in zip(docs, layouts)], _no_backprop
 
 
 def _no_backprop(d_output: Any) -> None:
@@ -139,6 +144,7 @@ def _all_layers_forward(
     is_train: bool,
     planner: Optional[Callable[[EncoderInput], Any]] = None,
     precision: str = "fp32",
+    word_states: bool = False,
 ) -> Tuple[TrainingOutput, Callable]:
     word_counts = numpy.asarray([len(r.word_cols) for r in rows], dtype="int64")
     row_offsets = numpy.concatenate([[0], numpy.cumsum(word_counts)])
@@ -150,16 +156,18 @@ def _all_layers_forward(
         token_index.append(index)
     if not rows:
         empty = torch_layer.ops.alloc3f(0, 0, 0)
-        return TrainingOutput(empty, token_index), lambda d: None
+        states = torch_layer.ops.alloc2f(0, 0) if word_states else None
+        return TrainingOutput(empty, token_index, word_states=states), lambda d: None
     batch = collate(rows, pad_id, torch_layer.shims[0].device)
     if planner is None:
         # Training always runs the fp32 layers; the precision is for inference.
         policy = ExitPolicy(mode="off", precision=precision) if precision != "fp32" else None
-        layer_logits, backprop = torch_layer(EncoderCall(batch, policy, all_layers=True), is_train=is_train)
-        return TrainingOutput(layer_logits, token_index), backprop
+        call = EncoderCall(batch, policy, all_layers=True, word_states=word_states)
+        layer_logits, states, backprop = _run_all_layers(torch_layer, call, is_train)
+        return TrainingOutput(layer_logits, token_index, word_states=states), backprop
     plan = planner(batch)
-    call = EncoderCall(batch, all_layers=True, exit_layers=plan.exit_layers)
-    layer_logits, backprop = torch_layer(call, is_train=is_train)
+    call = EncoderCall(batch, all_layers=True, exit_layers=plan.exit_layers, word_states=word_states)
+    layer_logits, states, backprop = _run_all_layers(torch_layer, call, is_train)
     mask = batch.word_mask
     reference = plan.reference_logits
     return TrainingOutput(
@@ -167,7 +175,18 @@ def _all_layers_forward(
         token_index,
         reference_logits=reference.float().cpu().numpy() if reference is not None else None,
         exit_layers=plan.exit_layers[mask].cpu().numpy(),
+        word_states=states,
     ), backprop
+
+
+def _run_all_layers(torch_layer: Model, call: EncoderCall, is_train: bool) -> Tuple[Any, Any, Callable]:
+    """A training pass: every off-ramp's logits, the word states if asked, and
+    a backprop that takes ``d_layer_logits`` (or ``(d_layer_logits,
+    d_word_states)`` when the states were asked for)."""
+    (layer_logits, states), torch_backprop = torch_layer(call, is_train=is_train)
+    if call.word_states:
+        return layer_logits, states, torch_backprop
+    return layer_logits, None, lambda d_logits: torch_backprop((d_logits, None))
 
 
 def _predict_rows(
@@ -176,6 +195,7 @@ def _predict_rows(
     pad_id: int,
     policy: Optional[ExitPolicy],
     batch_pieces: int,
+    word_states: bool = False,
 ) -> List[_RowResult]:
     """Run rows in length-sorted sub-batches; RETURNS one result per row, in row order."""
     results: List[Any] = [None] * len(rows)
@@ -187,28 +207,43 @@ def _predict_rows(
         chunk = order[start:start + size]
         start += size
         batch = collate([rows[i] for i in chunk], pad_id)
-        out: EncoderOutput = torch_layer.predict(EncoderCall(batch, policy))
+        out: EncoderOutput = torch_layer.predict(EncoderCall(batch, policy, word_states=word_states))
         logits = out.logits.float().cpu().numpy()
         exits = out.exit_layers.cpu().numpy()
         flops = out.flops.tolist()
         full = out.full_flops.tolist()
+        # word_states are row-major over the real words: row j's are the next n.
+        states = out.word_states.float().cpu().numpy() if out.word_states is not None else None
+        offset = 0
         for j, i in enumerate(chunk):
             n = len(rows[i].word_cols)
-            results[i] = _RowResult(logits[j, :n], exits[j, :n], flops[j], full[j])
+            row_states = states[offset:offset + n] if states is not None else None
+            offset += n
+            results[i] = _RowResult(logits[j, :n], exits[j, :n], flops[j], full[j], row_states)
     return results
 
 
-def _doc_prediction(doc: Doc, layout: DocLayout, outputs: List[_RowResult], n_classes: int) -> DocPrediction:
+def _doc_prediction(
+    doc: Doc, layout: DocLayout, outputs: List[_RowResult], n_classes: int, width: int = 0
+) -> DocPrediction:
+    """One doc's prediction from its rows (several for a windowed long doc).
+
+    width (int): the hidden width when states were asked for; 0 = none.
+    """
     n_tokens = len(doc)
     logits = numpy.zeros((n_tokens, n_classes), dtype="float32")
     exit_layers = numpy.zeros(n_tokens, dtype="int64")
+    states = numpy.zeros((n_tokens, width), dtype="float32") if width else None
     for row in layout.rows:
         owned = numpy.flatnonzero(layout.token_rows == row)
-        logits[owned] = outputs[row].logits[layout.token_slots[owned]]
-        exit_layers[owned] = outputs[row].exit_layers[layout.token_slots[owned]]
+        slots = layout.token_slots[owned]
+        logits[owned] = outputs[row].logits[slots]
+        exit_layers[owned] = outputs[row].exit_layers[slots]
+        if states is not None:
+            states[owned] = outputs[row].states[slots]
     flops = sum(outputs[row].flops for row in layout.rows)
     full = sum(outputs[row].full_flops for row in layout.rows)
-    return DocPrediction(logits, exit_layers, int(flops), int(full))
+    return DocPrediction(logits, exit_layers, int(flops), int(full), states)
 
 
 def _convert_inputs(model: Model, call: EncoderCall, is_train: bool):
@@ -216,7 +251,10 @@ def _convert_inputs(model: Model, call: EncoderCall, is_train: bool):
     device = model.shims[0].device
     if batch.input_ids.device != device:
         batch = EncoderInput(*(t.to(device) for t in vars(batch).values()))
-    kwargs = {"policy": call.policy, "all_layers": call.all_layers, "exit_layers": call.exit_layers}
+    kwargs = {
+        "policy": call.policy, "all_layers": call.all_layers,
+        "exit_layers": call.exit_layers, "word_states": call.word_states,
+    }
     return ArgsKwargs(args=(batch,), kwargs=kwargs), lambda d: None
 
 
@@ -225,9 +263,17 @@ def _convert_outputs(model: Model, inputs_outputs: Tuple[EncoderCall, EncoderOut
     if not call.all_layers:
         return output, lambda d: None
     stacked = torch.stack(output.layer_logits)
+    states = output.word_states
 
-    def backprop(d_logits: Any) -> ArgsKwargs:
-        grad = xp2torch(model.ops.asarray(d_logits), device=stacked.device).to(stacked.dtype)
-        return ArgsKwargs(args=(stacked,), kwargs={"grad_tensors": (grad,)})
+    def to_torch(d: Any, like: torch.Tensor) -> torch.Tensor:
+        return xp2torch(model.ops.asarray(d), device=like.device).to(like.dtype)
 
-    return torch2xp(stacked.detach()), backprop
+    def backprop(d_output: Any) -> ArgsKwargs:
+        d_logits, d_states = d_output
+        if states is None:
+            return ArgsKwargs(args=(stacked,), kwargs={"grad_tensors": (to_torch(d_logits, stacked),)})
+        tensors = (stacked, states)
+        return ArgsKwargs(args=(tensors,), kwargs={"grad_tensors": (to_torch(d_logits, stacked), to_torch(d_states, states))})
+
+    word_states = torch2xp(states.detach()) if states is not None else None
+    return (torch2xp(stacked.detach()), word_states), backprop

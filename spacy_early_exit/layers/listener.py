@@ -40,8 +40,12 @@ class EarlyExitListener(Model):
 
     name = "early-exit-listener"
 
-    def __init__(self, upstream_name: str) -> None:
-        Model.__init__(self, name=self.name, forward=forward)
+    def __init__(
+        self, upstream_name: str, forward: Optional[Callable] = None, init: Optional[Callable] = None,
+        dims: Optional[Dict[str, Optional[int]]] = None,
+    ) -> None:
+        # forward/init/dims: a subclass's own (the feature listener's).
+        Model.__init__(self, name=self.name, forward=forward or head_forward, init=init, dims=dims or {})
         self.upstream_name = upstream_name
         # Set by the upstream when the pipeline links its components
         # (spaCy's Language._link_components calls its find_listeners).
@@ -99,7 +103,7 @@ def is_listener(model: Any) -> bool:
     return isinstance(model, EarlyExitListener)
 
 
-def forward(model: EarlyExitListener, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
+def head_forward(model: EarlyExitListener, inputs: ModelInput, is_train: bool) -> Tuple[Any, Callable]:
     docs = ModelInput(*inputs).docs
     if is_train:
         model.verify_inputs(docs)

@@ -99,9 +99,12 @@ class EncoderOwner(ExitSettings):
         """The model input of a training pass: stage 2 adds the planner."""
         return ModelInput(docs, planner=self._exit_planner())
 
-    def _run_encoder(self, docs: List[Any]) -> List[DocPrediction]:
-        """The encoder's predictions for a batch under the pipe's exit setting."""
-        predictions = self.model.predict(ModelInput(docs, self.policy))
+    def _run_encoder(self, docs: List[Any], word_states: bool = False) -> List[DocPrediction]:
+        """The encoder's predictions for a batch under the pipe's exit setting.
+
+        word_states (bool): also each token's hidden state at its exit layer.
+        """
+        predictions = self.model.predict(ModelInput(docs, self.policy, word_states=word_states))
         self.heap_trimmer.count(len(docs))
         return predictions
 

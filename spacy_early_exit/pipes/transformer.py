@@ -9,7 +9,10 @@ layer; each head owns a slice of its columns, added when the head learns its
 labels at initialize). A token halts when every head is confident (the max
 over heads of the temperature-scaled uncertainty, encoder/exits.py). The
 component writes one ``doc._.early_exit[name]`` record for the shared
-encoder; the heads write none.
+encoder; the heads write none. spaCy's own components (parser, ner, ...) can
+listen too, through `spacy-early-exit.EarlyExitTok2VecListener.v1`: they read
+each token's hidden state at its exit layer (in `doc.tensor` at prediction)
+and add no off-ramps, so the exits stay the heads' decision.
 """
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -22,6 +25,7 @@ from thinc.api import Model, Optimizer
 
 from ..layers.architecture import full_depth_logits
 from ..layers.listener import EarlyExitListener, hand_over, head_predictions, slice_output
+from ..layers.tok2vec_listener import is_tok2vec_listener
 from ..layers.types import DocPrediction, TrainingOutput
 from .head_temperatures import HeadTemperatures, split_temperatures
 from .owner import EncoderOwner
@@ -88,6 +92,11 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
             for node in component.model.walk():
                 if isinstance(node, EarlyExitListener) and node.upstream_name in names:
                     self.add_listener(node, component.name)
+
+    @property
+    def feature_listeners(self) -> List[EarlyExitListener]:
+        """The listeners that read hidden states (spaCy's own components), not off-ramps."""
+        return [m for m in self.listeners if is_tok2vec_listener(m)]
 
     # -- heads -----------------------------------------------------------------
 
@@ -177,13 +186,26 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
         if not docs:
             return []
         self.check_temperature_names()
-        return self._run_encoder(docs)
+        self._check_has_heads()
+        return self._run_encoder(docs, word_states=bool(self.feature_listeners))
+
+    def _check_has_heads(self) -> None:
+        """The exits are the heads' decision: features alone cannot make one."""
+        if not self.head_names and self.feature_listeners:
+            raise ValueError(
+                f"Component '{self.name}' has no early-exit head to decide when tokens exit: "
+                f"{self.listening_components} only read its features. Add a tokee_ner, tokee_tagger or "
+                "tokee_segmenter with model spacy-early-exit.EarlyExitListener.v1"
+            )
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocPrediction]) -> None:
         heads = [(name, *self.head_columns(name)) for name in self.head_names if name in self.listener_map]
         for doc, pred in zip(docs, predictions):
             write_record(doc, self.name, pred)
             hand_over(doc, head_predictions(pred, heads))
+            if pred.states is not None:
+                # Where spaCy's tok2vec leaves its output for its listeners.
+                doc.tensor = pred.states
 
     def update(
         self,
@@ -203,29 +225,37 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
         self._flush()
         if not examples or not self.listener_map:
             return losses
+        self._check_has_heads()
         docs = [eg.predicted for eg in examples]
-        output, backprop = self.model.begin_update(self._training_input(docs))
+        features = bool(self.feature_listeners)
+        training_input = self._training_input(docs)._replace(word_states=features)
+        output, backprop = self.model.begin_update(training_input)
         self._send(docs, output, backprop, sgd)
         return losses
 
     def _send(self, docs: List[Doc], output: TrainingOutput, backprop: Callable, sgd: Optional[Optimizer]) -> None:
-        """Hand each listener its head's columns and a callback that adds the
-        head's gradient to the shared one; the last listener's callback runs
-        the backward pass and the optimizer step (as spaCy's Tok2Vec)."""
+        """Hand each head listener its columns, and each feature listener the
+        word states, with a callback that adds its gradient to the shared one;
+        the last listener's callback runs the backward pass and the optimizer
+        step (as spaCy's Tok2Vec)."""
         ops = self.model.ops
         d_total = ops.xp.zeros_like(output.layer_logits)
+        states = output.word_states
+        d_states = ops.xp.zeros_like(states) if states is not None else None
         batch_id = EarlyExitListener.get_batch_id(docs)
         receivers = [(name, listener) for name in self.listening_components for listener in self.listener_map[name]]
 
         def complete() -> None:
             self._pending = None
             step, self._deferred_sgd = (sgd if sgd is not None else self._deferred_sgd), None
-            if d_total.size:
+            if d_states is not None:
+                backprop((d_total, d_states))
+            elif d_total.size:
                 backprop(d_total)
             if step is not None:
                 TrainablePipe.finish_update(self, step)
 
-        def callback(start: int, stop: int, last: bool) -> Callable[[Any], None]:
+        def head_callback(start: int, stop: int, last: bool) -> Callable[[Any], None]:
             def accumulate(d_head: Any) -> None:
                 d_total[..., start:stop] += ops.asarray(d_head)
                 if last:
@@ -233,10 +263,22 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
 
             return accumulate
 
+        def features_callback(last: bool) -> Callable[[Any], None]:
+            def accumulate(d_features: Any) -> None:
+                d_states[...] += ops.asarray(d_features)
+                if last:
+                    complete()
+
+            return accumulate
+
         self._pending = complete
         for i, (name, listener) in enumerate(receivers):
+            last = i == len(receivers) - 1
+            if is_tok2vec_listener(listener):
+                listener.receive(batch_id, output, features_callback(last))
+                continue
             start, stop = self.head_columns(name)
-            listener.receive(batch_id, slice_output(output, start, stop), callback(start, stop, i == len(receivers) - 1))
+            listener.receive(batch_id, slice_output(output, start, stop), head_callback(start, stop, last))
 
     def finish_update(self, sgd: Optimizer) -> None:
         """Step the shared weights. `nlp.update` calls this right after this
