@@ -482,13 +482,14 @@ def main(
     threads: int = typer.Option(1, help="torch intra-op threads (0: torch's default)"),
     output_dir: Optional[Path] = typer.Option(None, help="Where shared_<dataset>.json/.md go (default: benchmarks/results; a temporary folder with --tiny)"),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random in-memory models instead of the trained pipelines (a check that runs in seconds)"),
+    name: Optional[str] = typer.Option(None, help="Report file name without extension (default: shared_<dataset>)"),
 ) -> None:
     started = time.time()
     # Rebuilt from the options (not sys.argv, which is the caller's when run in-process).
     command = "python benchmarks/shared.py " + (
         "--tiny" if tiny else f"--dataset {dataset} --ner-dataset {ner_dataset} --tagger-dataset {tagger_dataset}"
         + (f" --trf-pipeline {trf_pipeline}" if trf_pipeline else "")
-    ) + f" --targets {targets}" + (" --int8" if int8 else "") + (
+    ) + (f" --name {name}" if name else "") + f" --targets {targets}" + (" --int8" if int8 else "") + (
         f" --timing-docs {timing_docs} --batch-sizes {batch_sizes} --repeats {repeats} --threads {threads}"
     )
     if threads:
@@ -547,7 +548,7 @@ def main(
             "repeats": repeats,
             "seconds": round(time.time() - started),
         }
-        write_outputs(report, (output_dir or RESULTS) / f"shared_{dataset}")
+        write_outputs(report, (output_dir or RESULTS) / (name or f"shared_{dataset}"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """benchmarks/spacy_trf_config.py: the spacy-transformers baseline for UPOS and for a corpus's own tag set."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,14 +8,12 @@ from spacy.training import Example
 
 from spacy_early_exit.testing import NER_DATA, save_tiny_backbone
 
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "spacy_trf_config.py"
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import spacy_trf_config  # noqa: E402
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("spacy_trf_config", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return spacy_trf_config
 
 
 def build(config, model_dir: Path):

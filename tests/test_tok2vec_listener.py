@@ -177,3 +177,37 @@ def test_a_feature_listener_needs_a_head_to_decide_the_exits(tiny_model_dir):
 def test_bad_listener_settings_are_one_clear_error(settings):
     with pytest.raises(ValueError, match="upstream|width"):
         build_early_exit_tok2vec_listener(**settings)
+
+
+def test_the_parser_benchmark_trains_and_scores_every_setting(tiny_model_dir, tmp_path):
+    # benchmarks/parser_on_exits.py: its config (configs/shared.cfg with the
+    # parser in place of NER) on the tiny backbone, a few updates, then `score`.
+    import json
+    import sys
+    from pathlib import Path
+
+    from spacy.tokens import DocBin
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import parser_on_exits
+
+    config = parser_on_exits.parser_config().merge({"paths": {"backbone": str(tiny_model_dir)}}).interpolate()
+    config["components"]["parser"]["min_action_freq"] = 1
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.pipe_names == ["tokee_transformer", "tokee_tagger", "parser"]
+    examples = [Example.from_dict(nlp.make_doc(t), {"heads": h, "deps": d, "pos": p.split()})
+                for (t, h, d, _), p in zip(PARSES, ["PRON VERB NOUN PUNCT VERB NOUN PUNCT", "PRON VERB PROPN CCONJ PROPN PUNCT"])]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    nlp.to_disk(tmp_path / "pipeline")
+    DocBin(docs=[eg.reference for eg in examples]).to_disk(tmp_path / "test.spacy")
+    output = tmp_path / "parser.json"
+    parser_on_exits.score_settings(tmp_path / "pipeline", tmp_path / "test.spacy", tuned=None, static="2",
+                                   limit=0, threads=1, output=output)
+    report = json.loads(output.read_text(encoding="utf8"))
+    assert [r["setting"] for r in report["rows"]] == ["full", "static-2"]
+    full, static = report["rows"]
+    assert full["flops_speedup"] == 1.0 and static["flops_speedup"] > 1.5
+    assert all(0 <= r[m] <= 100 for r in report["rows"] for m in ("dep_las", "dep_uas", "pos_acc"))
+    assert output.with_suffix(".md").exists()
