@@ -285,8 +285,12 @@ class Layout:
         )
 
 
-def build_rows(layout: Layout, targets: Sequence[int], int8: bool) -> Tuple[List[System], List[str]]:
-    """Every row, with its pipelines loaded; RETURNS the rows and the targets left out."""
+def build_rows(layout: Layout, targets: Sequence[int], precisions: Sequence[str] = ()) -> Tuple[List[System], List[str]]:
+    """Every row, with its pipelines loaded; RETURNS the rows and the targets left out.
+
+    precisions (Sequence[str]): more precisions ("int8", "bf16") for the tokee
+        rows at the lowest target.
+    """
     pipes = Pipelines(layout.project)
     shared, shared_missing = tuned_targets(layout.shared_tune, layout.project, layout.shared, targets)
     ner, ner_missing = tuned_targets(layout.ner_tune, layout.project, layout.ner, targets)
@@ -307,12 +311,13 @@ def build_rows(layout: Layout, targets: Sequence[int], int8: bool) -> Tuple[List
         # Reported in `unreachable` (a row the table lacks), not an error: the
         # spacy-transformers training is hours on some corpora.
         missing_trf = [f"spacy-trf: no pipeline at {layout.trf} (benchmarks/train_spacy_trf.sh)"]
-    if int8:
-        # The fp32-tuned schedules run in int8: what switching precision on a
-        # tuned pipeline gives (benchmarks/precision.py tunes per precision).
-        for row in [r for r in rows if r.method in ("shared-tokee", "separate-tokee") and r.target == min(targets)]:
-            stages = [Stage(s.nlp, s.path, {**(s.fields or {}), "precision": "int8"}) for s in row.stages]
-            rows.append(System(row.method, row.target, "int8", stages))
+    # The fp32-tuned schedules run in another precision: what switching it on a
+    # tuned pipeline gives (benchmarks/precision.py tunes per precision).
+    lowest = [r for r in rows if r.method in ("shared-tokee", "separate-tokee") and r.target == min(targets)]
+    for precision in precisions:
+        for row in lowest:
+            stages = [Stage(s.nlp, s.path, {**(s.fields or {}), "precision": precision}) for s in row.stages]
+            rows.append(System(row.method, row.target, precision, stages))
     ner_names = {name for name, _ in early_exit_pipes(pipes.stage(layout.ner, FULL).nlp)}
     tagger_names = {name for name, _ in early_exit_pipes(pipes.stage(layout.tagger, FULL).nlp)}
     if ner_names & tagger_names:
@@ -476,6 +481,7 @@ def main(
     trf_pipeline: Optional[Path] = typer.Option(None, help="The spacy-transformers pipeline (default: <project>/training/spacy_trf_<dataset>/model-best)"),
     targets: str = typer.Option("2,3", help="Tuned targets (FLOPs speed-ups) of the tokee rows"),
     int8: bool = typer.Option(False, "--int8", help="Add shared-tokee and separate-tokee at the lowest target in int8 (the fp32-tuned schedules)"),
+    bf16: bool = typer.Option(False, "--bf16", help="The same in bf16 (fastest on CPUs with AMX)"),
     timing_docs: int = typer.Option(500, help="The first N test docs are timed (0: all); every score uses all"),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes timed"),
     repeats: int = typer.Option(5, min=1, help="Timing repetitions (median kept)"),
@@ -489,7 +495,7 @@ def main(
     command = "python benchmarks/shared.py " + (
         "--tiny" if tiny else f"--dataset {dataset} --ner-dataset {ner_dataset} --tagger-dataset {tagger_dataset}"
         + (f" --trf-pipeline {trf_pipeline}" if trf_pipeline else "")
-    ) + (f" --name {name}" if name else "") + f" --targets {targets}" + (" --int8" if int8 else "") + (
+    ) + (f" --name {name}" if name else "") + f" --targets {targets}" + (" --int8" if int8 else "") + (" --bf16" if bf16 else "") + (
         f" --timing-docs {timing_docs} --batch-sizes {batch_sizes} --repeats {repeats} --threads {threads}"
     )
     if threads:
@@ -506,7 +512,7 @@ def main(
             layout = Layout.of_project(project, dataset, ner_dataset, tagger_dataset, trf_pipeline)
         if not layout.test.exists():
             raise typer.BadParameter(f"No test split at {layout.test}: run the project's convert for {dataset}")
-        rows, unreachable = build_rows(layout, chosen, int8)
+        rows, unreachable = build_rows(layout, chosen, [p for p, on in (("int8", int8), ("bf16", bf16)) if on])
         reference_nlp = rows[0].stages[0].nlp
         test = load_examples(reference_nlp, layout.test)
         print(f"{len(rows)} rows, {len(test)} test docs, {torch.get_num_threads()} threads", flush=True)

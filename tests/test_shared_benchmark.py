@@ -20,7 +20,7 @@ def test_tiny_run_writes_every_row(tmp_path):
     # In this process (not a subprocess): torch, spaCy and transformers are already imported.
     app = typer.Typer()
     app.command()(load_script().main)
-    args = ["--tiny", "--output-dir", str(tmp_path), "--repeats", "1", "--timing-docs", "4", "--threads", "1", "--int8"]
+    args = ["--tiny", "--output-dir", str(tmp_path), "--repeats", "1", "--timing-docs", "4", "--threads", "1", "--int8", "--bf16"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
 
@@ -31,7 +31,8 @@ def test_tiny_run_writes_every_row(tmp_path):
     rows = {(r["method"], r["target"], r["precision"]): r for r in report["rows"]}
     expected = {("shared-full", 1), ("shared-tokee", 2), ("shared-tokee", 3), ("separate-full", 1),
                 ("separate-tokee", 2), ("separate-tokee", 3), ("spacy-trf", 1)}
-    assert set(rows) == {(m, t, "fp32") for m, t in expected} | {("shared-tokee", 2, "int8"), ("separate-tokee", 2, "int8")}
+    assert set(rows) == {(m, t, "fp32") for m, t in expected} | {
+        (m, 2, p) for m in ("shared-tokee", "separate-tokee") for p in ("int8", "bf16")}
     for row in report["rows"]:
         assert 0 <= row["ner_f"] <= 100 and 0 <= row["pos_acc"] <= 100
         assert row["flops_speedup"] > 0
