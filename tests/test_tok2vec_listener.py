@@ -211,3 +211,20 @@ def test_the_parser_benchmark_trains_and_scores_every_setting(tiny_model_dir, tm
     assert full["flops_speedup"] == 1.0 and static["flops_speedup"] > 1.5
     assert all(0 <= r[m] <= 100 for r in report["rows"] for m in ("dep_las", "dep_uas", "pos_acc"))
     assert output.with_suffix(".md").exists()
+
+
+def test_long_documents_and_every_precision_give_every_token_its_features(with_parser, tiny_model_dir):
+    # A doc longer than max_length runs as several windows; each token's
+    # features come from the window that owns it.
+    text = " ".join(text for text, *_ in PARSES) * 3
+    transformer = with_parser.get_pipe("tokee_transformer")
+    reference = with_parser(text)
+    short = trained(tiny_model_dir, steps=1, model={"name": str(tiny_model_dir), "max_length": 8})
+    doc = short(text)
+    assert doc.tensor.shape == (len(doc), 32) and numpy.isfinite(doc.tensor).all()
+    assert (numpy.abs(doc.tensor).sum(axis=1) > 0).all()  # every token has wordpieces here
+    for precision in ("bf16", "int8"):
+        with transformer.using(precision=precision):
+            other = with_parser(text)
+        assert other.tensor.shape == reference.tensor.shape and other.tensor.dtype == numpy.float32
+        assert numpy.abs(other.tensor - reference.tensor).mean() < 0.1 * numpy.abs(reference.tensor).mean()
