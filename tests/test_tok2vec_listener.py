@@ -228,3 +228,12 @@ def test_long_documents_and_every_precision_give_every_token_its_features(with_p
             other = with_parser(text)
         assert other.tensor.shape == reference.tensor.shape and other.tensor.dtype == numpy.float32
         assert numpy.abs(other.tensor - reference.tensor).mean() < 0.1 * numpy.abs(reference.tensor).mean()
+
+
+@pytest.mark.slow
+def test_n_process_two_gives_the_same_parses_and_features(with_parser):
+    one = parses(with_parser)
+    two = [([(t.head.i, t.dep_) for t in doc], doc._.early_exit, doc.tensor)
+           for doc in with_parser.pipe(TEXTS, batch_size=2, n_process=2)]
+    assert [(a, r) for a, r, _ in two] == [(a, r) for a, r, _ in one]
+    assert all(numpy.allclose(x, y, atol=1e-5) for (_, _, x), (_, _, y) in zip(two, one))
