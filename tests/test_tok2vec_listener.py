@@ -237,3 +237,9 @@ def test_n_process_two_gives_the_same_parses_and_features(with_parser):
            for doc in with_parser.pipe(TEXTS, batch_size=2, n_process=2)]
     assert [(a, r) for a, r, _ in two] == [(a, r) for a, r, _ in one]
     assert all(numpy.allclose(x, y, atol=1e-5) for (_, _, x), (_, _, y) in zip(two, one))
+
+
+def test_replace_listeners_is_one_clear_error(tiny_model_dir):
+    nlp = trained(tiny_model_dir, steps=1)
+    with pytest.raises(ValueError, match="replace_listeners does not work with a tokee_transformer"):
+        nlp.replace_listeners("tokee_transformer", "parser", ["model.tok2vec"])

@@ -76,7 +76,18 @@ def build_early_exit_transformer(
             "batch_pieces": batch_pieces,
             "pretokenized": pretokenized,
             "n_classes": None,
+            # spaCy's nlp.replace_listeners calls this first (functions are
+            # left out when the model is saved).
+            "replace_listener_cfg": _refuse_replace_listeners,
         },
+    )
+
+
+def _refuse_replace_listeners(encoder_config: Any, listener_config: Any) -> Any:
+    raise ValueError(
+        "nlp.replace_listeners does not work with a tokee_transformer: its listeners share one early-exit "
+        "encoder whose exits all its heads decide together. For a component with an encoder of its own, "
+        "use a standalone tokee_ner / tokee_tagger / tokee_segmenter"
     )
 
 
