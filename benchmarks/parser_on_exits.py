@@ -3,14 +3,17 @@
 One `tokee_transformer` with a listening UPOS `tokee_tagger` (its off-ramps
 decide when a token exits) and spaCy's own `parser`, whose `tok2vec` is
 `spacy-early-exit.EarlyExitTok2VecListener.v1`: each token's hidden state at
-its exit layer. Trained jointly (stage 1) on UD English-EWT with
-`python -m spacy train`, calibrated and tuned for the tagger as usual; then
+its exit layer. Trained jointly on UD English-EWT: stage 1 with
+`python -m spacy train` (the parser reads the last layer's states), then
+stage 2 (self-sampled exits, so the parser also learns from the states tokens
+leave with), calibrated and tuned for the tagger as usual; then
 every setting (full depth, TOKEE tuned for each target, static cuts) is scored
 on test for LAS/UAS and UPOS. The parser is never consulted about the exits:
 this shows what a parser pays for features taken at the tagger's exit layer.
 
     python benchmarks/parser_on_exits.py convert project/corpus/ud_en_ewt_parse
-    python benchmarks/parser_on_exits.py config project/configs_generated/parser_on_exits.cfg
+    python benchmarks/parser_on_exits.py config OUT.cfg
+    python benchmarks/parser_on_exits.py stage2 STAGE1_PIPELINE CORPUS OUT
     python benchmarks/parser_on_exits.py score PIPELINE TEST --tuned TUNE_JSON
     bash benchmarks/train_parser_on_exits.sh        # all of it, in order
 
@@ -69,10 +72,45 @@ def parser_config() -> Config:
 
 @app.command("config")
 def write_config(output: Path = typer.Argument(..., help="Where to write the training config")) -> None:
-    """Write the training config (project/configs/shared.cfg with the parser in place of NER)."""
+    """Write the stage-1 training config (project/configs/shared.cfg with the parser in place of NER)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     parser_config().to_disk(output)
     typer.echo(f"[parser-on-exits] config -> {output}")
+
+
+@app.command("stage2")
+def stage_two(
+    stage1: Path = typer.Argument(..., help="The stage-1 pipeline"),
+    corpus: Path = typer.Argument(..., help="Corpus folder with train.spacy and dev.spacy"),
+    output: Path = typer.Argument(..., help="Output folder (model-best, model-last)"),
+    max_steps: int = typer.Option(1000, help="Updates"),
+    eval_frequency: int = typer.Option(500, help="Evaluate on dev every N updates"),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """Stage 2 (self-sampling) of the whole pipeline, parser included.
+
+    spaCy's training loop on the loaded stage-1 pipeline, so every component
+    keeps its weights. (`spacy train` would initialize the parser afresh,
+    and sourcing it instead leaves it unlinked: spaCy relinks listeners
+    while sourced components are disabled.) Dev is scored at full depth.
+    """
+    import spacy
+    import torch
+    from spacy.training.loop import train
+
+    torch.set_num_threads(threads)
+    overrides = {
+        "paths.train": str(corpus / "train.spacy"), "paths.dev": str(corpus / "dev.spacy"),
+        # Also where a saved config has the paths filled in rather than ${paths.*}.
+        "corpora.train.path": str(corpus / "train.spacy"), "corpora.dev.path": str(corpus / "dev.spacy"),
+        "components.tokee_transformer.training.mode": "self_sampling",
+        "components.tokee_transformer.exit_mode": "off",
+        "training.max_steps": max_steps, "training.eval_frequency": eval_frequency,
+        "training.optimizer.learn_rate.warmup_steps": max(1, max_steps // 20),
+    }
+    nlp = spacy.load(stage1, config=overrides)
+    output.mkdir(parents=True, exist_ok=True)
+    train(nlp, output)
 
 
 @app.command("convert")

@@ -200,10 +200,20 @@ def test_the_parser_benchmark_trains_and_scores_every_setting(tiny_model_dir, tm
     optimizer = nlp.initialize(lambda: examples)
     for _ in range(3):
         nlp.update(examples, sgd=optimizer)
-    nlp.to_disk(tmp_path / "pipeline")
-    DocBin(docs=[eg.reference for eg in examples]).to_disk(tmp_path / "test.spacy")
+    nlp.to_disk(tmp_path / "stage1")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        DocBin(docs=[eg.reference for eg in examples]).to_disk(corpus / f"{split}.spacy")
+    # Stage 2 on the loaded stage-1 pipeline: self-sampling, every component keeps its weights.
+    parser_weights = nlp.get_pipe("parser").model.get_ref("lower").get_param("W").copy()
+    parser_on_exits.stage_two(tmp_path / "stage1", corpus, tmp_path / "stage2", max_steps=2, eval_frequency=1, threads=1)
+    stage2 = spacy.load(tmp_path / "stage2" / "model-last")
+    assert stage2.get_pipe("tokee_transformer").training.mode == "self_sampling"
+    moved = stage2.get_pipe("parser").model.get_ref("lower").get_param("W") - parser_weights
+    assert 0 < numpy.abs(moved).max() < 0.1  # trained on, not initialized afresh
     output = tmp_path / "parser.json"
-    parser_on_exits.score_settings(tmp_path / "pipeline", tmp_path / "test.spacy", tuned=None, static="2",
+    parser_on_exits.score_settings(tmp_path / "stage2" / "model-last", corpus / "test.spacy", tuned=None, static="2",
                                    limit=0, threads=1, output=output)
     report = json.loads(output.read_text(encoding="utf8"))
     assert [r["setting"] for r in report["rows"]] == ["full", "static-2"]
