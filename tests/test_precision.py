@@ -418,6 +418,27 @@ def test_bf16_products_read_a_packed_weight_with_the_plain_result():
         torch.testing.assert_close(made(x[None])[0], made(x))
 
 
+def test_row_buckets_bound_the_shapes_a_onednn_product_compiles():
+    buckets = [quantized_linear.row_bucket(n) for n in range(1, 9000)]
+    assert all(b >= n for n, b in enumerate(buckets, start=1))
+    assert buckets[:16] == list(range(1, 17))  # a sentence's few rows stay as they are
+    assert all(b - n < 0.25 * n for n, b in enumerate(buckets, start=1) if n >= 64)
+    assert len(set(buckets)) < 80  # oneDNN keeps 1,024 kernels: a few shapes per weight fit
+
+
+@pytest.mark.parametrize("n", [1, 17, 100, 300])
+def test_bf16_padded_rows_give_the_unpadded_product(n):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch")
+    made = quantized_linear.BF16Linear(torch.nn.Linear(32, 48))
+    x = torch.randn(n, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        plain = quantized_linear.on_onednn(torch.nn.functional.linear, x, made.weight, made.bias)
+        got = made(x)
+        assert got.shape == (n, 48) and made(x.view(1, n, 32)).shape == (1, n, 48)
+        torch.testing.assert_close(got, plain, atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("precision", ["int8"])
 def test_attention_inputs_are_slices_of_one_fused_projection(precision):
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()

@@ -101,9 +101,15 @@ class BF16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
-        if self.packed is not None:
-            return on_onednn(torch.ops.mkldnn._linear_pointwise, x, self.packed, self.bias, "none", [], "")
-        return on_onednn(F.linear, x, self.weight, self.bias)
+        if self.packed is None:
+            return on_onednn(F.linear, x, self.weight, self.bias)
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        n = rows.shape[0]
+        bucket = row_bucket(n)
+        if bucket != n:
+            rows = F.pad(rows, (0, 0, 0, bucket - n))
+        out = on_onednn(torch.ops.mkldnn._linear_pointwise, rows, self.packed, self.bias, "none", [], "")[:n]
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
     def output_slice(self, start: int, stop: int) -> "BF16Linear":
         """This layer restricted to output channels [start, stop), sharing its
@@ -112,6 +118,26 @@ class BF16Linear(nn.Module):
         part.out_features = stop - start
         part.packed = None
         return part
+
+
+def row_bucket(n: int) -> int:
+    """The row count a oneDNN product runs `n` rows at: `n` up to 16, then
+    rounded up to a multiple of 16 (to 256), 64 (to 1,024), 256 (to 4,096),
+    1,024 beyond.
+
+    oneDNN compiles a kernel for every new input shape and keeps 1,024 of
+    them. The rows of a prediction step (active tokens of a batch) take
+    almost every count up to a few thousand, so a stream of new documents
+    kept compiling: measured at batch 32 (CoNLL-2003, 1 thread, TOKEE 2x),
+    bf16 took 1.07 s on 400 unseen sentences and 0.54 s on the same ones
+    again, while fp32 took the same time both ways. About 60 counts per
+    weight shape remain; the padding is at most 15 rows up to 256, 63 up to
+    1,024, 255 up to 4,096 (under 25% of the rows from 64 rows on).
+    """
+    for step, limit in ((16, 256), (64, 1024), (256, 4096)):
+        if n <= limit:
+            return n if n <= 16 else -(-n // step) * step
+    return -(-n // 1024) * 1024
 
 
 def packed_bf16_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
