@@ -98,6 +98,10 @@ class BF16Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.packed: Optional[torch.Tensor] = packed_bf16_weight(self.weight)
 
+    #: Run the packed product at bucketed row counts (`row_bucket`); False
+    #: only to measure what the buckets save (benchmarks/unseen_documents.py).
+    bucket_rows = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
@@ -105,7 +109,7 @@ class BF16Linear(nn.Module):
             return on_onednn(F.linear, x, self.weight, self.bias)
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         n = rows.shape[0]
-        bucket = row_bucket(n)
+        bucket = row_bucket(n) if self.bucket_rows else n
         if bucket != n:
             rows = F.pad(rows, (0, 0, 0, bucket - n))
         out = on_onednn(torch.ops.mkldnn._linear_pointwise, rows, self.packed, self.bias, "none", [], "")[:n]

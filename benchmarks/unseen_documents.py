@@ -1,0 +1,90 @@
+"""Prediction speed on documents the process has not seen, against the same documents again.
+
+oneDNN (bf16 products) compiles a kernel for every new input shape and keeps
+1,024; a benchmark that times the same documents several times measures the
+warm cache, a stream of new documents does not get it. For each precision,
+consecutive slices of the test split are run twice in a row (first unseen,
+then seen) at one batch size, in one process; bf16 also with its row buckets
+switched off (`BF16Linear.bucket_rows = False`, on other slices, first), which
+is what predictions did before the buckets.
+
+    python benchmarks/unseen_documents.py conll2003 --threads 1
+
+Writes benchmarks/results/unseen_documents_<dataset>.json.
+"""
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import spacy
+import torch
+import typer
+
+from spacy_early_exit.encoder.quantized_linear import BF16Linear
+from spacy_early_exit.tools.data import load_examples
+from spacy_early_exit.tools.evaluate import exit_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "project"
+
+
+def main(
+    dataset: str = typer.Argument(..., help="project/training/<dataset>/final and metrics/<dataset>/tune.json"),
+    target: float = typer.Option(2.0, help="The tuned target whose exit fields are used"),
+    batch_size: int = typer.Option(32, help="Docs per batch"),
+    slice_docs: int = typer.Option(400, help="Docs per slice"),
+    slices: int = typer.Option(2, help="Slices per setting"),
+    threads: int = typer.Option(1, help="torch threads"),
+    project: Path = typer.Option(PROJECT, help="The project folder"),
+    output: Optional[Path] = typer.Option(None, help="Default: benchmarks/results/unseen_documents_<dataset>.json"),
+) -> None:
+    """Time unseen documents against the same documents again, per precision."""
+    torch.set_num_threads(threads)
+    nlp = spacy.load(project / "training" / dataset / "final")
+    tune = json.loads((project / "metrics" / dataset / "tune.json").read_text(encoding="utf8"))
+    fields = next((t["fields"] for t in tune["targets"] if float(t["target"]) == target), None)
+    if fields is None:
+        raise typer.BadParameter(f"No target {target:g} in {project / 'metrics' / dataset / 'tune.json'}")
+    texts = [eg.reference.text for eg in load_examples(nlp, project / "corpus" / dataset / "test.spacy")]
+    settings = [("bf16 without row buckets", "bf16", False), ("bf16", "bf16", True), ("fp32", "fp32", True), ("int8", "int8", True)]
+    needed = len(settings) * slices * slice_docs
+    if len(texts) < needed:
+        raise typer.BadParameter(f"{len(texts)} test docs; {needed} needed (--slice-docs x --slices x {len(settings)})")
+    rows: List[Dict[str, Any]] = []
+    start = 0
+    for label, precision, buckets in settings:
+        BF16Linear.bucket_rows = buckets
+        unseen = seen = 0.0
+        words = 0
+        with exit_settings(nlp, {**fields, "precision": precision}):
+            for _ in range(slices):
+                chunk = texts[start:start + slice_docs]
+                start += slice_docs
+                words += sum(len(doc) for doc in nlp.tokenizer.pipe(chunk))
+                for first in (True, False):
+                    began = time.perf_counter()
+                    for _ in nlp.pipe(chunk, batch_size=batch_size):
+                        pass
+                    spent = time.perf_counter() - began
+                    unseen, seen = (unseen + spent, seen) if first else (unseen, seen + spent)
+        BF16Linear.bucket_rows = True
+        row = {"setting": label, "precision": precision, "row_buckets": buckets, "words": words,
+               "words_per_second": {"unseen": round(words / unseen), "seen": round(words / seen)},
+               "unseen_over_seen_time": round(unseen / seen, 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    report = {"dataset": dataset, "target": target, "fields": fields, "batch_size": batch_size, "slice_docs": slice_docs,
+              "slices": slices, "threads": threads, "rows": rows,
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+              "command": f"python benchmarks/unseen_documents.py {dataset} --target {target:g} --batch-size {batch_size} "
+                         f"--slice-docs {slice_docs} --slices {slices} --threads {threads}"}
+    path = output or ROOT / "benchmarks" / "results" / f"unseen_documents_{dataset}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
