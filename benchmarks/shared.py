@@ -12,7 +12,9 @@ test split, `project/corpus/uner_ud_en_ewt/test.spacy`), three ways:
   (the tagger pipeline gets the NER pipeline's docs), each at full depth or at
   its own tuned setting for the target;
 - `spacy-trf`: spacy-transformers' `transformer` + listening `ner` and
-  `morphologizer` on the same backbone (benchmarks/train_spacy_trf.sh), full depth.
+  `morphologizer` (spaCy's `tagger` on a corpus with its own tag set, such as
+  CoNLL-2003's PTB column) on the same backbone (benchmarks/train_spacy_trf.sh),
+  full depth.
 
 Every row is scored on the whole test split (NER F1 and POS accuracy, in
 percent) and timed in this one process, rows interleaved every 64 docs

@@ -85,8 +85,7 @@ def tok2vec_init(model: EarlyExitTok2VecListener, X: Optional[Sequence[Doc]] = N
 
 
 def _upstream_width(model: EarlyExitTok2VecListener) -> Optional[int]:
-    upstream = model.upstream
-    encoder = getattr(getattr(upstream, "_shim", None), "encoder", None) if upstream is not None else None
+    encoder = model.upstream._shim.encoder if model.upstream is not None else None
     return None if encoder is None else int(encoder.spec.hidden_size)
 
 
@@ -96,7 +95,7 @@ def tok2vec_forward(model: EarlyExitTok2VecListener, docs: List[Doc], is_train: 
         output: TrainingOutput = model._outputs
         return _doc_states(model, docs, output), _backprop_states(model, output)
     width = model.get_dim("nO")
-    if model._sizing_batch is not None and model._sizing_batch == id(docs):
+    if model._sizing_batch == id(docs):
         model._sizing_batch = None
         return [model.ops.alloc2f(len(doc), width) for doc in docs], _no_backprop
     return [_doc_tensor(model, doc, width) for doc in docs], _no_backprop
@@ -108,9 +107,9 @@ def _doc_states(model: EarlyExitTok2VecListener, docs: Sequence[Doc], output: Tr
     xp = model.ops.xp
     result = []
     for doc, index in zip(docs, output.token_index):
-        scored = xp.asarray(index >= 0)
+        scored = index >= 0
         features = model.ops.alloc2f(len(doc), states.shape[1])
-        features[scored] = states[xp.asarray(index[index >= 0])]
+        features[xp.asarray(scored)] = states[xp.asarray(index[scored])]
         result.append(features)
     return result
 

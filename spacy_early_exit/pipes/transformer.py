@@ -255,17 +255,10 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
             if step is not None:
                 TrainablePipe.finish_update(self, step)
 
-        def head_callback(start: int, stop: int, last: bool) -> Callable[[Any], None]:
-            def accumulate(d_head: Any) -> None:
-                d_total[..., start:stop] += ops.asarray(d_head)
-                if last:
-                    complete()
-
-            return accumulate
-
-        def features_callback(last: bool) -> Callable[[Any], None]:
-            def accumulate(d_features: Any) -> None:
-                d_states[...] += ops.asarray(d_features)
+        def callback(target: Any, last: bool) -> Callable[[Any], None]:
+            # target: the listener's part of the shared gradient (a view).
+            def accumulate(d_part: Any) -> None:
+                target[...] += ops.asarray(d_part)
                 if last:
                     complete()
 
@@ -275,10 +268,10 @@ class EarlyExitTransformer(HeadTemperatures, EncoderOwner, CheckedLoading, Train
         for i, (name, listener) in enumerate(receivers):
             last = i == len(receivers) - 1
             if is_tok2vec_listener(listener):
-                listener.receive(batch_id, output, features_callback(last))
+                listener.receive(batch_id, output, callback(d_states, last))
                 continue
             start, stop = self.head_columns(name)
-            listener.receive(batch_id, slice_output(output, start, stop), head_callback(start, stop, last))
+            listener.receive(batch_id, slice_output(output, start, stop), callback(d_total[..., start:stop], last))
 
     def finish_update(self, sgd: Optimizer) -> None:
         """Step the shared weights. `nlp.update` calls this right after this
