@@ -18,7 +18,7 @@ from spacy_early_exit.layers.architecture import full_depth_logits, get_shim
 from spacy_early_exit.testing import NER_DATA, make_ner_nlp, ner_examples, tiny_backbone
 from spacy_early_exit.tools.evaluate import exit_settings
 
-REDUCED = ["bf16", "int8"]
+REDUCED = ["bf16", "int8", "int8-ort"]
 TEXTS = [t for t, _ in NER_DATA] + [
     "London",
     "the company said new york will have three one two",
@@ -175,7 +175,7 @@ def test_batch_invariance_and_long_documents(nlp, precision):
 # are exact integers with per-token scales: see the Int8Linear tests), while a
 # per-sub-batch activation scale moved these logits by ~1e-3. bf16's oneDNN
 # products round with the shape too.
-LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-5, "bf16": 1e-2}
+LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-5, "int8-ort": 1e-5, "bf16": 1e-2}
 
 
 @pytest.mark.parametrize("precision", ["fp32"] + REDUCED)
@@ -277,7 +277,8 @@ def test_no_quantized_copy_is_written(tiny_model_dir, tmp_path):
     data = nlp.to_bytes()
     predict(nlp, SHORT, precision="int8")
     predict(nlp, SHORT, precision="bf16")
-    assert len(encoder_of(nlp).precision_cache) == 3  # fp32 (transposed), int8, bf16
+    predict(nlp, SHORT, precision="int8-ort")  # its ONNX graphs live in memory only
+    assert len(encoder_of(nlp).precision_cache) == 4  # fp32 (transposed), int8, bf16, int8-ort
     nlp.to_disk(tmp_path / "after")
     assert nlp.to_bytes() == data
     before = sorted(p.relative_to(tmp_path / "before") for p in (tmp_path / "before").rglob("*") if p.is_file())
@@ -380,6 +381,7 @@ def test_albert_keeps_its_shared_layer_shared(precision):
     encoder = EarlyExitEncoder(tiny_backbone("albert"), 5).eval()
     stack = encoder.layer_stack(precision)
     assert all(parts.query is stack.parts[0].query for parts in stack.parts)
+    assert all(parts.dense_step is stack.parts[0].dense_step for parts in stack.parts)
     assert stack.parts[0].query is not encoder.layers[0].query
     batch = encoder_batch()
     with torch.no_grad():
@@ -559,6 +561,7 @@ def test_the_fp32_stack_computes_what_the_original_modules_do(family, dense):
     stack = encoder.layer_stack("fp32")
     if family == "albert":  # one shared layer stays one copy
         assert all(parts.query is stack.parts[0].query for parts in stack.parts)
+    assert all(parts.dense_step is stack.parts[0].dense_step for parts in stack.parts)
     generator = torch.Generator().manual_seed(5)
     hidden = torch.randn(3, 7, encoder.spec.hidden_size, generator=generator)
     present = torch.ones(3, 7, dtype=torch.bool)

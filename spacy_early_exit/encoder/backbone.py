@@ -40,6 +40,10 @@ class LayerParts:
         per-call overhead (activation quantization, rescaling) as in
         arithmetic, so three calls cost nearly three times one. None: the
         layer calls query, key and value one by one.
+    dense_step (Optional[Callable]): the layer's whole dense work in one call,
+        ``(q_in, kv_in, key_mask) -> out`` (see ort_layer.OrtLayer); set only
+        by the "int8-ort" stack. The layer step then gathers and scatters the
+        pieces and leaves everything in between to it.
     """
 
     query: nn.Linear
@@ -54,6 +58,7 @@ class LayerParts:
     ffn_dropout: bool = True
     query_key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    dense_step: Optional[Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None
 
 
 @dataclass

@@ -44,8 +44,8 @@ class ExitPolicy:
         None (that head falls back to `temperatures`); overrides
         `temperatures` for the heads it names.
     precision (str): what the layer stack computes in at prediction: "fp32",
-        "bf16" or "int8" (see encoder/precision.py). Off-ramps and the exit
-        decision are fp32 in all three; training is always fp32.
+        "bf16", "int8" or "int8-ort" (see encoder/precision.py). Off-ramps and
+        the exit decision are fp32 in all of them; training is always fp32.
     """
 
     mode: str = "tokee"

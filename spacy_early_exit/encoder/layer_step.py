@@ -102,7 +102,12 @@ def halt_and_copy_layer(
         live_rows = torch.tensor(live_list, device=hidden.device)
         keys_in = hidden.index_select(0, live_rows)[:, :span]
         key_mask = present.index_select(0, live_rows)[:, :span]
-    if all(counts[i] == span for i in live_list):
+    unpadded = all(counts[i] == span for i in live_list)
+    x = hidden[active.rows, active.cols]
+    q_rows = None if n_live == 1 else (torch.cumsum(present.any(dim=1), dim=0) - 1)[active.rows]
+    if parts.dense_step is not None:
+        return _write_back(hidden, active, _one_call_step(parts, x, keys_in, key_mask, unpadded, q_rows, active))
+    if unpadded:
         # No padding among the live rows: project them as they are.
         (keys, values), attn_mask = _keys_values(parts, keys_in), None
     else:
@@ -115,13 +120,10 @@ def halt_and_copy_layer(
         )
         attn_mask = key_mask[:, None, None, :]
 
-    x = hidden[active.rows, active.cols]
-    if n_live == 1:
+    if q_rows is None:
         # One sequence: its active pieces are already in slot order.
         queries = parts.query(x)[None]
     else:
-        live_index = torch.cumsum(present.any(dim=1), dim=0) - 1
-        q_rows = live_index[active.rows]
         queries = x.new_zeros(n_live, active.width, width).index_put_((q_rows, active.slots), parts.query(x))
 
     def heads(t: torch.Tensor) -> torch.Tensor:
@@ -131,9 +133,35 @@ def halt_and_copy_layer(
         heads(queries), heads(keys), heads(values), attn_mask=attn_mask, dropout_p=attention_dropout
     )
     context = context.transpose(1, 2).reshape(n_live, active.width, width)
-    context = context[0] if n_live == 1 else context[q_rows, active.slots]
+    context = context[0] if q_rows is None else context[q_rows, active.slots]
+    return _write_back(hidden, active, _output_block(parts, context, x, hidden_dropout))
 
-    out = _output_block(parts, context, x, hidden_dropout)
+
+def _one_call_step(parts: LayerParts, x: torch.Tensor, keys_in: torch.Tensor, key_mask: torch.Tensor, unpadded: bool,
+                   q_rows: Optional[torch.Tensor], active: PackedRows) -> torch.Tensor:
+    """The layer's new states of the active pieces `x` from `parts.dense_step`:
+    the products run on packed rows (queries: the active pieces; keys and
+    values: the present ones), and index grids say where each row sits in
+    the attention grid (the same packing as the eager path below)."""
+    n_live, span, width = keys_in.shape
+    order = torch.arange(x.shape[0], device=x.device)
+    if unpadded:
+        kv_rows, kv_grid, mask = keys_in.reshape(-1, width), torch.arange(n_live * span).view(n_live, span), None
+    else:
+        flat_mask = key_mask.reshape(-1)
+        # Padding slots point at row 0: masked out of attention, never read.
+        kv_grid = (torch.cumsum(flat_mask, dim=0) - 1).clamp_(min=0).view(n_live, span)
+        kv_rows, mask = keys_in.reshape(-1, width)[flat_mask], key_mask
+    if q_rows is None:
+        q_grid, q_back = order[None], order
+    else:
+        q_back = q_rows * active.width + active.slots
+        q_grid = order.new_zeros(n_live * active.width).index_put_((q_back,), order).view(n_live, active.width)
+    return parts.dense_step(x, kv_rows, q_grid, kv_grid, q_back, mask)
+
+
+def _write_back(hidden: torch.Tensor, active: PackedRows, out: torch.Tensor) -> torch.Tensor:
+    """`hidden` with the active pieces' new states `out` written in."""
     if not (torch.is_grad_enabled() and (hidden.requires_grad or out.requires_grad)):
         # Prediction: write the updated pieces into the states in place. The
         # out-of-place put copied the whole [batch, seq, hidden] grid per
@@ -150,6 +178,11 @@ def _dense_layer(
     or masks needed (batch size 1, or equal lengths at full depth)."""
     batch, seq, width = hidden.shape
     head_dim = width // num_heads
+    if parts.dense_step is not None:
+        rows = hidden.reshape(-1, width)
+        order = torch.arange(rows.shape[0], device=hidden.device)
+        grid = order.view(batch, seq)
+        return parts.dense_step(rows, rows, grid, grid, order, None).view(batch, seq, width).to(hidden.dtype)
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, seq, num_heads, head_dim).transpose(1, 2)

@@ -197,7 +197,7 @@ class EarlyExitEncoder(nn.Module):
         mode or at "fp32", else this process's cached converted copy."""
         if self.training:
             return LayerStack(tuple(self.layers))
-        return self.precision_cache.stack(self.layers, precision, self.weights_version)
+        return self.precision_cache.stack(self.layers, precision, self.weights_version, self.spec.num_heads)
 
     def forward(
         self,

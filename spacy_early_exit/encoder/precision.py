@@ -35,7 +35,19 @@ weights change:
   reordered once into oneDNN's layout (`BF16Linear`). Query and [key; value]
   are two products, as in fp32.
 
-In both, the embeddings, the off-ramps and the exit decision stay fp32 (the
+- "int8-ort": the "int8" arithmetic (the same scales, the same exact
+  integer products) with each layer's dense work, from the query, key and
+  value products to the last LayerNorm, one ONNX Runtime session call
+  (`ort_layer.OrtLayer`), built in memory from the fp32 weights. At batch
+  size 1 eager PyTorch spends more on dispatching a layer's few dozen small
+  ops than on the products; one call per layer removes that. The gather of
+  the active pieces, the scatter of their new states, the off-ramps and the
+  exit decision stay in PyTorch. Needs the optional `onnx` and
+  `onnxruntime` packages (the "ort" extra); without them, on another
+  device, or where the session's result does not match the torch int8
+  layer's on a probe (an int8 kernel that saturates), one warning and the
+  torch "int8" stack (fp32 off CPU) runs instead.
+In all of them, the embeddings, the off-ramps and the exit decision stay fp32 (the
 stack's output is cast back before each off-ramp), so an uncertainty and a
 threshold mean the same thing in every precision. The off-ramps stay fp32 in
 int8 too: one is d x C against a layer's ~12 d^2 multiply-accumulates per
@@ -62,9 +74,10 @@ import torch
 from torch import nn
 
 from .backbone import LayerParts
+from .ort_layer import OrtLayer, onnxruntime_missing, ort_layers
 from .quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated, int8_kernels_available, warn_once as _warn_once
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
 LINEAR_PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 # The projections each converted on their own; query, key and value are one
 # fused projection (see _with_attention_inputs).
@@ -108,25 +121,28 @@ class PrecisionCache:
     def __init__(self) -> None:
         self._stacks: Dict[str, Tuple[Tuple[Any, ...], LayerStack]] = {}
 
-    def stack(self, layers: Sequence[LayerParts], precision: str, weights_version: int) -> LayerStack:
+    def stack(self, layers: Sequence[LayerParts], precision: str, weights_version: int, num_heads: int = 0) -> LayerStack:
         """The stack to run at `precision`.
 
         layers (Sequence[LayerParts]): the fp32 originals.
         precision (str): one of PRECISIONS.
         weights_version (int): changes whenever the originals' weights do.
+        num_heads (int): attention heads (the "int8-ort" graphs need them).
         """
         validate_precision(precision)
         device = layers[0].query.weight.device if layers else torch.device("cpu")
         precision = runnable_precision(precision, device)
         if precision == "fp32" and device.type != "cpu":
             return LayerStack(tuple(layers))
-        key = (weights_version, device, int8_kernels_available() if precision == "int8" else None)
+        # int8-ort sessions keep the thread count they were made with.
+        key = (weights_version, device, int8_kernels_available() if precision.startswith("int8") else None,
+               torch.get_num_threads() if precision == "int8-ort" else None)
         cached = self._stacks.get(precision)
         if cached is not None and cached[0] == key:
             return cached[1]
         # A weights change makes every stack stale: drop them all at once.
         self._stacks = {p: entry for p, entry in self._stacks.items() if entry[0][0] == weights_version}
-        made = convert(layers, precision)
+        made = convert(layers, precision, num_heads)
         # Kept even when conversion failed (fp32, after a warning): no retry per call.
         self._stacks[precision] = (key, made)
         return made
@@ -147,7 +163,7 @@ class PrecisionCache:
         self._stacks = {}
 
 
-def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
+def convert(layers: Sequence[LayerParts], precision: str, num_heads: int = 0) -> LayerStack:
     """Make a `precision` copy of `layers` (the originals are not touched).
 
     RETURNS (LayerStack): the copy; the fp32 originals, after a warning, when
@@ -156,6 +172,11 @@ def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
     # Made outside inference mode (the first prediction is inside it), so the
     # copies are ordinary tensors that any later forward may use.
     with torch.inference_mode(False), torch.no_grad():
+        if precision == "int8-ort":
+            made = _ort_stack(layers, num_heads)
+            if made is not None:
+                return made
+            precision = "int8"
         if precision == "fp32":
             return LayerStack(_fp32_parts(layers))
         if precision == "bf16":
@@ -171,6 +192,50 @@ def convert(layers: Sequence[LayerParts], precision: str) -> LayerStack:
                 )
                 return LayerStack(tuple(layers))
     return LayerStack(tuple(layers))
+
+
+def _ort_stack(layers: Sequence[LayerParts], num_heads: int) -> Optional[LayerStack]:
+    """The "int8-ort" stack, or None (after one warning) where it cannot run
+    or its first layer does not reproduce the torch int8 layer on a probe."""
+    try:
+        sessions = ort_layers(layers, num_heads, torch.get_num_threads())
+        reason = _ort_probe_mismatch(layers[0], sessions[0], num_heads) if layers else None
+    except (RuntimeError, ValueError, ImportError) as err:  # onnxruntime raises RuntimeError subclasses
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if reason is not None:
+        _warn_once("int8-ort-failed", f"precision 'int8-ort': {reason}; the torch int8 layers run instead")
+        return None
+    # The torch int8 modules stay in the parts (what any caller that reads
+    # them, or a layer step without dense_step, would run: the same arithmetic).
+    torch_int8 = _int8_parts(layers)
+    return LayerStack(tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(torch_int8, sessions)), "int8-ort")
+
+
+# How far the ONNX Runtime layer may stand from the torch int8 layer on the
+# probe: both compute the same integers, but float rounding in between can
+# flip an activation's rounding (about one quantization step of one input);
+# a saturating int8 kernel is off by whole units.
+ORT_PROBE_TOLERANCE = 0.05
+
+
+def _ort_probe_mismatch(parts: LayerParts, session: OrtLayer, num_heads: int) -> Optional[str]:
+    """Why `session` does not stand in for the torch int8 `parts`, or None."""
+    from .layer_step import PackedRows, halt_and_copy_layer
+
+    torch_int8 = _int8_parts([parts])[0]
+    width = parts.query.in_features
+    generator = torch.Generator().manual_seed(0)
+    # Large entries too: a kernel that saturates its int16 pair sums shows there.
+    hidden = torch.randn(2, 9, width, generator=generator) * 4
+    present = torch.ones(2, 9, dtype=torch.bool)
+    present[1, 6:] = False
+    active = PackedRows(present & (torch.arange(9) % 2 == 0))
+    want = halt_and_copy_layer(torch_int8, hidden.clone(), present, active, num_heads)
+    got = halt_and_copy_layer(dataclasses.replace(parts, dense_step=session), hidden.clone(), present, active, num_heads)
+    gap = float((want - got).abs().max())
+    if not gap <= ORT_PROBE_TOLERANCE:
+        return f"its layer differs from the torch int8 layer by {gap:.3g} on a probe (an int8 kernel that saturates?)"
+    return None
 
 
 def _unique_modules(layers: Sequence[LayerParts], names: Sequence[str]) -> Dict[int, nn.Module]:
@@ -256,6 +321,15 @@ def _attention_entry(inputs: Tuple[nn.Linear, nn.Linear, nn.Linear], make: Calla
 def runnable_precision(precision: str, device: torch.device) -> str:
     """`precision`, or "fp32" where it cannot run at all; warns (once per
     process) where it cannot run, or will run slowly."""
+    if precision == "int8-ort":
+        if device.type != "cpu":
+            _warn_once("int8-device", f"precision 'int8-ort' runs on CPU only; on {device.type} the encoder runs in fp32")
+            return "fp32"
+        missing = onnxruntime_missing()
+        if missing is None:
+            return precision
+        _warn_once("int8-ort-missing", f"precision 'int8-ort': {missing}; the torch int8 layers run instead")
+        precision = "int8"
     if precision == "int8":
         if device.type != "cpu":
             _warn_once("int8-device", f"precision 'int8' runs on CPU only; on {device.type} the encoder runs in fp32")

@@ -42,7 +42,7 @@ class EarlyExitPipe(TaskHead, EncoderOwner, CheckedLoading, TrainablePipe):
     thresholds (Optional[List[float]]): one threshold per layer (overrides `threshold`).
     temperatures (Optional[List[float]]): one calibration temperature per layer.
     precision (str): what the encoder layers compute in at prediction: "fp32",
-        "bf16" or "int8" (encoder/precision.py). Training and saved weights
+        "bf16", "int8" or "int8-ort" (encoder/precision.py). Training and saved weights
         are fp32 whatever it is, so switching back is lossless.
     fine_tuning (Optional[Dict[str, Any]]): the `fine_tuning` block: learning
         rates, warm-up, vocabulary extension (see settings.FineTuning).

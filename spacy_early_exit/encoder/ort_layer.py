@@ -1,0 +1,274 @@
+"""One encoder layer's dense work as an ONNX Runtime session (precision "int8-ort").
+
+At batch size 1 a layer of eager PyTorch dispatches dozens of small ops, and
+the int8 products each add their own quantize and rescale ops; ONNX Runtime
+runs the same graph as one call with MLAS's int8 kernels. This module builds,
+for one layer, the ONNX graph of everything between the gather of the active
+pieces and the scatter of their new states:
+
+    out = layer(q_in attends over kv_in)
+
+q_in ``[rows, queries, hidden]``: the active pieces (the queries, and the
+residual); kv_in ``[rows, keys, hidden]``: every present piece (keys and
+values, halted ones included); add_mask ``[rows, 1, 1, keys]``: 0 where a key
+is real, a large negative number on padding. Which pieces are active, the
+exit decisions and the off-ramps stay in PyTorch (`layer_step.py`), so
+halt-and-copy, any mix of lengths and batch invariance are unchanged.
+
+The arithmetic is the "int8" precision's (`quantized_linear.Int8Linear`):
+int8 weights with one scale per output channel; activations quantized per
+row (a token) with one symmetric scale, max |x| / 127; the integer product
+exact in int32; rescaled by the row's and the channel's scale. ONNX Runtime's
+fast kernels multiply unsigned by signed int8, so the activation is shifted
+by 128 and the product told its zero point is 128: the same integers.
+(ONNX Runtime's own `quantize_dynamic` uses one activation scale per product
+instead, which lets a token's result depend on its neighbours and, on the
+demo corpus, costs 3 F1.) LayerNorms, softmax and GELU stay fp32.
+
+The graph is built in memory from the layer's fp32 weights, once per process
+and weights version (precision.PrecisionCache), and nothing is written to
+disk. Plain PyTorch, numpy and onnx/onnxruntime: nothing here knows about spaCy.
+"""
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbone import LayerParts
+
+# Added to the attention scores of padding keys: exp() of it is 0 in fp32,
+# and a finite value keeps a (never occurring) all-padding row from NaNs.
+MASK_VALUE = -1e9
+# The ONNX opsets the graph uses (LayerNormalization needs 17; Gelu is
+# ONNX Runtime's contrib operator, erf-based like BERT's).
+ONNX_OPSET = 17
+CONTRIB_DOMAIN = "com.microsoft"
+# Shifts the symmetric int8 activation [-127, 127] into uint8 [1, 255].
+UINT8_ZERO_POINT = 128
+
+
+def onnxruntime_missing() -> Optional[str]:
+    """Why "int8-ort" cannot run here (a missing package), or None."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"the {module} package is not installed (pip install 'spacy-early-exit[ort]')"
+    return None
+
+
+def activation_name(act: Callable[[torch.Tensor], torch.Tensor]) -> Optional[str]:
+    """The contrib operator computing the feed-forward activation `act`, or
+    None when it is not one this graph knows (the layer then stays in torch).
+
+    BERT, RoBERTa and ELECTRA use erf GELU ("Gelu"); ALBERT's default is the
+    tanh approximation ("FastGelu"). Checked by value, not by class name, on a
+    few points spread over the range a hidden state takes.
+    """
+    probe = torch.linspace(-6.0, 6.0, 97)
+    with torch.no_grad():
+        got = act(probe)
+    exact = torch.nn.functional.gelu(probe)
+    tanh = torch.nn.functional.gelu(probe, approximate="tanh")
+    if torch.allclose(got, exact, atol=1e-6):
+        return "Gelu"
+    if torch.allclose(got, tanh, atol=1e-6):
+        return "FastGelu"
+    return None
+
+
+class _GraphBuilder:
+    """Collects the nodes and constant tensors of one ONNX graph."""
+
+    def __init__(self) -> None:
+        self.nodes: List[Any] = []
+        self.initializers: List[Any] = []
+        self._count = 0
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}_{self._count}"
+
+    def const(self, value: np.ndarray, prefix: str = "const") -> str:
+        from onnx import numpy_helper
+
+        name = self._name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], domain: Optional[str] = None, n_out: int = 1, **attrs: Any) -> Any:
+        """Add one node; its output's name (a list of `n_out` names when several)."""
+        from onnx import helper
+
+        outs = [self._name(op) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(inputs), outs, domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def int8_linear(self, x: str, linears: Sequence[nn.Linear]) -> str:
+        """The W8A8 product of `x` ``[rows, in]`` with the concatenated
+        `linears` (see the module docstring), bias added: ``[rows, out]``.
+
+        Nine nodes: at a sentence's few rows each costs about as much as the
+        product, so the quantization is as short as ONNX allows (the divided
+        row rounds, shifts and saturates in one QuantizeLinear) and the
+        product rescales by channel inside MatMulIntegerToFloat.
+        """
+        weight = torch.cat([lin.weight.detach().float() for lin in linears]).t().contiguous().numpy()
+        bias = np.concatenate([
+            lin.bias.detach().float().numpy() if lin.bias is not None else np.zeros(lin.out_features, np.float32)
+            for lin in linears
+        ])
+        # Per output channel, as Int8Linear: the same scales, the same integers.
+        col_scale = (np.maximum(np.abs(weight).max(axis=0), np.float32(1e-30)) / np.float32(127)).astype(np.float32)
+        weight_int8 = np.round(weight / col_scale).astype(np.int8)
+        # One scale per row: max |row| / 127, floored so a zero row stays zeros.
+        row_max = self.node("ReduceMax", [self.node("Abs", [x])], axes=[1], keepdims=1)
+        row_scale = self.node("Max", [self.node("Div", [row_max, self.const(np.array(127, np.float32))]),
+                                      self.const(np.array(1e-30 / 127, np.float32))])
+        values = self.node("QuantizeLinear", [self.node("Div", [x, row_scale]), self.const(np.array(1.0, np.float32)),
+                                              self.const(np.array(UINT8_ZERO_POINT, np.uint8))])
+        product = self.node("MatMulIntegerToFloat", [
+            values, self.const(weight_int8, "weight"), self.const(np.array(1.0, np.float32)),
+            self.const(col_scale, "scale"), self.const(np.array(UINT8_ZERO_POINT, np.uint8)),
+        ], domain=CONTRIB_DOMAIN)
+        return self.node("Add", [self.node("Mul", [product, row_scale]), self.const(bias.astype(np.float32), "bias")])
+
+    def layer_norm(self, x: str, norm: nn.LayerNorm) -> str:
+        return self.node("LayerNormalization", [
+            x, self.const(norm.weight.detach().float().numpy(), "gamma"),
+            self.const(norm.bias.detach().float().numpy(), "beta"),
+        ], axis=-1, epsilon=float(norm.eps))
+
+
+def _onnx_type(name: str) -> int:
+    from onnx import TensorProto
+
+    return int(getattr(TensorProto, name))
+
+
+def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
+    """The serialized ONNX model of one layer's dense work (module docstring).
+
+    parts (LayerParts): the layer's fp32 modules (left unchanged).
+    num_heads (int): attention heads.
+    activation (str): "Gelu" or "FastGelu" (see `activation_name`).
+    RETURNS (bytes): the model, for `onnxruntime.InferenceSession`.
+    """
+    from onnx import helper
+
+    width = parts.query.in_features
+    head_dim = width // num_heads
+    g = _GraphBuilder()
+    queries = g.int8_linear("q_rows", [parts.query])
+    # Keys and values in one product: kv_rows is quantized once for both.
+    keys_values = g.int8_linear("kv_rows", [parts.key, parts.value])
+    split = g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))
+    keys, values = g.node("Split", [keys_values, split], axis=1, n_out=2)
+
+    def heads(rows: str, grid: str, perm: List[int]) -> str:
+        # [pieces, hidden] rows into the [rows, slots, heads, head_dim] grid.
+        laid_out = g.node("Reshape", [g.node("Gather", [rows, grid], axis=0),
+                                      g.const(np.array([0, 0, num_heads, head_dim], np.int64))])
+        return g.node("Transpose", [laid_out], perm=perm)
+
+    scores = g.node("MatMul", [heads(queries, "q_grid", [0, 2, 1, 3]), heads(keys, "kv_grid", [0, 2, 3, 1])])
+    scores = g.node("Add", [g.node("Mul", [scores, g.const(np.array(head_dim ** -0.5, np.float32))]), "add_mask"])
+    context = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), heads(values, "kv_grid", [0, 2, 1, 3])])
+    # Back from the grid to the query rows.
+    context = g.node("Reshape", [g.node("Transpose", [context], perm=[0, 2, 1, 3]),
+                                 g.const(np.array([-1, width], np.int64))])
+    context = g.node("Gather", [context, "q_back"], axis=0)
+    attn = g.layer_norm(g.node("Add", [g.int8_linear(context, [parts.attn_out]), "q_rows"]), parts.attn_norm)
+    inner = g.node(activation, [g.int8_linear(attn, [parts.ffn_in])], domain=CONTRIB_DOMAIN)
+    out = g.layer_norm(g.node("Add", [g.int8_linear(inner, [parts.ffn_out]), attn]), parts.ffn_norm)
+    g.nodes.append(helper.make_node("Identity", [out], ["out"]))
+    floats, longs = _onnx_type("FLOAT"), _onnx_type("INT64")
+    graph = helper.make_graph(
+        g.nodes, "early_exit_layer",
+        [helper.make_tensor_value_info("q_rows", floats, ["queries", width]),
+         helper.make_tensor_value_info("kv_rows", floats, ["keys", width]),
+         helper.make_tensor_value_info("q_grid", longs, ["rows", "query_slots"]),
+         helper.make_tensor_value_info("kv_grid", longs, ["rows", "key_slots"]),
+         helper.make_tensor_value_info("q_back", longs, ["queries"]),
+         helper.make_tensor_value_info("add_mask", floats, ["rows", 1, 1, "key_slots"])],
+        [helper.make_tensor_value_info("out", floats, ["queries", width])],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET),
+                                                    helper.make_opsetid(CONTRIB_DOMAIN, 1)])
+    return model.SerializeToString()
+
+
+class OrtLayer:
+    """One layer's dense work in an ONNX Runtime session (module docstring).
+
+    parts (LayerParts): the layer's fp32 modules.
+    num_heads (int): attention heads.
+    threads (int): the session's intra-op threads (torch's count when the
+        stack is made, so "int8-ort" uses the threads the process set).
+    """
+
+    def __init__(self, parts: LayerParts, num_heads: int, threads: int) -> None:
+        import onnxruntime
+
+        activation = activation_name(parts.ffn_act)
+        if activation is None:
+            raise ValueError("the feed-forward activation is neither erf nor tanh GELU")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        # One operator at a time, as torch runs them: the threads work inside each.
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_mem_pattern = False
+        self.session = onnxruntime.InferenceSession(
+            layer_graph(parts, num_heads, activation), options, providers=["CPUExecutionProvider"]
+        )
+        self.width = parts.query.in_features
+
+    def __call__(self, q_rows: torch.Tensor, kv_rows: torch.Tensor, q_grid: torch.Tensor, kv_grid: torch.Tensor,
+                 q_back: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer's new states for the query rows.
+
+        q_rows (torch.Tensor): float ``[queries, hidden]``, the active pieces.
+        kv_rows (torch.Tensor): float ``[keys, hidden]``, the present pieces.
+        q_grid (torch.Tensor): long ``[rows, query_slots]``, the query row in
+            each slot of the attention grid (any valid row on padding).
+        kv_grid (torch.Tensor): long ``[rows, key_slots]``, the same for keys.
+        q_back (torch.Tensor): long ``[queries]``, each query row's slot in
+            the flattened q_grid.
+        key_mask (Optional[torch.Tensor]): bool ``[rows, key_slots]``, True on
+            real keys; None when every slot is one.
+        RETURNS (torch.Tensor): float ``[queries, hidden]``.
+        """
+        rows, slots = kv_grid.shape
+        if key_mask is None:
+            add_mask = np.zeros((rows, 1, 1, slots), np.float32)
+        else:
+            add_mask = np.where(key_mask.reshape(rows, 1, 1, slots).numpy(), np.float32(0), np.float32(MASK_VALUE))
+        feed = {"q_rows": _as_array(q_rows), "kv_rows": _as_array(kv_rows), "q_grid": q_grid.numpy(),
+                "kv_grid": kv_grid.numpy(), "q_back": q_back.numpy(), "add_mask": add_mask}
+        return torch.from_numpy(self.session.run(["out"], feed)[0])
+
+
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    """A contiguous fp32 numpy view (a copy only where needed)."""
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def ort_layers(layers: Sequence[LayerParts], num_heads: int, threads: int) -> Tuple[OrtLayer, ...]:
+    """One session per distinct layer (ALBERT's shared layers share one).
+
+    layers (Sequence[LayerParts]): the fp32 originals.
+    num_heads (int): attention heads.
+    threads (int): intra-op threads.
+    RETURNS (Tuple[OrtLayer, ...]): one per entry of `layers`.
+    """
+    made = {}
+    out = []
+    for parts in layers:
+        key = id(parts.query)
+        if key not in made:
+            made[key] = OrtLayer(parts, num_heads, threads)
+        out.append(made[key])
+    return tuple(out)

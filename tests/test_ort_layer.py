@@ -1,0 +1,177 @@
+"""precision "int8-ort": each layer's dense work as one ONNX Runtime call
+(encoder/ort_layer.py), the same int8 arithmetic as the torch int8 stack."""
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from spacy_early_exit.encoder import ort_layer, precision as precision_module, quantized_linear
+from spacy_early_exit.encoder.exits import ExitPolicy
+from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
+from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
+from spacy_early_exit.testing import tiny_backbone
+
+pytest.importorskip("onnxruntime")
+
+
+def mixed_batch(width: int, seed: int = 0):
+    """The general case: rows of different lengths, some pieces halted, and a
+    row whose words have all exited (neither keys nor queries any more)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 11, width, generator=generator)
+    present = torch.zeros(3, 11, dtype=torch.bool)
+    present[0, :11] = True
+    present[2, :6] = True
+    active = present & (torch.rand(3, 11, generator=generator) < 0.6)
+    active[0, 0] = active[2, 0] = True
+    return hidden, present, PackedRows(active)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
+@pytest.mark.parametrize("case", ["dense", "one row", "mixed"])
+def test_the_onnx_layer_computes_what_the_torch_int8_layer_does(family, case):
+    encoder = EarlyExitEncoder(tiny_backbone(family), 5).eval()
+    torch_stack, ort_stack = encoder.layer_stack("int8"), encoder.layer_stack("int8-ort")
+    assert ort_stack.precision == "int8-ort" and all(p.dense_step is not None for p in ort_stack.parts)
+    width = encoder.spec.hidden_size
+    if case == "dense":
+        hidden = torch.randn(2, 7, width)
+        present = torch.ones(2, 7, dtype=torch.bool)
+        active = PackedRows(present)
+    elif case == "one row":
+        hidden = torch.randn(1, 9, width)
+        present = torch.ones(1, 9, dtype=torch.bool)
+        active = PackedRows(present & (torch.arange(9) % 3 != 1))
+    else:
+        hidden, present, active = mixed_batch(width)
+    heads = encoder.spec.num_heads
+    with torch.no_grad():
+        for eager, fused in zip(torch_stack.parts, ort_stack.parts):
+            want = halt_and_copy_layer(eager, hidden.clone(), present, active, heads)
+            got = halt_and_copy_layer(fused, hidden.clone(), present, active, heads)
+            # The same integers; float sums in another order can flip one
+            # activation's rounding, which moves a state by about 1e-2.
+            assert float((want - got).abs().max()) < precision_module.ORT_PROBE_TOLERANCE
+            assert float((want - got).abs().mean()) < 1e-4
+            hidden = want
+    # Halted pieces are copied, untouched.
+    frozen = present & ~active.mask
+    assert torch.equal(got[frozen], want[frozen])
+
+
+def test_exits_and_tags_match_the_torch_int8_stack():
+    encoder = EarlyExitEncoder(tiny_backbone("bert", layers=4), 5).eval()
+    torch.manual_seed(1)
+    ids = torch.randint(5, 100, (4, 13))
+    lengths = torch.tensor([13, 9, 5, 11])
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, n:] = 0
+    word_pieces = torch.full((4, 12), -1)
+    pairs = []
+    for row, n in enumerate(lengths.tolist()):
+        for word, col in enumerate(range(1, n - 1)):
+            word_pieces[row, word] = col
+            pairs.append((row, col, word))
+    rows, cols, words = (torch.tensor(x) for x in zip(*pairs))
+    batch = EncoderInput(ids, lengths, word_pieces, rows, cols, words)
+    mask = batch.word_mask
+    for threshold in (0.3, 0.6, 0.9):
+        policy = dict(mode="tokee", threshold=threshold, window=1)
+        with torch.no_grad():
+            eager = encoder(batch, ExitPolicy(**policy, precision="int8"))
+            fused = encoder(batch, ExitPolicy(**policy, precision="int8-ort"))
+        agree = (eager.exit_layers[mask] == fused.exit_layers[mask]).float().mean()
+        assert float(agree) >= 0.99
+        tags = (eager.logits[mask].argmax(-1) == fused.logits[mask].argmax(-1)).float().mean()
+        assert float(tags) >= 0.99
+        assert torch.equal(eager.flops, fused.flops) or float(agree) < 1.0
+
+
+def test_the_activation_is_recognised_by_value():
+    assert ort_layer.activation_name(torch.nn.functional.gelu) == "Gelu"
+    assert ort_layer.activation_name(lambda x: torch.nn.functional.gelu(x, approximate="tanh")) == "FastGelu"
+    assert ort_layer.activation_name(torch.relu) is None
+
+
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(quantized_linear, "_warned", set())
+
+
+def test_an_unknown_activation_falls_back_to_torch_int8_with_one_warning(monkeypatch):
+    fresh_warnings(monkeypatch)
+    backbone = tiny_backbone("bert")
+    for layer in backbone.encoder.layer:
+        layer.intermediate.intermediate_act_fn = torch.nn.ReLU()
+    encoder = EarlyExitEncoder(backbone, 5).eval()
+    with pytest.warns(RuntimeWarning, match="int8-ort.*torch int8") as record:
+        stack = encoder.layer_stack("int8-ort")
+        encoder.precision_cache.clear()
+        encoder.layer_stack("int8-ort")
+    assert len(record) == 1
+    assert stack.precision == "int8" and all(p.dense_step is None for p in stack.parts)
+
+
+def test_missing_onnxruntime_falls_back_to_torch_int8_with_one_warning(monkeypatch):
+    fresh_warnings(monkeypatch)
+    monkeypatch.setattr(precision_module, "onnxruntime_missing", lambda: "the onnxruntime package is not installed")
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    with pytest.warns(RuntimeWarning, match="onnxruntime package is not installed") as record:
+        stack = encoder.layer_stack("int8-ort")
+        encoder.layer_stack("int8-ort")
+    assert len(record) == 1 and stack.precision == "int8"
+
+
+def test_a_session_that_disagrees_with_torch_is_not_used(monkeypatch):
+    # What a saturating int8 kernel would look like: the probe catches it.
+    fresh_warnings(monkeypatch)
+    monkeypatch.setattr(precision_module, "ORT_PROBE_TOLERANCE", -1.0)
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    with pytest.warns(RuntimeWarning, match="differs from the torch int8 layer"):
+        stack = encoder.layer_stack("int8-ort")
+    assert stack.precision == "int8"
+
+
+def test_this_machine_runs_it_without_a_warning(monkeypatch):
+    fresh_warnings(monkeypatch)
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert encoder.layer_stack("int8-ort").precision == "int8-ort"
+
+
+def test_sessions_follow_torch_thread_count(monkeypatch):
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = encoder.layer_stack("int8-ort")
+        assert encoder.layer_stack("int8-ort") is one
+        torch.set_num_threads(2)
+        two = encoder.layer_stack("int8-ort")
+    finally:
+        torch.set_num_threads(threads)
+    assert two is not one
+    options = [stack.parts[0].dense_step.session.get_session_options().intra_op_num_threads for stack in (one, two)]
+    assert options == [1, 2]
+
+
+def test_the_graph_is_built_from_the_current_weights():
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    before = encoder.layer_stack("int8-ort")
+    with torch.no_grad():
+        # Not a constant shift: the LayerNorm after it would cancel that.
+        encoder.layers[0].ffn_out.bias.add_(torch.randn_like(encoder.layers[0].ffn_out.bias))
+    encoder.weights_changed()
+    after = encoder.layer_stack("int8-ort")
+    assert after is not before
+    hidden = torch.randn(1, 5, encoder.spec.hidden_size)
+    present = torch.ones(1, 5, dtype=torch.bool)
+    rows = PackedRows(present)
+    with torch.no_grad():
+        old = halt_and_copy_layer(before.parts[0], hidden.clone(), present, rows, encoder.spec.num_heads)
+        new = halt_and_copy_layer(after.parts[0], hidden.clone(), present, rows, encoder.spec.num_heads)
+        want = halt_and_copy_layer(encoder.layer_stack("int8").parts[0], hidden.clone(), present, rows,
+                                   encoder.spec.num_heads)
+    assert float((new - want).abs().max()) < precision_module.ORT_PROBE_TOLERANCE
+    assert float((new - old).abs().max()) > 0.01
