@@ -3,7 +3,7 @@
 On one corpus of the four-corpus benchmark, with its trained pipeline
 (`project/training/<dataset>/final`, or --pipeline):
 
-1. for each precision (fp32, bf16, int8): `full` depth, `tokee` at each
+1. for each precision (fp32, bf16, int8, int8-ort): `full` depth, `tokee` at each
    target FLOPs speed-up (2x, 3x), and `tokee-layers` at each target speed-up
    in encoder layers per doc (what batch size 1 pays for: see
    `tools.evaluate.cost_summary`), with the exit schedule tuned on dev *for
@@ -27,6 +27,7 @@ On one corpus of the four-corpus benchmark, with its trained pipeline
     python benchmarks/precision.py conll2003 --phase score   # tune + score (a busy machine is fine)
     python benchmarks/precision.py conll2003 --phase time    # time the scored rows (a quiet machine)
     python benchmarks/precision.py conll2003 --outside none  # no ORT / spacy-cnn rows
+    python benchmarks/precision.py conll2003 --phase score --precisions int8-ort --add  # one more precision's rows
 
 FLOPs do not depend on precision (they are counted from the exit schedule), so
 a row's speed over its fp32 twin is what the precision itself buys.
@@ -168,6 +169,34 @@ def spacy_cnn_training(dataset: str) -> Optional[Dict[str, Any]]:
     return {k: v for k, v in json.loads(path.read_text(encoding="utf8")).items() if k != "evaluations"}
 
 
+def added_to(old: Dict[str, Any], new: Dict[str, Any], new_rows: List[Row]) -> Tuple[Dict[str, Any], List[Row]]:
+    """The report `old` with `new`'s precisions scored into it (--add).
+
+    Rows of those precisions are replaced; the new rows go before the first
+    outside row, every other row stays as it was. Tuning summaries and
+    unreachable targets merge the same way; both score commands are kept.
+
+    old (Dict[str, Any]): the existing report (JSON).
+    new (Dict[str, Any]): the report of this run's precisions.
+    new_rows (List[Row]): this run's rows.
+    RETURNS (Tuple[Dict[str, Any], List[Row]]): the merged report and rows.
+    """
+    added = set(new["precisions"])
+    pipeline_methods = {"full", *TOKEE_METHODS.values()}
+    kept = [LAYOUT.from_json(r) for r in old["rows"]]
+    kept = [r for r in kept if not (r.method in pipeline_methods and r.precision in added)]
+    at = next((i for i, r in enumerate(kept) if r.method not in pipeline_methods), len(kept))
+    rows = kept[:at] + new_rows + kept[at:]
+    report = dict(old)
+    report["precisions"] = [p for p in old["precisions"] if p not in added] + new["precisions"]
+    report["tuning"] = {**{k: v for k, v in old["tuning"].items() if k.split("/")[0] not in added}, **new["tuning"]}
+    report["unreachable"] = [u for u in old["unreachable"] if u.split(": ")[0].split("/")[-1] not in added]
+    report["unreachable"] += new["unreachable"]
+    report["score_command"] = f"{old['score_command']} && {new['score_command']}"
+    report["score_seconds"] = old["score_seconds"] + new["score_seconds"]
+    return report, rows
+
+
 def row_result(row: Row, nlp: Language, outside: Dict[str, OutsideRow], test: List[Example], metric: str) -> Dict[str, Any]:
     """Score, FLOPs speed-up and mean exit layer of one row on the whole test split.
 
@@ -306,9 +335,14 @@ def main(
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
     threads: int = typer.Option(1, help="torch intra-op threads, and ONNX Runtime's (0: torch's default)"),
     output_dir: Path = typer.Option(RESULTS, help="Where precision_<dataset>.json/.md go"),
+    add: bool = typer.Option(False, "--add", help="Score phase: tune and score only --precisions and put their rows "
+                             "into the existing report (replacing those precisions' rows); every other row, its "
+                             "tuning and the outside rows stay as scored"),
 ) -> None:
     if phase not in ("all", "score", "time"):
         raise typer.BadParameter(f"--phase must be all, score or time; got {phase!r}")
+    if add and phase != "score":
+        raise typer.BadParameter("--add goes with --phase score (then time every row with --phase time)")
     chosen_precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     if not chosen_precisions or any(p not in PRECISIONS for p in chosen_precisions):
         raise typer.BadParameter(f"--precisions must be some of {', '.join(PRECISIONS)}; got {precisions!r}")
@@ -338,6 +372,11 @@ def main(
         if spacy_cnn is None and scored_cnn:
             cnn_path = Path(scored_cnn)
         methods, _ = choose_outside(",".join(m for m in OUTSIDE_METHODS if any(r.method == m for r in rows)) or "none", cnn_path)
+    elif add:
+        if not output.exists():
+            raise typer.BadParameter(f"--add needs a scored report at {output}: run --phase score first")
+        # The outside rows stay as scored; only the pipeline's rows are new.
+        methods, skipped = [], []
     else:
         methods, skipped = choose_outside(outside, cnn_path)
         for line in skipped:
@@ -362,6 +401,8 @@ def main(
             steps, metric, margin, chosen_costs,
         )
         rows = chosen["rows"] + [Row(m, runners[m].precision, 1) for m in methods]
+        if add:
+            rows = [row for row in rows if row.method not in runners]  # hf-full, hf-int8: scored already
         score_rows(rows, lambda row: row_result(row, nlp, runners, test, metric), metric)
         name = early_exit_pipes(nlp)[0][0]
         report = {
@@ -385,6 +426,8 @@ def main(
             "score_command": command,
             "score_seconds": round(time.time() - started),
         }
+        if add:
+            report, rows = added_to(json.loads(output.read_text(encoding="utf8")), report, rows)
     # Each outside row says what ran it, as of this phase (the timing phase's threads).
     for row in rows:
         if row.method in runners:

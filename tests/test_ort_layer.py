@@ -52,7 +52,7 @@ def test_the_onnx_layer_computes_what_the_torch_int8_layer_does(family, case):
             got = halt_and_copy_layer(fused, hidden.clone(), present, active, heads)
             # The same integers; float sums in another order can flip one
             # activation's rounding, which moves a state by about 1e-2.
-            assert float((want - got).abs().max()) < precision_module.ORT_PROBE_TOLERANCE
+            assert float((want - got).abs().max()) < ort_layer.PROBE_TOLERANCE
             assert float((want - got).abs().mean()) < 1e-4
             hidden = want
     # Halted pieces are copied, untouched.
@@ -125,7 +125,7 @@ def test_missing_onnxruntime_falls_back_to_torch_int8_with_one_warning(monkeypat
 def test_a_session_that_disagrees_with_torch_is_not_used(monkeypatch):
     # What a saturating int8 kernel would look like: the probe catches it.
     fresh_warnings(monkeypatch)
-    monkeypatch.setattr(precision_module, "ORT_PROBE_TOLERANCE", -1.0)
+    monkeypatch.setattr(ort_layer, "PROBE_TOLERANCE", -1.0)
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
     with pytest.warns(RuntimeWarning, match="differs from the torch int8 layer"):
         stack = encoder.layer_stack("int8-ort")
@@ -173,5 +173,5 @@ def test_the_graph_is_built_from_the_current_weights():
         new = halt_and_copy_layer(after.parts[0], hidden.clone(), present, rows, encoder.spec.num_heads)
         want = halt_and_copy_layer(encoder.layer_stack("int8").parts[0], hidden.clone(), present, rows,
                                    encoder.spec.num_heads)
-    assert float((new - want).abs().max()) < precision_module.ORT_PROBE_TOLERANCE
+    assert float((new - want).abs().max()) < ort_layer.PROBE_TOLERANCE
     assert float((new - old).abs().max()) > 0.01

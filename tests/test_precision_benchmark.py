@@ -14,7 +14,7 @@ from spacy_early_exit.testing import NER_DATA, make_ner_nlp
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "precision.py"
 DATASET = "tinyner"
-PRECISIONS = ("fp32", "bf16", "int8")
+from spacy_early_exit.encoder.precision import PRECISIONS  # noqa: E402
 # precision.py's default --outside adds the ORT rows where onnxruntime imports.
 HAS_ORT = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 # Enough distinct docs for a dev and a test split; the tiny model has seen the first four.
@@ -86,10 +86,10 @@ def tiny_project(root: Path, model_dir: Path, spacy_cnn: bool = False) -> Path:
     return root
 
 
-def run_phase(project: Path, output: Path, phase: str) -> dict:
+def run_phase(project: Path, output: Path, phase: str, *extra: str) -> dict:
     args = [
         sys.executable, str(SCRIPT), DATASET, "--phase", phase, "--project", str(project), "--output-dir", str(output),
-        "--windows", "0,1", "--steps", "2", "--repeats", "1", "--timing-docs", "4",
+        "--windows", "0,1", "--steps", "2", "--repeats", "1", "--timing-docs", "4", *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
@@ -101,7 +101,14 @@ def run_phase(project: Path, output: Path, phase: str) -> dict:
 def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
     project = tiny_project(tmp_path / "project", tiny_model_dir, spacy_cnn=True)
     output = tmp_path / "results"
-    scored = run_phase(project, output, "score")
+    # All precisions but the last, then the last added to the same report (--add).
+    first = run_phase(project, output, "score", "--precisions", ",".join(PRECISIONS[:-1]))
+    scored = run_phase(project, output, "score", "--precisions", PRECISIONS[-1], "--add")
+    assert scored["precisions"] == list(PRECISIONS)
+    assert set(scored["tuning"]) == set(first["tuning"]) | {PRECISIONS[-1], f"{PRECISIONS[-1]}/layers"}
+    kept = [r for r in scored["rows"] if r["precision"] != PRECISIONS[-1] or r["method"].startswith(("hf", "ort"))]
+    assert kept == first["rows"], "--add leaves the rows it does not score as they were"
+    assert " && " in scored["score_command"] and scored["score_seconds"] >= first["score_seconds"]
     assert all(row["words_per_second"] is None and row["vs_hf_full"] is None for row in scored["rows"])
     assert scored["metric"] == "ents_f" and scored["test_docs"] == len(NER_DATA + EXTRA)
     report = run_phase(project, output, "time")

@@ -29,6 +29,7 @@ The graph is built in memory from the layer's fp32 weights, once per process
 and weights version (precision.PrecisionCache), and nothing is written to
 disk. Plain PyTorch, numpy and onnx/onnxruntime: nothing here knows about spaCy.
 """
+import dataclasses
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -256,19 +257,60 @@ def _as_array(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
-def ort_layers(layers: Sequence[LayerParts], num_heads: int, threads: int) -> Tuple[OrtLayer, ...]:
-    """One session per distinct layer (ALBERT's shared layers share one).
+class OrtUnavailable(Exception):
+    """Why the "int8-ort" stack cannot be made here (one line)."""
 
-    layers (Sequence[LayerParts]): the fp32 originals.
+
+# How far the ONNX Runtime layer may stand from the torch int8 layer on the
+# probe: both compute the same integers, but float rounding in between can
+# flip an activation's rounding (about one quantization step of one input);
+# a saturating int8 kernel is off by whole units.
+PROBE_TOLERANCE = 0.05
+
+
+def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts], num_heads: int,
+                  threads: int) -> Tuple[LayerParts, ...]:
+    """`int8_parts` (the torch int8 stack), each with its layer's session as
+    `dense_step`; ALBERT's shared layers share one session. The torch modules
+    stay in the parts: the same arithmetic, for anything that reads them.
+
+    int8_parts (Sequence[LayerParts]): the torch int8 copies of `layers`.
+    layers (Sequence[LayerParts]): the fp32 originals (the graphs' weights).
     num_heads (int): attention heads.
-    threads (int): intra-op threads.
-    RETURNS (Tuple[OrtLayer, ...]): one per entry of `layers`.
+    threads (int): each session's intra-op threads.
+    RAISES (OrtUnavailable): no graph for this layer, a session that fails,
+        or a first layer that does not reproduce the torch int8 layer on a
+        probe (as an int8 kernel that saturates would not).
     """
-    made = {}
-    out = []
-    for parts in layers:
-        key = id(parts.query)
-        if key not in made:
-            made[key] = OrtLayer(parts, num_heads, threads)
-        out.append(made[key])
-    return tuple(out)
+    try:
+        made = {}
+        sessions = []
+        for parts in layers:
+            if id(parts.query) not in made:
+                made[id(parts.query)] = OrtLayer(parts, num_heads, threads)
+            sessions.append(made[id(parts.query)])
+        out = tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(int8_parts, sessions))
+        gap = _probe_gap(int8_parts[0], out[0], num_heads) if out else 0.0
+    except (RuntimeError, ValueError, ImportError) as err:  # onnxruntime's errors are RuntimeErrors
+        lines = str(err).strip().splitlines()
+        raise OrtUnavailable(f"{type(err).__name__}: {lines[0] if lines else ''}") from err
+    if not gap <= PROBE_TOLERANCE:
+        raise OrtUnavailable(f"its layer differs from the torch int8 layer by {gap:.3g} on a probe "
+                             "(an int8 kernel that saturates?)")
+    return out
+
+
+def _probe_gap(torch_int8: LayerParts, one_call: LayerParts, num_heads: int) -> float:
+    """The largest difference between the two layers' outputs on a probe:
+    two rows of different lengths, half the pieces halted, large entries (a
+    kernel that saturates its int16 pair sums shows there)."""
+    from .layer_step import PackedRows, halt_and_copy_layer
+
+    width = torch_int8.attn_norm.normalized_shape[0]
+    hidden = torch.randn(2, 9, width, generator=torch.Generator().manual_seed(0)) * 4
+    present = torch.ones(2, 9, dtype=torch.bool)
+    present[1, 6:] = False
+    active = PackedRows(present & (torch.arange(9) % 2 == 0))
+    want = halt_and_copy_layer(torch_int8, hidden.clone(), present, active, num_heads)
+    got = halt_and_copy_layer(one_call, hidden.clone(), present, active, num_heads)
+    return float((want - got).abs().max())

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from .backbone import LayerParts
-from .ort_layer import OrtLayer, onnxruntime_missing, ort_layers
+from .ort_layer import OrtUnavailable, onnxruntime_missing, with_sessions
 from .quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated, int8_kernels_available, warn_once as _warn_once
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
@@ -195,47 +195,15 @@ def convert(layers: Sequence[LayerParts], precision: str, num_heads: int = 0) ->
 
 
 def _ort_stack(layers: Sequence[LayerParts], num_heads: int) -> Optional[LayerStack]:
-    """The "int8-ort" stack, or None (after one warning) where it cannot run
-    or its first layer does not reproduce the torch int8 layer on a probe."""
+    """The "int8-ort" stack: the torch int8 parts, each with its layer's
+    session; None (after one warning) where that cannot be made or fails the
+    probe (`ort_layer.with_sessions`)."""
     try:
-        sessions = ort_layers(layers, num_heads, torch.get_num_threads())
-        reason = _ort_probe_mismatch(layers[0], sessions[0], num_heads) if layers else None
-    except (RuntimeError, ValueError, ImportError) as err:  # onnxruntime raises RuntimeError subclasses
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    if reason is not None:
-        _warn_once("int8-ort-failed", f"precision 'int8-ort': {reason}; the torch int8 layers run instead")
+        parts = with_sessions(_int8_parts(layers), layers, num_heads, torch.get_num_threads())
+    except OrtUnavailable as err:
+        _warn_once("int8-ort-failed", f"precision 'int8-ort': {err}; the torch int8 layers run instead")
         return None
-    # The torch int8 modules stay in the parts (what any caller that reads
-    # them, or a layer step without dense_step, would run: the same arithmetic).
-    torch_int8 = _int8_parts(layers)
-    return LayerStack(tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(torch_int8, sessions)), "int8-ort")
-
-
-# How far the ONNX Runtime layer may stand from the torch int8 layer on the
-# probe: both compute the same integers, but float rounding in between can
-# flip an activation's rounding (about one quantization step of one input);
-# a saturating int8 kernel is off by whole units.
-ORT_PROBE_TOLERANCE = 0.05
-
-
-def _ort_probe_mismatch(parts: LayerParts, session: OrtLayer, num_heads: int) -> Optional[str]:
-    """Why `session` does not stand in for the torch int8 `parts`, or None."""
-    from .layer_step import PackedRows, halt_and_copy_layer
-
-    torch_int8 = _int8_parts([parts])[0]
-    width = parts.query.in_features
-    generator = torch.Generator().manual_seed(0)
-    # Large entries too: a kernel that saturates its int16 pair sums shows there.
-    hidden = torch.randn(2, 9, width, generator=generator) * 4
-    present = torch.ones(2, 9, dtype=torch.bool)
-    present[1, 6:] = False
-    active = PackedRows(present & (torch.arange(9) % 2 == 0))
-    want = halt_and_copy_layer(torch_int8, hidden.clone(), present, active, num_heads)
-    got = halt_and_copy_layer(dataclasses.replace(parts, dense_step=session), hidden.clone(), present, active, num_heads)
-    gap = float((want - got).abs().max())
-    if not gap <= ORT_PROBE_TOLERANCE:
-        return f"its layer differs from the torch int8 layer by {gap:.3g} on a probe (an int8 kernel that saturates?)"
-    return None
+    return LayerStack(parts, "int8-ort")
 
 
 def _unique_modules(layers: Sequence[LayerParts], names: Sequence[str]) -> Dict[int, nn.Module]:
