@@ -6,9 +6,11 @@ warm cache, a stream of new documents does not get it. For each precision,
 consecutive slices of the test split are run twice in a row (first unseen,
 then seen) at one batch size, in one process; bf16 also with its row buckets
 switched off (`BF16Linear.bucket_rows = False`, on other slices, first), which
-is what predictions did before the buckets.
+is what predictions did before the buckets. int8-ort (ONNX Runtime) plans
+its memory per input shape, so it is measured the same way.
 
     python benchmarks/unseen_documents.py conll2003 --threads 1
+    python benchmarks/unseen_documents.py conll2003 --threads 1 --settings int8,int8-ort --output ...
 
 Writes benchmarks/results/unseen_documents_<dataset>.json.
 """
@@ -29,6 +31,9 @@ from spacy_early_exit.tools.evaluate import exit_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "project"
+# Each setting: its precision, and whether bf16 products run at row buckets.
+SETTINGS = {"bf16 without row buckets": ("bf16", False), "bf16": ("bf16", True), "fp32": ("fp32", True),
+            "int8": ("int8", True), "int8-ort": ("int8-ort", True)}
 
 
 def main(
@@ -40,6 +45,7 @@ def main(
     threads: int = typer.Option(1, help="torch threads"),
     project: Path = typer.Option(PROJECT, help="The project folder"),
     output: Optional[Path] = typer.Option(None, help="Default: benchmarks/results/unseen_documents_<dataset>.json"),
+    settings: str = typer.Option(",".join(SETTINGS), help="Settings timed, comma-separated: some of " + ", ".join(SETTINGS)),
 ) -> None:
     """Time unseen documents against the same documents again, per precision."""
     torch.set_num_threads(threads)
@@ -49,7 +55,10 @@ def main(
     if fields is None:
         raise typer.BadParameter(f"No target {target:g} in {project / 'metrics' / dataset / 'tune.json'}")
     texts = [eg.reference.text for eg in load_examples(nlp, project / "corpus" / dataset / "test.spacy")]
-    settings = [("bf16 without row buckets", "bf16", False), ("bf16", "bf16", True), ("fp32", "fp32", True), ("int8", "int8", True)]
+    chosen = [name.strip() for name in settings.split(",") if name.strip()]
+    if not chosen or any(name not in SETTINGS for name in chosen):
+        raise typer.BadParameter(f"--settings must be some of {', '.join(SETTINGS)}; got {settings!r}")
+    settings = [(name, *SETTINGS[name]) for name in chosen]
     needed = len(settings) * slices * slice_docs
     if len(texts) < needed:
         raise typer.BadParameter(f"{len(texts)} test docs; {needed} needed (--slice-docs x --slices x {len(settings)})")
@@ -76,10 +85,11 @@ def main(
         print(json.dumps(row), flush=True)
         rows.append(row)
     report = {"dataset": dataset, "target": target, "fields": fields, "batch_size": batch_size, "slice_docs": slice_docs,
-              "slices": slices, "threads": threads, "rows": rows,
+              "slices": slices, "threads": threads, "settings": chosen, "rows": rows,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
               "command": f"python benchmarks/unseen_documents.py {dataset} --target {target:g} --batch-size {batch_size} "
-                         f"--slice-docs {slice_docs} --slices {slices} --threads {threads}"}
+                         f"--slice-docs {slice_docs} --slices {slices} --threads {threads}"
+                         + (f" --settings '{','.join(chosen)}'" if chosen != list(SETTINGS) else "")}
     path = output or ROOT / "benchmarks" / "results" / f"unseen_documents_{dataset}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     print(f"Wrote {path}")
