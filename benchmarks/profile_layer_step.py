@@ -1,7 +1,7 @@
 """Where a prediction's time goes, per setting and batch size, beside ONNX Runtime.
 
 ONNX Runtime runs the same weights about twice as fast as our encoder at batch
-size 1. For full depth and TOKEE in fp32, bf16 and int8, and outside_rows.py's
+size 1. For full depth and TOKEE in fp32, bf16, int8 and int8-ort, and outside_rows.py's
 ort-fp32 / ort-int8, per batch size: `nlp.pipe`'s wall time (table_harness's
 interleaved timing, median); a profiled run's top-level aten ops per doc (each
 a trip through Python and the dispatcher; ORT: nodes run) and self CPU time by
@@ -43,6 +43,7 @@ from table_harness import (  # noqa: E402
 )
 
 from spacy_early_exit.encoder.precision import int8_kernels_available  # noqa: E402
+from spacy_early_exit.encoder.ort_layer import OrtLayer  # noqa: E402
 from spacy_early_exit.encoder.quantized_linear import Int8Linear  # noqa: E402
 from spacy_early_exit.tools.data import load_examples  # noqa: E402
 from spacy_early_exit.tools.evaluate import SETTING_FIELDS, Setting, early_exit_pipes, exit_settings, setting_runner  # noqa: E402
@@ -50,8 +51,10 @@ from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PROJECT = ROOT / "benchmarks" / "results", ROOT / "project"
-PRECISIONS, ORDERS = ("fp32", "bf16", "int8"), (DOCUMENT_ORDER, LENGTH_SORTED)
+PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
 INT8_RANGE, INT8, OTHER, OUTSIDE = "Int8Linear.forward", "int8 quantize/rescale", "other ops", "outside ops"
+# int8-ort: each layer's one ONNX Runtime call (the session, and numpy in and out).
+ORT_RANGE, ORT_CALLS = "OrtLayer.__call__", "int8-ort layer calls"
 # Per category, aten's op names (no "aten::") and the node types of ORT's fused graphs.
 CATEGORY_OPS: Dict[str, Set[str]] = {
     # ORT's DynamicQuantizeMatMul quantizes its input inside the node.
@@ -66,7 +69,7 @@ CATEGORY_OPS: Dict[str, Set[str]] = {
     "norms/activations": {"layer_norm", "gelu", "softmax", "log_softmax", "LayerNormalization", "SkipLayerNormalization",
                           "EmbedLayerNormalization", "QEmbedLayerNormalization", "Gelu", "BiasGelu", "FastGelu", "Softmax"},
 }
-CATEGORIES = tuple(CATEGORY_OPS) + (OTHER, OUTSIDE)
+CATEGORIES = tuple(CATEGORY_OPS) + (ORT_CALLS, OTHER, OUTSIDE)
 # One profiled run's result: wall seconds, op seconds per category, ops (nodes) run.
 Profiled = Tuple[float, Dict[str, float], int]
 
@@ -86,18 +89,26 @@ def category(op: str, in_int8: bool) -> str:
 @contextmanager
 def int8_ranges() -> Iterator[None]:
     """Mark every Int8Linear call with a profiler range inside the block: its
-    abs/amax/round/mul_/add_ share names with ops elsewhere in the layer."""
-    forward = Int8Linear.forward
+    abs/amax/round/mul_/add_ share names with ops elsewhere in the layer.
+    Every int8-ort layer call gets one too: the profiler sees no op inside a
+    session, so its time is the range's own."""
+    forward, call = Int8Linear.forward, OrtLayer.__call__
 
     def marked(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
         with torch.profiler.record_function(INT8_RANGE):
             return forward(self, x)
 
+    def marked_call(self: OrtLayer, *args: Any) -> torch.Tensor:
+        with torch.profiler.record_function(ORT_RANGE):
+            return call(self, *args)
+
     Int8Linear.forward = marked  # type: ignore[method-assign]
+    OrtLayer.__call__ = marked_call  # type: ignore[method-assign]
     try:
         yield
     finally:
         Int8Linear.forward = forward  # type: ignore[method-assign]
+        OrtLayer.__call__ = call  # type: ignore[method-assign]
 
 
 def profile_pipeline(nlp: Language, texts: List[str], fields: Dict[str, Any], batch_size: int) -> Profiled:
@@ -117,6 +128,10 @@ def profile_pipeline(nlp: Language, texts: List[str], fields: Dict[str, Any], ba
             wall = time.perf_counter() - start
     seconds, top_level = dict.fromkeys(CATEGORIES[:-1], 0.0), 0
     for event in prof.events():
+        if event.name == ORT_RANGE:
+            seconds[ORT_CALLS] += event.self_cpu_time_total / 1e6  # the session (no aten op inside it)
+            top_level += 1
+            continue
         if "::" not in event.name:
             continue  # not an op (aten::, mkldnn::): our Int8Linear ranges, whose self time is Python
         top, in_int8, parent = event, False, event.cpu_parent
@@ -179,7 +194,7 @@ def ort_graphs(nlp: Language) -> Iterator[Dict[str, Path]]:
 
 
 def choose_settings(nlp: Language, tuned: Optional[Path], target: float) -> Tuple[List[Row], Dict[str, Any]]:
-    """Full depth and TOKEE, each in fp32, bf16 and int8.
+    """Full depth and TOKEE, each in every precision of PRECISIONS.
 
     nlp (Language): the pipeline.
     tuned (Optional[Path]): a tune.json whose `target` fields TOKEE uses (None: the pipeline's own fields).

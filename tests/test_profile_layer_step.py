@@ -9,7 +9,7 @@ import pytest
 from test_precision_benchmark import DATASET, tiny_project
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from profile_layer_step import CATEGORIES, INT8, OUTSIDE, main  # noqa: E402
+from profile_layer_step import CATEGORIES, INT8, ORT_CALLS, OUTSIDE, PRECISIONS, main  # noqa: E402
 
 HAS_ORT = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 DEPTH = 4  # the tiny backbone's layers
@@ -20,7 +20,7 @@ def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
     path = main(dataset=DATASET, docs=6, threads=1, pipeline=None, project=project, tuned=None, target=2.0,
                 batch_sizes="1,32", repeats=1, ort=True, output_dir=tmp_path / "results")
     report = json.loads(path.read_text(encoding="utf8"))
-    expected = {f"{m}/{p}" for m in ("full", "tokee") for p in ("fp32", "bf16", "int8")} | ({"ort-fp32/fp32", "ort-int8/int8"} if HAS_ORT else set())
+    expected = {f"{m}/{p}" for m in ("full", "tokee") for p in PRECISIONS} | ({"ort-fp32/fp32", "ort-int8/int8"} if HAS_ORT else set())
     rows = {row["setting"]: row for row in report["settings"]}
     assert set(rows) == expected, report["ort_skipped"]
     assert report["threads"] == 1 and report["docs"] == 6 and report["depth"] == DEPTH
@@ -36,6 +36,8 @@ def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
             assert parts["products"]["share"] > 0
             # Only our int8 layer stack has quantize/rescale ops (ORT's are DynamicQuantizeLinear nodes).
             assert (parts[INT8]["share"] > 0) == name.endswith("int8"), (name, parts[INT8])
+            # int8-ort's layers are session calls, which no aten op accounts for.
+            assert (parts[ORT_CALLS]["share"] > 0) == name.endswith("int8-ort"), (name, parts[ORT_CALLS])
             if name.startswith(("full", "ort")):
                 assert entry["layers_run_per_batch"] == entry["mean_exit_layer"] == DEPTH
             else:

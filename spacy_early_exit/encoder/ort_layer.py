@@ -201,33 +201,46 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
     return model.SerializeToString()
 
 
+def session_options() -> Any:
+    """The options of every layer's session: one thread, the caller's.
+
+    Each session would have its own thread pool, and the six layers' pools
+    fight torch's threads for the cores. Measured on 2 cores (CoNLL-2003,
+    TOKEE 2x, torch at 2 threads): pools of 2 spinning threads ran batch 1 at
+    a tenth of the speed of 1 thread; pools whose idle threads sleep, at
+    3,757 words/s against 4,545 for sessions without pools, since waking a
+    thread costs more than a sentence's small products gain. So a session
+    runs on the calling thread; torch's own ops still use its threads, and
+    "int8-ort" is the setting for one sentence at a time (batches run faster
+    in bf16).
+
+    RETURNS (onnxruntime.SessionOptions): the options.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    # Shapes change with every sentence: no per-shape memory plans to keep.
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3
+    return options
+
+
 class OrtLayer:
     """One layer's dense work in an ONNX Runtime session (module docstring).
 
     parts (LayerParts): the layer's fp32 modules.
     num_heads (int): attention heads.
-    threads (int): the session's intra-op threads (torch's count when the
-        stack is made, so "int8-ort" uses the threads the process set).
     """
 
-    def __init__(self, parts: LayerParts, num_heads: int, threads: int) -> None:
+    def __init__(self, parts: LayerParts, num_heads: int) -> None:
         import onnxruntime
 
         activation = activation_name(parts.ffn_act)
         if activation is None:
             raise ValueError("the feed-forward activation is neither erf nor tanh GELU")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        # One operator at a time, as torch runs them: the threads work inside each.
-        options.inter_op_num_threads = 1
-        # Each session has its own pool, and by default its idle threads spin:
-        # six layers' pools spinning beside torch's own threads made 2 threads
-        # 7-18x slower than 1 (CoNLL-2003, batch 1). Idle threads sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # Shapes change with every sentence: no per-shape memory plans to keep.
-        options.enable_mem_pattern = False
-        options.log_severity_level = 3
+        options = session_options()
         self.session = onnxruntime.InferenceSession(
             layer_graph(parts, num_heads, activation), options, providers=["CPUExecutionProvider"]
         )
@@ -274,8 +287,8 @@ class OrtUnavailable(Exception):
 PROBE_TOLERANCE = 0.05
 
 
-def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts], num_heads: int,
-                  threads: int) -> Tuple[LayerParts, ...]:
+def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts],
+                  num_heads: int) -> Tuple[LayerParts, ...]:
     """`int8_parts` (the torch int8 stack), each with its layer's session as
     `dense_step`; ALBERT's shared layers share one session. The torch modules
     stay in the parts: the same arithmetic, for anything that reads them.
@@ -283,7 +296,6 @@ def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts]
     int8_parts (Sequence[LayerParts]): the torch int8 copies of `layers`.
     layers (Sequence[LayerParts]): the fp32 originals (the graphs' weights).
     num_heads (int): attention heads.
-    threads (int): each session's intra-op threads.
     RAISES (OrtUnavailable): no graph for this layer, a session that fails,
         or a first layer that does not reproduce the torch int8 layer on a
         probe (as an int8 kernel that saturates would not).
@@ -293,7 +305,7 @@ def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts]
         sessions = []
         for parts in layers:
             if id(parts.query) not in made:
-                made[id(parts.query)] = OrtLayer(parts, num_heads, threads)
+                made[id(parts.query)] = OrtLayer(parts, num_heads)
             sessions.append(made[id(parts.query)])
         out = tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(int8_parts, sessions))
         gap = _probe_gap(int8_parts[0], out[0], num_heads) if out else 0.0

@@ -134,9 +134,7 @@ class PrecisionCache:
         precision = runnable_precision(precision, device)
         if precision == "fp32" and device.type != "cpu":
             return LayerStack(tuple(layers))
-        # int8-ort sessions keep the thread count they were made with.
-        key = (weights_version, device, int8_kernels_available() if precision.startswith("int8") else None,
-               torch.get_num_threads() if precision == "int8-ort" else None)
+        key = (weights_version, device, int8_kernels_available() if precision.startswith("int8") else None)
         cached = self._stacks.get(precision)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -199,7 +197,7 @@ def _ort_stack(layers: Sequence[LayerParts], num_heads: int) -> Optional[LayerSt
     session; None (after one warning) where that cannot be made or fails the
     probe (`ort_layer.with_sessions`)."""
     try:
-        parts = with_sessions(_int8_parts(layers), layers, num_heads, torch.get_num_threads())
+        parts = with_sessions(_int8_parts(layers), layers, num_heads)
     except OrtUnavailable as err:
         _warn_once("int8-ort-failed", f"precision 'int8-ort': {err}; the torch int8 layers run instead")
         return None
