@@ -4,16 +4,21 @@ At batch size 1 a layer of eager PyTorch dispatches dozens of small ops, and
 the int8 products each add their own quantize and rescale ops; ONNX Runtime
 runs the same graph as one call with MLAS's int8 kernels. This module builds,
 for one layer, the ONNX graph of everything between the gather of the active
-pieces and the scatter of their new states:
+pieces and the scatter of their new states. Its inputs:
 
-    out = layer(q_in attends over kv_in)
+- q_rows ``[queries, hidden]``: the active pieces, packed (the queries, and
+  the residual);
+- kv_rows ``[keys, hidden]``: every present piece, packed (keys and values,
+  halted pieces included);
+- q_grid ``[rows, query_slots]`` and kv_grid ``[rows, key_slots]``: which
+  packed row sits in each slot of the attention grid, q_back ``[queries]``
+  each query's slot, add_mask ``[rows, 1, 1, key_slots]`` 0 on real keys and
+  a large negative number on padding.
 
-q_in ``[rows, queries, hidden]``: the active pieces (the queries, and the
-residual); kv_in ``[rows, keys, hidden]``: every present piece (keys and
-values, halted ones included); add_mask ``[rows, 1, 1, keys]``: 0 where a key
-is real, a large negative number on padding. Which pieces are active, the
-exit decisions and the off-ramps stay in PyTorch (`layer_step.py`), so
-halt-and-copy, any mix of lengths and batch invariance are unchanged.
+The products and norms run on the packed rows, so padding costs only inside
+attention. Which pieces are active, the exit decisions and the off-ramps stay
+in PyTorch (`layer_step.py`), so halt-and-copy, any mix of lengths and batch
+invariance are unchanged.
 
 The arithmetic is the "int8" precision's (`quantized_linear.Int8Linear`):
 int8 weights with one scale per output channel; activations quantized per
