@@ -175,3 +175,32 @@ def test_the_graph_is_built_from_the_current_weights():
                                    encoder.spec.num_heads)
     assert float((new - want).abs().max()) < ort_layer.PROBE_TOLERANCE
     assert float((new - old).abs().max()) > 0.01
+
+
+MULTIPROCESS_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from spacy_early_exit.testing import NER_DATA, make_ner_nlp, save_tiny_backbone
+
+nlp = make_ner_nlp(save_tiny_backbone(Path({tmp!r})), steps=3, threshold=0.5, window=1, precision="int8-ort")
+texts = [t for t, _ in NER_DATA] * 10 + [" ".join(["John lives in London ."] * 40)]
+
+def out(docs):
+    return [(d.text, [(e.start, e.end, e.label_) for e in d.ents], d._.early_exit) for d in docs]
+
+# The parent's sessions exist before spaCy forks its workers.
+one = out(nlp.pipe(texts, batch_size=4))
+two = out(nlp.pipe(texts, batch_size=4, n_process=2))
+assert one == two, "n_process=2 differs from one process"
+print("OK", len(two))
+"""
+
+
+@pytest.mark.slow
+def test_n_process_2_gives_what_one_process_does(tmp_path):
+    from test_hardening import TESTS, run_script
+
+    result = run_script(MULTIPROCESS_SCRIPT.format(root=str(TESTS.parent), tmp=str(tmp_path / "bb")), timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "OK 41" in result.stdout

@@ -241,14 +241,15 @@ def test_exit_settings_sets_and_restores_precision(nlp):
     assert ner.policy is policy
 
 
-def test_precision_round_trips_through_disk_and_the_config(nlp, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "int8-ort"])
+def test_precision_round_trips_through_disk_and_the_config(nlp, tmp_path, precision):
     fp32 = predict(nlp, TEXTS)
-    int8 = predict(nlp, TEXTS, precision="int8")
+    int8 = predict(nlp, TEXTS, precision=precision)
     nlp.to_disk(tmp_path / "p")
     assert spacy.load(tmp_path / "p").get_pipe("tokee_ner").precision == "fp32"
-    loaded = spacy.load(tmp_path / "p", config={"components.tokee_ner.precision": "int8"})
+    loaded = spacy.load(tmp_path / "p", config={"components.tokee_ner.precision": precision})
     ner = loaded.get_pipe("tokee_ner")
-    assert ner.precision == "int8"
+    assert ner.precision == precision
     # Identical fp32 weights quantize identically.
     for a, b in zip(int8, predict(loaded, TEXTS)):
         assert numpy.array_equal(a.logits, b.logits) and numpy.array_equal(a.exit_layers, b.exit_layers)
@@ -259,12 +260,13 @@ def test_precision_round_trips_through_disk_and_the_config(nlp, tmp_path):
     assert all(p.dtype == torch.float32 for p in encoder_of(loaded).parameters())
 
 
-def test_a_configured_precision_is_saved_and_loaded(tiny_model_dir, tmp_path):
-    nlp = make_ner_nlp(tiny_model_dir, steps=1, precision="bf16")
+@pytest.mark.parametrize("precision", ["bf16", "int8-ort"])
+def test_a_configured_precision_is_saved_and_loaded(tiny_model_dir, tmp_path, precision):
+    nlp = make_ner_nlp(tiny_model_dir, steps=1, precision=precision)
     expected = predict(nlp, SHORT)
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p")
-    assert loaded.get_pipe("tokee_ner").precision == "bf16"
+    assert loaded.get_pipe("tokee_ner").precision == precision
     for a, b in zip(expected, predict(loaded, SHORT)):
         assert numpy.array_equal(a.logits, b.logits)
     assert all(v.dtype in (torch.float32, torch.int64) for v in encoder_of(loaded).state_dict().values())
