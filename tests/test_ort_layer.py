@@ -204,3 +204,23 @@ def test_n_process_2_gives_what_one_process_does(tmp_path):
     result = run_script(MULTIPROCESS_SCRIPT.format(root=str(TESTS.parent), tmp=str(tmp_path / "bb")), timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "OK 41" in result.stdout
+
+
+def test_a_shared_encoder_runs_int8_ort_like_int8(tiny_model_dir):
+    from spacy_early_exit.testing import NER_DATA, make_shared_nlp
+
+    nlp = make_shared_nlp(tiny_model_dir, steps=3, threshold=0.5, window=1)
+    transformer = nlp.get_pipe("tokee_transformer")
+    texts = [t for t, _ in NER_DATA] * 3
+
+    def run(precision):
+        with transformer.using(precision=precision):
+            docs = list(nlp.pipe(texts, batch_size=4))
+        exits = [layer for d in docs for layer in d._.early_exit["tokee_transformer"]["exit_layers"]]
+        labels = [(t.ent_iob_, t.ent_type_, t.tag_) for d in docs for t in d]
+        return exits, labels
+
+    (exits, labels), (ort_exits, ort_labels) = run("int8"), run("int8-ort")
+    assert len(exits) == len(ort_exits) > 0
+    assert sum(a == b for a, b in zip(exits, ort_exits)) / len(exits) >= 0.99
+    assert sum(a == b for a, b in zip(labels, ort_labels)) / len(labels) >= 0.99
