@@ -38,6 +38,8 @@ from transformers import BatchEncoding
 from hf_full import HFFullDepth
 from table_harness import DOCUMENT_ORDER, Runner, Timing, scored_percent
 
+from spacy_early_exit.encoder.ort_layer import onnxruntime_missing as packages_missing
+
 ORT_METHODS = ("ort-fp32", "ort-int8")
 SPACY_CNN = "spacy-cnn"
 OUTSIDE_METHODS = ORT_METHODS + (SPACY_CNN,)
@@ -56,13 +58,15 @@ def onnxruntime_missing() -> Optional[str]:
 
     RETURNS (Optional[str]): a one-line reason (an import failed), else None.
     """
+    missing = packages_missing()
+    if missing is not None:
+        return missing
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        # The exporter's tools beside what the package's int8-ort needs.
         from onnxruntime.quantization import quantize_dynamic  # noqa: F401
         from onnxruntime.transformers.optimizer import optimize_model  # noqa: F401
     except ImportError as error:
-        return f"onnxruntime/onnx do not import ({error}); pip install onnxruntime onnx"
+        return f"onnxruntime's quantization or optimizer tools do not import ({error})"
     return None
 
 

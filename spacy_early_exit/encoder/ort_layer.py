@@ -35,6 +35,7 @@ and weights version (precision.PrecisionCache), and nothing is written to
 disk. Plain PyTorch, numpy and onnx/onnxruntime: nothing here knows about spaCy.
 """
 import dataclasses
+from functools import lru_cache
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from .backbone import LayerParts
+from .quantized_linear import concatenated, quantize_rows
 
 # Added to the attention scores of padding keys: exp() of it is 0 in fp32,
 # and a finite value keeps a (never occurring) all-padding row from NaNs.
@@ -54,8 +56,10 @@ CONTRIB_DOMAIN = "com.microsoft"
 UINT8_ZERO_POINT = 128
 
 
+@lru_cache(maxsize=None)
 def onnxruntime_missing() -> Optional[str]:
-    """Why "int8-ort" cannot run here (a missing package), or None."""
+    """Why "int8-ort" cannot run here (a missing package), or None. Asked
+    before every int8-ort forward pass: answered once per process."""
     for module in ("onnx", "onnxruntime"):
         try:
             __import__(module)
@@ -120,14 +124,12 @@ class _GraphBuilder:
         row rounds, shifts and saturates in one QuantizeLinear) and the
         product rescales by channel inside MatMulIntegerToFloat.
         """
-        weight = torch.cat([lin.weight.detach().float() for lin in linears]).t().contiguous().numpy()
-        bias = np.concatenate([
-            lin.bias.detach().float().numpy() if lin.bias is not None else np.zeros(lin.out_features, np.float32)
-            for lin in linears
-        ])
-        # Per output channel, as Int8Linear: the same scales, the same integers.
-        col_scale = (np.maximum(np.abs(weight).max(axis=0), np.float32(1e-30)) / np.float32(127)).astype(np.float32)
-        weight_int8 = np.round(weight / col_scale).astype(np.int8)
+        # Quantized as Int8Linear quantizes: the same scales, the same integers.
+        fused = concatenated(linears) if len(linears) > 1 else linears[0]
+        values_t, scale = quantize_rows(fused.weight.detach().float())
+        weight_int8 = values_t.t().contiguous().numpy()
+        col_scale = scale.squeeze(-1).numpy()
+        bias = fused.bias.detach().float().numpy() if fused.bias is not None else np.zeros(fused.out_features, np.float32)
         # One scale per row: max |row| / 127, floored so a zero row stays zeros.
         row_max = self.node("ReduceMax", [self.node("Abs", [x])], axes=[1], keepdims=1)
         row_scale = self.node("Max", [self.node("Div", [row_max, self.const(np.array(127, np.float32))]),
@@ -138,7 +140,7 @@ class _GraphBuilder:
             values, self.const(weight_int8, "weight"), self.const(np.array(1.0, np.float32)),
             self.const(col_scale, "scale"), self.const(np.array(UINT8_ZERO_POINT, np.uint8)),
         ], domain=CONTRIB_DOMAIN)
-        return self.node("Add", [self.node("Mul", [product, row_scale]), self.const(bias.astype(np.float32), "bias")])
+        return self.node("Add", [self.node("Mul", [product, row_scale]), self.const(bias, "bias")])
 
     def layer_norm(self, x: str, norm: nn.LayerNorm) -> str:
         return self.node("LayerNormalization", [
@@ -249,7 +251,6 @@ class OrtLayer:
         self.session = onnxruntime.InferenceSession(
             layer_graph(parts, num_heads, activation), options, providers=["CPUExecutionProvider"]
         )
-        self.width = parts.query.in_features
 
     def __call__(self, q_rows: torch.Tensor, kv_rows: torch.Tensor, q_grid: torch.Tensor, kv_grid: torch.Tensor,
                  q_back: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
