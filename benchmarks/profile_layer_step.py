@@ -43,6 +43,7 @@ from table_harness import (  # noqa: E402
 )
 
 from spacy_early_exit.encoder.precision import int8_kernels_available  # noqa: E402
+from spacy_early_exit.encoder.ort_document import DocumentGraph  # noqa: E402
 from spacy_early_exit.encoder.ort_layer import OrtLayer  # noqa: E402
 from spacy_early_exit.encoder.quantized_linear import Int8Linear  # noqa: E402
 from spacy_early_exit.tools.data import load_examples  # noqa: E402
@@ -53,8 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PROJECT = ROOT / "benchmarks" / "results", ROOT / "project"
 PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
 INT8_RANGE, INT8, OTHER, OUTSIDE = "Int8Linear.forward", "int8 quantize/rescale", "other ops", "outside ops"
-# int8-ort: each layer's one ONNX Runtime call (the session, and numpy in and out).
-ORT_RANGE, ORT_CALLS = "OrtLayer.__call__", "int8-ort layer calls"
+# int8-ort: its ONNX Runtime calls (the session, and numpy in and out): one
+# per layer, or at batch size 1 one per sequence (layers, off-ramps and exits).
+ORT_RANGE, ORT_CALLS = "int8-ort session call", "int8-ort session calls"
 # Per category, aten's op names (no "aten::") and the node types of ORT's fused graphs.
 CATEGORY_OPS: Dict[str, Set[str]] = {
     # ORT's DynamicQuantizeMatMul quantizes its input inside the node.
@@ -90,9 +92,9 @@ def category(op: str, in_int8: bool) -> str:
 def int8_ranges() -> Iterator[None]:
     """Mark every Int8Linear call with a profiler range inside the block: its
     abs/amax/round/mul_/add_ share names with ops elsewhere in the layer.
-    Every int8-ort layer call gets one too: the profiler sees no op inside a
-    session, so its time is the range's own."""
-    forward, call = Int8Linear.forward, OrtLayer.__call__
+    Every int8-ort session call (OrtLayer, DocumentGraph) gets one too: the
+    profiler sees no op inside a session, so its time is the range's own."""
+    forward, call, document = Int8Linear.forward, OrtLayer.__call__, DocumentGraph.__call__
 
     def marked(self: Int8Linear, x: torch.Tensor) -> torch.Tensor:
         with torch.profiler.record_function(INT8_RANGE):
@@ -102,13 +104,19 @@ def int8_ranges() -> Iterator[None]:
         with torch.profiler.record_function(ORT_RANGE):
             return call(self, *args)
 
+    def marked_document(self: DocumentGraph, *args: Any) -> Any:
+        with torch.profiler.record_function(ORT_RANGE):
+            return document(self, *args)
+
     Int8Linear.forward = marked  # type: ignore[method-assign]
     OrtLayer.__call__ = marked_call  # type: ignore[method-assign]
+    DocumentGraph.__call__ = marked_document  # type: ignore[method-assign]
     try:
         yield
     finally:
         Int8Linear.forward = forward  # type: ignore[method-assign]
         OrtLayer.__call__ = call  # type: ignore[method-assign]
+        DocumentGraph.__call__ = document  # type: ignore[method-assign]
 
 
 def profile_pipeline(nlp: Language, texts: List[str], fields: Dict[str, Any], batch_size: int) -> Profiled:

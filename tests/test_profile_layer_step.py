@@ -27,13 +27,14 @@ def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
     assert ("onnxruntime" in report["versions"]) == HAS_ORT and report["command"].startswith("python benchmarks/")
     for name, row in rows.items():
         assert set(row["by_batch"]) == {"1", "32"}
-        for entry in row["by_batch"].values():
+        for batch, entry in row["by_batch"].items():
             assert entry["wall_ms_per_doc"] > 0 and entry["words_per_second"] > 0 and entry["ops_per_doc"] > 0
             parts = entry["categories"]
             assert list(parts) == list(CATEGORIES)
             assert all(0.0 <= p["share"] <= 1.0 and p["ms_per_doc"] >= 0 for p in parts.values()), parts
             assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=2e-3)
-            assert parts["products"]["share"] > 0
+            # int8-ort at batch 1 runs a sequence's layers and off-ramps in one session call.
+            assert (parts["products"]["share"] > 0) == (batch != "1" or not name.endswith("int8-ort")), (name, batch)
             # Only our int8 layer stack has quantize/rescale ops (ORT's are DynamicQuantizeLinear nodes).
             assert (parts[INT8]["share"] > 0) == name.endswith("int8"), (name, parts[INT8])
             # int8-ort's layers are session calls, which no aten op accounts for.

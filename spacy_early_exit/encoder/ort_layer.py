@@ -40,20 +40,16 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from .backbone import LayerParts
-from .quantized_linear import concatenated, quantize_rows
+from .onnx_graph import GraphBuilder, onnx_type
 
 # Added to the attention scores of padding keys: exp() of it is 0 in fp32,
 # and a finite value keeps a (never occurring) all-padding row from NaNs.
 MASK_VALUE = -1e9
-# The ONNX opsets the graph uses (LayerNormalization needs 17; Gelu is
-# ONNX Runtime's contrib operator, erf-based like BERT's).
-ONNX_OPSET = 17
-CONTRIB_DOMAIN = "com.microsoft"
-# Shifts the symmetric int8 activation [-127, 127] into uint8 [1, 255].
-UINT8_ZERO_POINT = 128
+# Added to the attention scores of padding keys: exp() of it is 0 in fp32,
+# and a finite value keeps a (never occurring) all-padding row from NaNs.
+MASK_VALUE = -1e9
 
 
 @lru_cache(maxsize=None)
@@ -66,6 +62,19 @@ def onnxruntime_missing() -> Optional[str]:
         except ImportError:
             return f"the {module} package is not installed (pip install 'spacy-early-exit[ort]')"
     return None
+
+
+@lru_cache(maxsize=None)
+def build_errors() -> Tuple[type, ...]:
+    """What making or running a session may raise: ONNX Runtime's own error
+    classes derive from Exception, not RuntimeError."""
+    errors: Tuple[type, ...] = (RuntimeError, ValueError, ImportError)
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:
+        return errors
+    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NotImplemented", "NoSuchFile", "EPFail")
+    return errors + tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
 def activation_name(act: Callable[[torch.Tensor], torch.Tensor]) -> Optional[str]:
@@ -88,73 +97,6 @@ def activation_name(act: Callable[[torch.Tensor], torch.Tensor]) -> Optional[str
     return None
 
 
-class _GraphBuilder:
-    """Collects the nodes and constant tensors of one ONNX graph."""
-
-    def __init__(self) -> None:
-        self.nodes: List[Any] = []
-        self.initializers: List[Any] = []
-        self._count = 0
-
-    def _name(self, prefix: str) -> str:
-        self._count += 1
-        return f"{prefix}_{self._count}"
-
-    def const(self, value: np.ndarray, prefix: str = "const") -> str:
-        from onnx import numpy_helper
-
-        name = self._name(prefix)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: Sequence[str], domain: Optional[str] = None, n_out: int = 1, **attrs: Any) -> Any:
-        """Add one node; its output's name (a list of `n_out` names when several)."""
-        from onnx import helper
-
-        outs = [self._name(op) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, domain=domain, **attrs))
-        return outs[0] if n_out == 1 else outs
-
-    def int8_linear(self, x: str, linears: Sequence[nn.Linear]) -> str:
-        """The W8A8 product of `x` ``[rows, in]`` with the concatenated
-        `linears` (see the module docstring), bias added: ``[rows, out]``.
-
-        Nine nodes: at a sentence's few rows each costs about as much as the
-        product, so the quantization is as short as ONNX allows (the divided
-        row rounds, shifts and saturates in one QuantizeLinear) and the
-        product rescales by channel inside MatMulIntegerToFloat.
-        """
-        # Quantized as Int8Linear quantizes: the same scales, the same integers.
-        fused = concatenated(linears) if len(linears) > 1 else linears[0]
-        values_t, scale = quantize_rows(fused.weight.detach().float())
-        weight_int8 = values_t.t().contiguous().numpy()
-        col_scale = scale.squeeze(-1).numpy()
-        bias = fused.bias.detach().float().numpy() if fused.bias is not None else np.zeros(fused.out_features, np.float32)
-        # One scale per row: max |row| / 127, floored so a zero row stays zeros.
-        row_max = self.node("ReduceMax", [self.node("Abs", [x])], axes=[1], keepdims=1)
-        row_scale = self.node("Max", [self.node("Div", [row_max, self.const(np.array(127, np.float32))]),
-                                      self.const(np.array(1e-30 / 127, np.float32))])
-        values = self.node("QuantizeLinear", [self.node("Div", [x, row_scale]), self.const(np.array(1.0, np.float32)),
-                                              self.const(np.array(UINT8_ZERO_POINT, np.uint8))])
-        product = self.node("MatMulIntegerToFloat", [
-            values, self.const(weight_int8, "weight"), self.const(np.array(1.0, np.float32)),
-            self.const(col_scale, "scale"), self.const(np.array(UINT8_ZERO_POINT, np.uint8)),
-        ], domain=CONTRIB_DOMAIN)
-        return self.node("Add", [self.node("Mul", [product, row_scale]), self.const(bias, "bias")])
-
-    def layer_norm(self, x: str, norm: nn.LayerNorm) -> str:
-        return self.node("LayerNormalization", [
-            x, self.const(norm.weight.detach().float().numpy(), "gamma"),
-            self.const(norm.bias.detach().float().numpy(), "beta"),
-        ], axis=-1, epsilon=float(norm.eps))
-
-
-def _onnx_type(name: str) -> int:
-    from onnx import TensorProto
-
-    return int(getattr(TensorProto, name))
-
-
 def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
     """The serialized ONNX model of one layer's dense work (module docstring).
 
@@ -167,7 +109,7 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
 
     width = parts.query.in_features
     head_dim = width // num_heads
-    g = _GraphBuilder()
+    g = GraphBuilder()
     queries = g.int8_linear("q_rows", [parts.query])
     # Keys and values in one product: kv_rows is quantized once for both.
     keys_values = g.int8_linear("kv_rows", [parts.key, parts.value])
@@ -187,13 +129,11 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
     context = g.node("Reshape", [g.node("Transpose", [context], perm=[0, 2, 1, 3]),
                                  g.const(np.array([-1, width], np.int64))])
     context = g.node("Gather", [context, "q_back"], axis=0)
-    attn = g.layer_norm(g.node("Add", [g.int8_linear(context, [parts.attn_out]), "q_rows"]), parts.attn_norm)
-    inner = g.node(activation, [g.int8_linear(attn, [parts.ffn_in])], domain=CONTRIB_DOMAIN)
-    out = g.layer_norm(g.node("Add", [g.int8_linear(inner, [parts.ffn_out]), attn]), parts.ffn_norm)
+    out = g.output_block(parts, context, "q_rows", activation)
     g.nodes.append(helper.make_node("Identity", [out], ["out"]))
-    floats, longs = _onnx_type("FLOAT"), _onnx_type("INT64")
-    graph = helper.make_graph(
-        g.nodes, "early_exit_layer",
+    floats, longs = onnx_type("FLOAT"), onnx_type("INT64")
+    return g.model(
+        "early_exit_layer",
         [helper.make_tensor_value_info("q_rows", floats, ["queries", width]),
          helper.make_tensor_value_info("kv_rows", floats, ["keys", width]),
          helper.make_tensor_value_info("q_grid", longs, ["rows", "query_slots"]),
@@ -201,11 +141,7 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
          helper.make_tensor_value_info("q_back", longs, ["queries"]),
          helper.make_tensor_value_info("add_mask", floats, ["rows", 1, 1, "key_slots"])],
         [helper.make_tensor_value_info("out", floats, ["queries", width])],
-        g.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET),
-                                                    helper.make_opsetid(CONTRIB_DOMAIN, 1)])
-    return model.SerializeToString()
 
 
 def session_options() -> Any:
@@ -315,7 +251,7 @@ def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts]
             sessions.append(made[id(parts.query)])
         out = tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(int8_parts, sessions))
         gap = _probe_gap(int8_parts[0], out[0], num_heads) if out else 0.0
-    except (RuntimeError, ValueError, ImportError) as err:  # onnxruntime's errors are RuntimeErrors
+    except build_errors() as err:
         lines = str(err).strip().splitlines()
         raise OrtUnavailable(f"{type(err).__name__}: {lines[0] if lines else ''}") from err
     if not gap <= PROBE_TOLERANCE:

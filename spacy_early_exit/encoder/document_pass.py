@@ -1,0 +1,145 @@
+"""One sequence's forward pass through a `ort_document.DocumentGraph`.
+
+The host side of the one-call path: which sequences it takes (one row, each
+piece of at most one word), the graph's inputs from an `EncoderInput`, the
+graphs kept per encoder, and the FLOPs the eager loop would have counted
+(from the exit layers: a word runs every layer up to its exit). Plain
+PyTorch and numpy: nothing here knows about spaCy.
+"""
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .backbone import embed
+from .ort_document import DocumentGraph
+from .ort_layer import build_errors
+from .quantized_linear import warn_once
+
+# Graphs kept per encoder (one per window, mode and set of deciding layers;
+# each holds the int8 weights once more).
+MAX_GRAPHS = 4
+
+
+def document_inputs(piece_cols: np.ndarray, piece_words: np.ndarray, n_pieces: int, first_piece: np.ndarray,
+                    words: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """`DocumentGraph`'s piece map and first pieces for one sequence; None
+    where a piece belongs to two words (the eager loop handles those).
+
+    piece_cols, piece_words (np.ndarray): the sequence's (piece, word) pairs.
+    n_pieces (int): the sequence's real pieces.
+    first_piece (np.ndarray): each word's first piece (-1: a word with none).
+    words (np.ndarray): bool, the words with pieces.
+    RETURNS (Optional[Tuple[np.ndarray, np.ndarray]]): ``piece_word`` and
+        ``first_piece`` as the graph takes them.
+    """
+    n_words = int(first_piece.shape[0])
+    piece_word = np.full(n_pieces, n_words, np.int64)
+    piece_word[piece_cols] = piece_words
+    # A piece named twice was written once: fewer pieces own a word than pairs.
+    if np.count_nonzero(piece_word < n_words) != len(piece_cols):
+        return None
+    return piece_word, np.where(words, first_piece, 0).astype(np.int64)
+
+
+def spent_flops(cost: Any, exits: np.ndarray, piece_word: np.ndarray, decide: Sequence[bool]) -> int:
+    """The FLOPs the eager loop would have counted for this sequence, from
+    its exit layers (a word is active at every layer up to its exit).
+
+    cost (CostModel): the encoder's cost model.
+    exits (np.ndarray): int64 ``[words]``, 0 for a word without pieces.
+    piece_word (np.ndarray): as `DocumentGraph` takes it.
+    decide (Sequence[bool]): per layer, whether it may let words out.
+    """
+    deepest = int(exits.max(initial=0))
+    piece_exit = np.append(exits, deepest)[piece_word]
+    n_pieces = int(piece_word.shape[0])
+    last = len(decide)
+    spent = 0
+    for layer in range(1, deepest + 1):
+        spent += cost.layer_flops(n_pieces, int((piece_exit >= layer).sum()))
+        if decide[layer - 1] or layer == last:
+            spent += cost.ramp_flops(int((exits >= layer).sum()))
+    return spent
+
+
+class DocumentCache:
+    """One encoder's `DocumentGraph`s, made on first use and dropped when
+    the weights change; like precision.PrecisionCache, never pickled or
+    deep-copied (sessions cannot be)."""
+
+    def __init__(self) -> None:
+        self._graphs: "OrderedDict[Tuple[Any, ...], Optional[DocumentGraph]]" = OrderedDict()
+
+    def run(self, encoder: Any, batch: Any, policy: Any, exits_on: bool) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The forward pass of a one-sequence `batch` in one call: logits,
+        exit layers, FLOPs and full-depth FLOPs as EncoderOutput holds them;
+        None where this path does not apply (the caller runs the eager loop).
+
+        encoder (EarlyExitEncoder): the encoder (weights, ramps, cost model).
+        batch (EncoderInput): one row.
+        policy (ExitPolicy): the exit settings.
+        exits_on (bool): whether words may exit before the last layer.
+        """
+        length = int(batch.lengths.cpu().numpy()[0])
+        first = batch.word_pieces[0].cpu().numpy()
+        words = first >= 0
+        inputs = document_inputs(batch.piece_cols.cpu().numpy(), batch.piece_words.cpu().numpy(), length, first, words)
+        if inputs is None or not words.any():
+            return None
+        piece_word, first_piece = inputs
+        last = encoder.num_layers
+        decide = tuple(exits_on and layer < last and policy.layer_threshold(layer) > 0.0 for layer in range(1, last + 1))
+        window = (None if policy.mode == "sentee" else policy.window) if exits_on else 0
+        graph = self._graph(encoder, window, decide)
+        if graph is None:
+            return None
+        ids = batch.input_ids[:, :length]
+        if graph.embeds:
+            pieces = ids[0].cpu().numpy()
+        else:
+            pieces = embed(encoder.backbone, ids, torch.zeros_like(ids))[0].float().contiguous().numpy()
+        thresholds = np.array([policy.layer_threshold(layer) for layer in range(1, last + 1)], np.float32)
+        temperatures = np.array([policy.layer_temperatures(layer, encoder.n_heads) for layer in range(1, last + 1)],
+                                np.float32)
+        logits, exits = graph(pieces, piece_word, first_piece, words, thresholds, temperatures)
+        cost = encoder.cost
+        full = last * cost.layer_flops(length, length) + cost.ramp_flops(int(words.sum()))
+        return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
+                torch.tensor([spent_flops(cost, exits, piece_word, decide)]), torch.tensor([full]))
+
+    def _graph(self, encoder: Any, window: Optional[int], decide: Tuple[bool, ...]) -> Optional[DocumentGraph]:
+        key = (encoder.weights_version, encoder.head_sizes, window, decide)
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            return self._graphs[key]
+        # A weights change makes every graph stale.
+        for stale in [k for k in self._graphs if k[0] != encoder.weights_version]:
+            del self._graphs[stale]
+        try:
+            made: Optional[DocumentGraph] = DocumentGraph(
+                encoder.layers, [ramp[-1] for ramp in encoder.ramps], encoder.head_sizes,
+                encoder.spec.num_heads, window, decide, encoder.backbone,
+            )
+        except build_errors() as err:
+            lines = str(err).strip().splitlines()
+            warn_once("int8-ort-document", f"precision 'int8-ort': the one-call sequence graph failed "
+                      f"({type(err).__name__}: {lines[0] if lines else ''}); each layer runs as its own call")
+            made = None
+        self._graphs[key] = made
+        while len(self._graphs) > MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return made
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "DocumentCache":
+        return DocumentCache()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._graphs = OrderedDict()
