@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from spacy_early_exit.encoder import document_pass, ort_document, quantized_linear
+from spacy_early_exit.encoder.onnx_graph import GraphBuilder, onnx_type
+from spacy_early_exit.encoder.quantized_linear import Int8Linear
 from spacy_early_exit.encoder.exits import ExitPolicy
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
 from spacy_early_exit.testing import tiny_backbone
 
-pytest.importorskip("onnxruntime")
+onnxruntime = pytest.importorskip("onnxruntime")
 
 
 def one_sequence(n_pieces: int, seed: int = 0, shared_piece: bool = False, empty_word: bool = False) -> EncoderInput:
@@ -40,11 +42,16 @@ def one_sequence(n_pieces: int, seed: int = 0, shared_piece: bool = False, empty
 
 def sharp_encoder(family: str = "bert", **kwargs) -> EarlyExitEncoder:
     """A tiny random encoder whose off-ramps are confident enough for words
-    to leave at every depth (a random off-ramp's entropy is near 1)."""
+    to leave at every depth (a random off-ramp's entropy is near 1), with
+    biases that are not zero (a fresh transformers model's are)."""
     encoder = EarlyExitEncoder(tiny_backbone(family, layers=4), **(kwargs or {"n_classes": 5})).eval()
+    generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for ramp in encoder.ramps:
             ramp[-1].weight.mul_(4.0)
+        for module in encoder.backbone.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
     return encoder
 
 
@@ -101,6 +108,26 @@ def test_one_call_gives_what_the_eager_loop_gives(family, policy):
     else:
         # Words left at different depths: the rule itself was compared.
         assert len(exits_seen) > 1, exits_seen
+
+
+def test_one_product_is_the_int8_products_arithmetic():
+    # The graphs' building block against the torch int8 Linear, with a bias
+    # (an ONNX Runtime input that is silently dropped would show here).
+    from onnx import helper
+
+    linear = torch.nn.Linear(48, 40)
+    with torch.no_grad():
+        linear.bias.copy_(torch.randn(40))
+    x = torch.randn(6, 48) * 3
+    g = GraphBuilder()
+    g.nodes.append(helper.make_node("Identity", [g.int8_linear("x", [linear])], ["y"]))
+    model = g.model("product", [helper.make_tensor_value_info("x", onnx_type("FLOAT"), ["rows", 48])],
+                    [helper.make_tensor_value_info("y", onnx_type("FLOAT"), ["rows", 40])])
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(["y"], {"x": x.numpy()})[0])
+    with torch.no_grad():
+        want = Int8Linear(linear)(x)
+    assert float((got - want).abs().max()) < 1e-5
 
 
 def test_two_heads_with_their_own_temperatures():

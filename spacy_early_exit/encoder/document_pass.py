@@ -54,14 +54,11 @@ def spent_flops(cost: Any, exits: np.ndarray, piece_word: np.ndarray, decide: Se
     """
     deepest = int(exits.max(initial=0))
     piece_exit = np.append(exits, deepest)[piece_word]
-    n_pieces = int(piece_word.shape[0])
-    last = len(decide)
-    spent = 0
-    for layer in range(1, deepest + 1):
-        spent += cost.layer_flops(n_pieces, int((piece_exit >= layer).sum()))
-        if decide[layer - 1] or layer == last:
-            spent += cost.ramp_flops(int((exits >= layer).sum()))
-    return spent
+    layers = np.arange(1, deepest + 1)[:, None]
+    active = (piece_exit[None, :] >= layers).sum(axis=1)
+    scored = (exits[None, :] >= layers).sum(axis=1)
+    ramps = np.array([decide[layer - 1] or layer == len(decide) for layer in range(1, deepest + 1)], dtype=bool)
+    return int(cost.layer_flops(int(piece_word.shape[0]), active).sum() + cost.ramp_flops(scored[ramps]).sum())
 
 
 class DocumentCache:
@@ -106,8 +103,9 @@ class DocumentCache:
         logits, exits = graph(pieces, piece_word, first_piece, words, thresholds, temperatures)
         cost = encoder.cost
         full = last * cost.layer_flops(length, length) + cost.ramp_flops(int(words.sum()))
+        flops = np.array([spent_flops(cost, exits, piece_word, decide), full], np.int64)
         return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
-                torch.tensor([spent_flops(cost, exits, piece_word, decide)]), torch.tensor([full]))
+                torch.from_numpy(flops[:1]), torch.from_numpy(flops[1:]))
 
     def _graph(self, encoder: Any, window: Optional[int], decide: Tuple[bool, ...]) -> Optional[DocumentGraph]:
         key = (encoder.weights_version, encoder.head_sizes, window, decide)

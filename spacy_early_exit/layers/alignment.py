@@ -92,6 +92,9 @@ class Aligner:
         cut = probe.index(-7)
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
+        # Read once: the tokenizer's special-token properties cost tens of
+        # microseconds per lookup, a visible share of a sentence.
+        self.pad_id = tokenizer.pad_token_id or 0
         self.pretokenized = pretokenized
         self.prefix = numpy.asarray(probe[:cut], dtype="int64")
         self.suffix = numpy.asarray(probe[cut + 1:], dtype="int64")

@@ -117,7 +117,7 @@ def forward(model: Model, inputs: ModelInput, is_train: bool) -> Tuple[Any, Call
     docs, policy, planner, word_states = ModelInput(*inputs)
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
-    pad_id = aligner.tokenizer.pad_token_id or 0
+    pad_id = aligner.pad_id
     torch_layer = model.layers[0]
     if is_train:
         return _all_layers_forward(
@@ -142,7 +142,7 @@ def full_depth_logits(model: Model, docs: Sequence[Doc], precision: str = "fp32"
     """
     aligner = get_aligner(model)
     rows, layouts = aligner.layout(docs)
-    pad_id = aligner.tokenizer.pad_token_id or 0
+    pad_id = aligner.pad_id
     output, _ = _all_layers_forward(model.layers[0], rows, layouts, pad_id, is_train=False, precision=precision)
     return output
 
