@@ -50,7 +50,7 @@ def evaluate(
     repeats: int = typer.Option(5, help="Timing repetitions (median kept)"),
     timing_docs: int = typer.Option(0, help="Time on the first N docs only (0: all)"),
     output: Optional[Path] = typer.Option(None, help="Write the rows as JSON here"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8 or int8-ort (default: the pipeline's)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8, int8-ort or fp32-ort (default: the pipeline's)"),
 ) -> None:
     """Score a pipeline at full depth, with TOKEE and at the static cuts next to it on test; time them side by side."""
     import torch
@@ -132,7 +132,7 @@ def calibrate(
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write the JSON report here (e.g. metrics/calibration.json)"),
     limit: int = typer.Option(0, "--limit", min=0, help="Use the first N dev docs only (0: all)"),
     component: Optional[str] = typer.Option(None, "--component", help="Calibrate only this early-exit component, shared tokee_transformer (all its heads) or listening head (default: all)"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8 or int8-ort to fit the temperatures for; written into the saved config"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8, int8-ort or fp32-ort to fit the temperatures for; written into the saved config"),
 ) -> None:
     """Fit one temperature per layer (per head and layer on a shared encoder) on dev data (full depth, minimum NLL) and save the calibrated pipeline."""
     from .tools.calibrate import calibrate_pipeline, format_report
@@ -161,7 +161,7 @@ def tune(
     max_layers: Optional[str] = typer.Option(None, "--max-layers", help="Layers by which every token has left, in the schedule grid, comma separated; 0 = no cap (default: 0 for --cost flops, 0 and 2 to depth-1 for --cost layers)"),
     keep: int = typer.Option(3, "--keep", min=1, help="Schedules measured for real per target (best simulated first)"),
     margin: float = typer.Option(0.02, "--margin", min=0.0, max=0.99, help="Relative safety margin on each target: 0.02 tunes 2x to 2.04x on dev"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8 or int8-ort to tune for; the chosen settings then set it (default: the pipeline's, not written)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Prediction precision: fp32, bf16, int8, int8-ort or fp32-ort to tune for; the chosen settings then set it (default: the pipeline's, not written)"),
     output: Path = typer.Option(Path("metrics/tune.json"), "--output", help="JSON report"),
     limit: int = typer.Option(0, "--limit", min=0, help="Tune on the first N dev docs only (0: all)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Score to maximize (default: the component's main score); on a shared encoder HEAD=METRIC,... per head, and the worst head's loss against its full depth is maximized"),

@@ -83,6 +83,7 @@ def assert_same(eager, fused):
     assert float((eager.logits - fused.logits).abs().max()) < 1e-3
 
 
+@pytest.mark.parametrize("precision", ["int8-ort", "fp32-ort"])
 @pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
 @pytest.mark.parametrize("policy", [
     dict(mode="tokee", threshold=0.5, window=1),
@@ -93,11 +94,11 @@ def assert_same(eager, fused):
     dict(mode="tokee", threshold=0.4, window=1, temperatures=(0.7, 1.5, 1.0, 3.0)),
     dict(mode="off"),
 ])
-def test_one_call_gives_what_the_eager_loop_gives(family, policy):
+def test_one_call_gives_what_the_eager_loop_gives(family, policy, precision):
     encoder = sharp_encoder(family)
     exits_seen = set()
     for seed, n_pieces in enumerate((6, 11, 17)):
-        eager, fused, calls = both_paths(encoder, one_sequence(n_pieces, seed), ExitPolicy(**policy, precision="int8-ort"))
+        eager, fused, calls = both_paths(encoder, one_sequence(n_pieces, seed), ExitPolicy(**policy, precision=precision))
         assert calls == [True]
         assert_same(eager, fused)
         exits_seen.update(fused.exit_layers[0].tolist())
@@ -120,7 +121,7 @@ def test_one_product_is_the_int8_products_arithmetic():
         linear.bias.copy_(torch.randn(40))
     x = torch.randn(6, 48) * 3
     g = GraphBuilder()
-    g.nodes.append(helper.make_node("Identity", [g.int8_linear("x", [linear])], ["y"]))
+    g.nodes.append(helper.make_node("Identity", [g.linear("x", [linear])], ["y"]))
     model = g.model("product", [helper.make_tensor_value_info("x", onnx_type("FLOAT"), ["rows", 48])],
                     [helper.make_tensor_value_info("y", onnx_type("FLOAT"), ["rows", 40])])
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])

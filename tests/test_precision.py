@@ -18,7 +18,7 @@ from spacy_early_exit.layers.architecture import full_depth_logits, get_shim
 from spacy_early_exit.testing import NER_DATA, make_ner_nlp, ner_examples, tiny_backbone
 from spacy_early_exit.tools.evaluate import exit_settings
 
-REDUCED = ["bf16", "int8", "int8-ort"]
+REDUCED = ["bf16", "int8", "int8-ort", "fp32-ort"]
 TEXTS = [t for t, _ in NER_DATA] + [
     "London",
     "the company said new york will have three one two",
@@ -175,7 +175,7 @@ def test_batch_invariance_and_long_documents(nlp, precision):
 # are exact integers with per-token scales: see the Int8Linear tests), while a
 # per-sub-batch activation scale moved these logits by ~1e-3. bf16's oneDNN
 # products round with the shape too.
-LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-5, "int8-ort": 1e-5, "bf16": 1e-2}
+LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-5, "int8-ort": 1e-5, "fp32-ort": 1e-5, "bf16": 1e-2}
 
 
 @pytest.mark.parametrize("precision", ["fp32"] + REDUCED)
@@ -241,7 +241,7 @@ def test_exit_settings_sets_and_restores_precision(nlp):
     assert ner.policy is policy
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8-ort"])
+@pytest.mark.parametrize("precision", ["int8", "int8-ort", "fp32-ort"])
 def test_precision_round_trips_through_disk_and_the_config(nlp, tmp_path, precision):
     fp32 = predict(nlp, TEXTS)
     int8 = predict(nlp, TEXTS, precision=precision)
@@ -260,7 +260,7 @@ def test_precision_round_trips_through_disk_and_the_config(nlp, tmp_path, precis
     assert all(p.dtype == torch.float32 for p in encoder_of(loaded).parameters())
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8-ort"])
+@pytest.mark.parametrize("precision", ["bf16", "int8-ort", "fp32-ort"])
 def test_a_configured_precision_is_saved_and_loaded(tiny_model_dir, tmp_path, precision):
     nlp = make_ner_nlp(tiny_model_dir, steps=1, precision=precision)
     expected = predict(nlp, SHORT)

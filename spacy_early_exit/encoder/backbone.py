@@ -42,7 +42,7 @@ class LayerParts:
         layer calls query, key and value one by one.
     dense_step (Optional[Callable]): the layer's whole dense work in one call,
         ``(q_in, kv_in, key_mask) -> out`` (see ort_layer.OrtLayer); set only
-        by the "int8-ort" stack. The layer step then gathers and scatters the
+        by the "int8-ort" and "fp32-ort" stacks. The layer step then gathers and scatters the
         pieces and leaves everything in between to it.
     """
 

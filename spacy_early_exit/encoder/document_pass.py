@@ -69,7 +69,8 @@ class DocumentCache:
     def __init__(self) -> None:
         self._graphs: "OrderedDict[Tuple[Any, ...], Optional[DocumentGraph]]" = OrderedDict()
 
-    def run(self, encoder: Any, batch: Any, policy: Any, exits_on: bool) -> Optional[Tuple[torch.Tensor, ...]]:
+    def run(self, encoder: Any, batch: Any, policy: Any, exits_on: bool,
+            products: str = "int8") -> Optional[Tuple[torch.Tensor, ...]]:
         """The forward pass of a one-sequence `batch` in one call: logits,
         exit layers, FLOPs and full-depth FLOPs as EncoderOutput holds them;
         None where this path does not apply (the caller runs the eager loop).
@@ -78,6 +79,7 @@ class DocumentCache:
         batch (EncoderInput): one row.
         policy (ExitPolicy): the exit settings.
         exits_on (bool): whether words may exit before the last layer.
+        products (str): the layers' arithmetic, "int8" or "fp32".
         """
         length = int(batch.lengths.cpu().numpy()[0])
         first = batch.word_pieces[0].cpu().numpy()
@@ -89,7 +91,7 @@ class DocumentCache:
         last = encoder.num_layers
         decide = tuple(exits_on and layer < last and policy.layer_threshold(layer) > 0.0 for layer in range(1, last + 1))
         window = (None if policy.mode == "sentee" else policy.window) if exits_on else 0
-        graph = self._graph(encoder, window, decide)
+        graph = self._graph(encoder, window, decide, products)
         if graph is None:
             return None
         ids = batch.input_ids[:, :length]
@@ -107,8 +109,9 @@ class DocumentCache:
         return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
                 torch.from_numpy(flops[:1]), torch.from_numpy(flops[1:]))
 
-    def _graph(self, encoder: Any, window: Optional[int], decide: Tuple[bool, ...]) -> Optional[DocumentGraph]:
-        key = (encoder.weights_version, encoder.head_sizes, window, decide)
+    def _graph(self, encoder: Any, window: Optional[int], decide: Tuple[bool, ...],
+               products: str) -> Optional[DocumentGraph]:
+        key = (encoder.weights_version, encoder.head_sizes, window, decide, products)
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return self._graphs[key]
@@ -118,11 +121,11 @@ class DocumentCache:
         try:
             made: Optional[DocumentGraph] = DocumentGraph(
                 encoder.layers, [ramp[-1] for ramp in encoder.ramps], encoder.head_sizes,
-                encoder.spec.num_heads, window, decide, encoder.backbone,
+                encoder.spec.num_heads, window, decide, encoder.backbone, products,
             )
         except build_errors() as err:
             lines = str(err).strip().splitlines()
-            warn_once("int8-ort-document", f"precision 'int8-ort': the one-call sequence graph failed "
+            warn_once(f"{products}-ort-document", f"precision '{products}-ort': the one-call sequence graph failed "
                       f"({type(err).__name__}: {lines[0] if lines else ''}); each layer runs as its own call")
             made = None
         self._graphs[key] = made

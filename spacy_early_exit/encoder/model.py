@@ -22,7 +22,7 @@ from .cost import CostModel
 from .exits import ExitPolicy, exit_decisions, joint_uncertainty
 from .layer_step import halt_and_copy_layer
 from .document_pass import DocumentCache
-from .precision import LayerStack, PrecisionCache
+from .precision import ORT_PRECISIONS, LayerStack, PrecisionCache
 from .schedule import LayerSchedule, PieceOwners, WordIndex
 
 
@@ -128,7 +128,7 @@ class EarlyExitEncoder(nn.Module):
         # Reduced-precision copies of `layers` for prediction: a plain object,
         # not a submodule, so no state_dict (and no saved file) ever holds one.
         self.precision_cache = PrecisionCache()
-        # "int8-ort" runs a single sequence's whole exit loop as one call
+        # "int8-ort" and "fp32-ort" run a single sequence's whole exit loop as one call
         # (ort_document.py); False runs every sequence through the eager loop.
         self.one_call_documents = True
         self.document_cache = DocumentCache()
@@ -240,9 +240,9 @@ class EarlyExitEncoder(nn.Module):
         stack = stack if stack is not None else self.layer_stack(policy.precision)
         ids = batch.input_ids
         n_rows, seq = ids.shape
-        if n_rows == 1 and stack.precision == "int8-ort" and self.one_call_documents and not (
+        if n_rows == 1 and stack.precision in ORT_PRECISIONS and self.one_call_documents and not (
                 self.training or all_layers or word_states or exit_layers is not None):
-            found = self.document_cache.run(self, batch, policy, exits_on)
+            found = self.document_cache.run(self, batch, policy, exits_on, ORT_PRECISIONS[stack.precision])
             if found is not None:
                 return EncoderOutput(*found)
         device = ids.device

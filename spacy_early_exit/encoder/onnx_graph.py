@@ -1,9 +1,9 @@
-"""Building blocks of the in-memory ONNX graphs behind precision "int8-ort".
+"""Building blocks of the in-memory ONNX graphs behind "int8-ort" and "fp32-ort".
 
 `GraphBuilder` collects the nodes and constant tensors of one graph and knows
-the pieces every such graph repeats: the W8A8 product with per-token
-activation scales (the "int8" precision's arithmetic), the LayerNorms, and a
-layer's output block. One layer's graph (ort_layer.py) and one document's
+the pieces every such graph repeats: the matrix products (W8A8 with per-token
+activation scales, the "int8" precision's arithmetic, or fp32), the
+LayerNorms, a layer's output block and the embeddings. One layer's graph (ort_layer.py) and one document's
 whole exit loop (ort_document.py) are both made of them. numpy and onnx only.
 """
 from contextlib import contextmanager
@@ -21,6 +21,8 @@ ONNX_OPSET = 17
 CONTRIB_DOMAIN = "com.microsoft"
 # Shifts the symmetric int8 activation [-127, 127] into uint8 [1, 255].
 UINT8_ZERO_POINT = 128
+# The arithmetic of the graphs' matrix products: "int8-ort" and "fp32-ort".
+PRODUCTS = ("int8", "fp32")
 
 
 def onnx_type(name: str) -> int:
@@ -31,9 +33,16 @@ def onnx_type(name: str) -> int:
 
 
 class GraphBuilder:
-    """Collects the nodes and constant tensors of one ONNX graph."""
+    """Collects the nodes and constant tensors of one ONNX graph.
 
-    def __init__(self) -> None:
+    products (str): what the layers' matrix products compute in: "int8"
+        (the "int8" precision's W8A8 arithmetic) or "fp32".
+    """
+
+    def __init__(self, products: str = "int8") -> None:
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {PRODUCTS}; got {products!r}")
+        self.products = products
         self.nodes: List[Any] = []
         self.initializers: List[Any] = []
         self._count = 0
@@ -73,22 +82,19 @@ class GraphBuilder:
         finally:
             self.nodes = outer
 
-    def int8_linear(self, x: str, linears: Sequence[nn.Linear]) -> str:
-        """The W8A8 product of `x` ``[rows, in]`` with the concatenated
-        `linears` (see ort_layer's module docstring), bias added: ``[rows, out]``.
+    def linear(self, x: str, linears: Sequence[nn.Linear]) -> str:
+        """The product of `x` ``[rows, in]`` with the concatenated `linears`,
+        bias added: ``[rows, out]``, in the builder's `products` arithmetic."""
+        return self.product(self.prepare(x), linears)
 
-        Eight nodes: at a sentence's few rows each costs about as much as the
-        product, so the quantization is as short as ONNX allows (the divided
-        row rounds, shifts and saturates in one QuantizeLinear) and the
-        product rescales by row and channel inside MatMulIntegerToFloat.
-        """
-        return self.int8_product(*self.quantize(x), linears)
-
-    def quantize(self, x: str) -> Tuple[str, str]:
-        """`x` ``[rows, in]`` quantized per row: the shifted uint8 values and
-        each row's scale ``[rows, 1]``. A row's values and scale depend on
-        that row only, so gathering rows of them equals quantizing the
-        gathered rows."""
+    def prepare(self, x: str) -> Tuple[str, Optional[str]]:
+        """`x` ``[rows, in]`` as the products take it: for int8, quantized
+        per row (the shifted uint8 values and each row's scale ``[rows, 1]``);
+        for fp32, as it is (and no scale). A row's values and scale depend on
+        that row only, so gathering rows of them equals preparing the
+        gathered rows (`gather`)."""
+        if self.products == "fp32":
+            return x, None
         # One scale per row: max |row| / 127, floored so a zero row stays zeros.
         row_max = self.node("ReduceMax", [self.node("Abs", [x])], axes=[1], keepdims=1)
         row_scale = self.node("Max", [self.node("Div", [row_max, self.const(np.array(127, np.float32))]),
@@ -97,17 +103,41 @@ class GraphBuilder:
                                               self.const(np.array(UINT8_ZERO_POINT, np.uint8))])
         return values, row_scale
 
-    def int8_product(self, values: str, row_scale: str, linears: Sequence[nn.Linear]) -> str:
-        """The product of rows quantized by `quantize` with the concatenated
-        `linears`, bias added. MatMulIntegerToFloat scales each output by its
-        row's times its channel's scale (a ``[rows, 1]`` by ``[out]``
-        broadcast); its own bias input is not used: with a per-row scale,
-        ONNX Runtime 1.32 leaves the bias out of the result."""
+    def gather(self, prepared: Tuple[str, Optional[str]], rows: str) -> Tuple[str, Optional[str]]:
+        """The `rows` ``[n]`` of prepared rows (and of their scales)."""
+        return tuple(self.node("Gather", [part, rows], axis=0) if part else part for part in prepared)  # type: ignore[return-value]
+
+    def product(self, prepared: Tuple[str, Optional[str]], linears: Sequence[nn.Linear]) -> str:
+        """The product of `prepare`d rows with the concatenated `linears`,
+        bias added.
+
+        int8: eight nodes in all with the quantization (at a sentence's few
+        rows each costs about as much as the product, so the quantization is
+        as short as ONNX allows: the divided row rounds, shifts and
+        saturates in one QuantizeLinear); MatMulIntegerToFloat scales each
+        output by its row's times its channel's scale (a ``[rows, 1]`` by
+        ``[out]`` broadcast). Its own bias input is not used: with a per-row
+        scale, ONNX Runtime 1.32 leaves the bias out of the result.
+        fp32: MatMul against the transposed weight, then the bias.
+        """
+        values, row_scale = prepared
+        if self.products == "fp32":
+            weight, bias = self._fp32_weights(linears)
+            return self.node("Add", [self.node("MatMul", [values, weight]), bias])
         weight, col_scale, bias = self._int8_weights(linears)
         product = self.node("MatMulIntegerToFloat", [
             values, weight, row_scale, col_scale, self.const(np.array(UINT8_ZERO_POINT, np.uint8)),
         ], domain=CONTRIB_DOMAIN)
         return self.node("Add", [product, bias])
+
+    def _fp32_weights(self, linears: Sequence[nn.Linear]) -> Tuple[str, ...]:
+        key = ("fp32",) + tuple(id(linear) for linear in linears)
+        if key not in self._weights:
+            fused = concatenated(linears) if len(linears) > 1 else linears[0]
+            bias = fused.bias.detach().float().numpy() if fused.bias is not None else np.zeros(fused.out_features, np.float32)
+            self._weights[key] = (self.const(fused.weight.detach().float().t().contiguous().numpy(), "weight"),
+                                  self.const(bias, "bias"))
+        return self._weights[key]
 
     def _int8_weights(self, linears: Sequence[nn.Linear]) -> Tuple[str, ...]:
         key = ("int8",) + tuple(id(linear) for linear in linears)
@@ -130,10 +160,10 @@ class GraphBuilder:
 
     def output_block(self, parts: LayerParts, context: str, residual: str, activation: str) -> str:
         """The attention output projection, residual and norm, then the
-        feed-forward block with its residual and norm (int8 products)."""
-        attn = self.layer_norm(self.node("Add", [self.int8_linear(context, [parts.attn_out]), residual]), parts.attn_norm)
-        inner = self.node(activation, [self.int8_linear(attn, [parts.ffn_in])], domain=CONTRIB_DOMAIN)
-        return self.layer_norm(self.node("Add", [self.int8_linear(inner, [parts.ffn_out]), attn]), parts.ffn_norm)
+        feed-forward block with its residual and norm."""
+        attn = self.layer_norm(self.node("Add", [self.linear(context, [parts.attn_out]), residual]), parts.attn_norm)
+        inner = self.node(activation, [self.linear(attn, [parts.ffn_in])], domain=CONTRIB_DOMAIN)
+        return self.layer_norm(self.node("Add", [self.linear(inner, [parts.ffn_out]), attn]), parts.ffn_norm)
 
     def embeddings(self, ids: str, backbone: nn.Module, offset: int) -> str:
         """The embedding block of a BERT-family `backbone` for one unpadded

@@ -56,12 +56,13 @@ class DocumentGraph:
         block the graph then runs too (where it reproduces the torch block
         on a probe, `embedding_offset`); None, or a block it does not
         reproduce: the caller feeds the embeddings.
+    products (str): the layers' arithmetic, "int8" ("int8-ort") or "fp32" ("fp32-ort").
     RAISES (ValueError): a feed-forward activation the graph does not know.
     """
 
     def __init__(self, layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], head_sizes: Sequence[int],
                  num_heads: int, window: Optional[int], decide: Sequence[bool],
-                 backbone: Optional[nn.Module] = None) -> None:
+                 backbone: Optional[nn.Module] = None, products: str = "int8") -> None:
         import onnxruntime
 
         self.decide = tuple(decide)
@@ -69,7 +70,7 @@ class DocumentGraph:
         # Where the graph embeds, it takes piece ids; else the embeddings.
         self.embeds = offset is not None
         embedding = (backbone, offset) if offset is not None else None
-        graph = document_graph(layers, ramps, head_sizes, num_heads, window, self.decide, embedding)
+        graph = document_graph(layers, ramps, head_sizes, num_heads, window, self.decide, embedding, products)
         self.session = onnxruntime.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
 
     def __call__(self, pieces: np.ndarray, piece_word: np.ndarray, first_piece: np.ndarray, words: np.ndarray,
@@ -96,14 +97,14 @@ class DocumentGraph:
 
 def document_graph(layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], head_sizes: Sequence[int],
                    num_heads: int, window: Optional[int], decide: Sequence[bool],
-                   embedding: Optional[Tuple[nn.Module, int]] = None) -> bytes:
+                   embedding: Optional[Tuple[nn.Module, int]] = None, products: str = "int8") -> bytes:
     """The serialized ONNX model behind `DocumentGraph` (its arguments;
     `embedding`: the backbone and position offset where the graph embeds)."""
     from onnx import helper
 
     width = layers[0].query.in_features
     n_classes = sum(head_sizes)
-    g = GraphBuilder()
+    g = GraphBuilder(products)
     floats, longs, bools = onnx_type("FLOAT"), onnx_type("INT64"), onnx_type("BOOL")
     if embedding is not None:
         first_input = helper.make_tensor_value_info("ids", longs, ["pieces"])
@@ -177,11 +178,10 @@ def _layer_body(g: GraphBuilder, state: dict, parts: LayerParts, ramp: nn.Linear
     flags = g.node("Concat", [active, g.const(np.array([True]))], axis=0)
     queries_at = g.node("Reshape", [g.node("NonZero", [g.node("Gather", [flags, "piece_word"], axis=0)]), flat])
     x = g.node("Gather", [hidden, queries_at], axis=0)
-    # Every piece is quantized once: the queries' rows are gathered from it.
-    quantized, row_scale = g.quantize(hidden)
-    queries = g.int8_product(g.node("Gather", [quantized, queries_at], axis=0),
-                             g.node("Gather", [row_scale, queries_at], axis=0), [parts.query])
-    keys, values = g.node("Split", [g.int8_product(quantized, row_scale, [parts.key, parts.value]),
+    # Every piece is quantized once (int8): the queries' rows are gathered from it.
+    prepared = g.prepare(hidden)
+    queries = g.product(g.gather(prepared, queries_at), [parts.query])
+    keys, values = g.node("Split", [g.product(prepared, [parts.key, parts.value]),
                                     g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))],
                           axis=1, n_out=2)
     split_heads = g.const(np.array([0, num_heads, head_dim], np.int64))

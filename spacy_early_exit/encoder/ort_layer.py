@@ -97,7 +97,7 @@ def activation_name(act: Callable[[torch.Tensor], torch.Tensor]) -> Optional[str
     return None
 
 
-def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
+def layer_graph(parts: LayerParts, num_heads: int, activation: str, products: str = "int8") -> bytes:
     """The serialized ONNX model of one layer's dense work (module docstring).
 
     parts (LayerParts): the layer's fp32 modules (left unchanged).
@@ -109,10 +109,10 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str) -> bytes:
 
     width = parts.query.in_features
     head_dim = width // num_heads
-    g = GraphBuilder()
-    queries = g.int8_linear("q_rows", [parts.query])
+    g = GraphBuilder(products)
+    queries = g.linear("q_rows", [parts.query])
     # Keys and values in one product: kv_rows is quantized once for both.
-    keys_values = g.int8_linear("kv_rows", [parts.key, parts.value])
+    keys_values = g.linear("kv_rows", [parts.key, parts.value])
     split = g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))
     keys, values = g.node("Split", [keys_values, split], axis=1, n_out=2)
 
@@ -177,7 +177,7 @@ class OrtLayer:
     num_heads (int): attention heads.
     """
 
-    def __init__(self, parts: LayerParts, num_heads: int) -> None:
+    def __init__(self, parts: LayerParts, num_heads: int, products: str = "int8") -> None:
         import onnxruntime
 
         activation = activation_name(parts.ffn_act)
@@ -185,7 +185,7 @@ class OrtLayer:
             raise ValueError("the feed-forward activation is neither erf nor tanh GELU")
         options = session_options()
         self.session = onnxruntime.InferenceSession(
-            layer_graph(parts, num_heads, activation), options, providers=["CPUExecutionProvider"]
+            layer_graph(parts, num_heads, activation, products), options, providers=["CPUExecutionProvider"]
         )
 
     def __call__(self, q_rows: torch.Tensor, kv_rows: torch.Tensor, q_grid: torch.Tensor, kv_grid: torch.Tensor,
@@ -229,48 +229,50 @@ class OrtUnavailable(Exception):
 PROBE_TOLERANCE = 0.05
 
 
-def with_sessions(int8_parts: Sequence[LayerParts], layers: Sequence[LayerParts],
-                  num_heads: int) -> Tuple[LayerParts, ...]:
-    """`int8_parts` (the torch int8 stack), each with its layer's session as
-    `dense_step`; ALBERT's shared layers share one session. The torch modules
-    stay in the parts: the same arithmetic, for anything that reads them.
+def with_sessions(torch_parts: Sequence[LayerParts], layers: Sequence[LayerParts],
+                  num_heads: int, products: str = "int8") -> Tuple[LayerParts, ...]:
+    """`torch_parts` (the torch stack of the same arithmetic), each with its
+    layer's session as `dense_step`; ALBERT's shared layers share one
+    session. The torch modules stay in the parts: the same arithmetic, for
+    anything that reads them.
 
-    int8_parts (Sequence[LayerParts]): the torch int8 copies of `layers`.
+    torch_parts (Sequence[LayerParts]): the torch int8 (or fp32) copies of `layers`.
     layers (Sequence[LayerParts]): the fp32 originals (the graphs' weights).
     num_heads (int): attention heads.
+    products (str): "int8" ("int8-ort") or "fp32" ("fp32-ort").
     RAISES (OrtUnavailable): no graph for this layer, a session that fails,
-        or a first layer that does not reproduce the torch int8 layer on a
-        probe (as an int8 kernel that saturates would not).
+        or a first layer that does not reproduce the torch layer on a probe
+        (as an int8 kernel that saturates would not).
     """
     try:
         made = {}
         sessions = []
         for parts in layers:
             if id(parts.query) not in made:
-                made[id(parts.query)] = OrtLayer(parts, num_heads)
+                made[id(parts.query)] = OrtLayer(parts, num_heads, products)
             sessions.append(made[id(parts.query)])
-        out = tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(int8_parts, sessions))
-        gap = _probe_gap(int8_parts[0], out[0], num_heads) if out else 0.0
+        out = tuple(dataclasses.replace(p, dense_step=s) for p, s in zip(torch_parts, sessions))
+        gap = _probe_gap(torch_parts[0], out[0], num_heads) if out else 0.0
     except build_errors() as err:
         lines = str(err).strip().splitlines()
         raise OrtUnavailable(f"{type(err).__name__}: {lines[0] if lines else ''}") from err
     if not gap <= PROBE_TOLERANCE:
-        raise OrtUnavailable(f"its layer differs from the torch int8 layer by {gap:.3g} on a probe "
+        raise OrtUnavailable(f"its layer differs from the torch {products} layer by {gap:.3g} on a probe "
                              "(an int8 kernel that saturates?)")
     return out
 
 
-def _probe_gap(torch_int8: LayerParts, one_call: LayerParts, num_heads: int) -> float:
+def _probe_gap(torch_layer: LayerParts, one_call: LayerParts, num_heads: int) -> float:
     """The largest difference between the two layers' outputs on a probe:
     two rows of different lengths, half the pieces halted, large entries (a
     kernel that saturates its int16 pair sums shows there)."""
     from .layer_step import PackedRows, halt_and_copy_layer
 
-    width = torch_int8.attn_norm.normalized_shape[0]
+    width = torch_layer.attn_norm.normalized_shape[0]
     hidden = torch.randn(2, 9, width, generator=torch.Generator().manual_seed(0)) * 4
     present = torch.ones(2, 9, dtype=torch.bool)
     present[1, 6:] = False
     active = PackedRows(present & (torch.arange(9) % 2 == 0))
-    want = halt_and_copy_layer(torch_int8, hidden.clone(), present, active, num_heads)
+    want = halt_and_copy_layer(torch_layer, hidden.clone(), present, active, num_heads)
     got = halt_and_copy_layer(one_call, hidden.clone(), present, active, num_heads)
     return float((want - got).abs().max())

@@ -35,18 +35,14 @@ weights change:
   reordered once into oneDNN's layout (`BF16Linear`). Query and [key; value]
   are two products, as in fp32.
 
-- "int8-ort": the "int8" arithmetic (the same scales, the same exact
-  integer products) with each layer's dense work, from the query, key and
-  value products to the last LayerNorm, one ONNX Runtime session call
-  (`ort_layer.OrtLayer`), built in memory from the fp32 weights. At batch
-  size 1 eager PyTorch spends more on dispatching a layer's few dozen small
-  ops than on the products; one call per layer removes that. The gather of
-  the active pieces, the scatter of their new states, the off-ramps and the
-  exit decision stay in PyTorch. Needs the optional `onnx` and
-  `onnxruntime` packages (the "ort" extra); without them, on another
-  device, or where the session's result does not match the torch int8
-  layer's on a probe (an int8 kernel that saturates), one warning and the
-  torch "int8" stack (fp32 off CPU) runs instead.
+- "int8-ort" and "fp32-ort": the "int8" (or "fp32") arithmetic with each
+  layer's dense work, from the query, key and value products to the last
+  LayerNorm, one ONNX Runtime session call (`ort_layer.OrtLayer`), and at
+  batch size 1 a whole sequence (embeddings, layers, off-ramps, exit rule)
+  one call (`ort_document`); graphs built in memory from the fp32 weights.
+  Needs the optional `onnx` and `onnxruntime` packages (the "ort" extra);
+  without them, on another device, or where a session does not match the
+  torch layer on a probe, one warning and "int8" (or "fp32") runs instead.
 In all of them, the embeddings, the off-ramps and the exit decision stay fp32 (the
 stack's output is cast back before each off-ramp), so an uncertainty and a
 threshold mean the same thing in every precision. The off-ramps stay fp32 in
@@ -77,7 +73,10 @@ from .backbone import LayerParts
 from .ort_layer import OrtUnavailable, onnxruntime_missing, with_sessions
 from .quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated, int8_kernels_available, warn_once as _warn_once
 
-PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-ort", "fp32-ort")
+# The precisions whose layers run as ONNX Runtime sessions, and the
+# arithmetic of their products.
+ORT_PRECISIONS = {"int8-ort": "int8", "fp32-ort": "fp32"}
 LINEAR_PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 # The projections each converted on their own; query, key and value are one
 # fused projection (see _with_attention_inputs).
@@ -170,11 +169,11 @@ def convert(layers: Sequence[LayerParts], precision: str, num_heads: int = 0) ->
     # Made outside inference mode (the first prediction is inside it), so the
     # copies are ordinary tensors that any later forward may use.
     with torch.inference_mode(False), torch.no_grad():
-        if precision == "int8-ort":
-            made = _ort_stack(layers, num_heads)
+        if precision in ORT_PRECISIONS:
+            made = _ort_stack(layers, num_heads, ORT_PRECISIONS[precision])
             if made is not None:
                 return made
-            precision = "int8"
+            precision = ORT_PRECISIONS[precision]
         if precision == "fp32":
             return LayerStack(_fp32_parts(layers))
         if precision == "bf16":
@@ -192,16 +191,17 @@ def convert(layers: Sequence[LayerParts], precision: str, num_heads: int = 0) ->
     return LayerStack(tuple(layers))
 
 
-def _ort_stack(layers: Sequence[LayerParts], num_heads: int) -> Optional[LayerStack]:
-    """The "int8-ort" stack: the torch int8 parts, each with its layer's
-    session; None (after one warning) where that cannot be made or fails the
-    probe (`ort_layer.with_sessions`)."""
+def _ort_stack(layers: Sequence[LayerParts], num_heads: int, products: str) -> Optional[LayerStack]:
+    """The "int8-ort" (or "fp32-ort") stack: the torch parts of the same
+    arithmetic, each with its layer's session; None (after one warning)
+    where that cannot be made or fails the probe (`ort_layer.with_sessions`)."""
     try:
-        parts = with_sessions(_int8_parts(layers), layers, num_heads)
+        torch_parts = _int8_parts(layers) if products == "int8" else _fp32_parts(layers)
+        parts = with_sessions(torch_parts, layers, num_heads, products)
     except OrtUnavailable as err:
-        _warn_once("int8-ort-failed", f"precision 'int8-ort': {err}; the torch int8 layers run instead")
+        _warn_once(f"{products}-ort-failed", f"precision '{products}-ort': {err}; the torch {products} layers run instead")
         return None
-    return LayerStack(parts, "int8-ort")
+    return LayerStack(parts, f"{products}-ort")
 
 
 def _unique_modules(layers: Sequence[LayerParts], names: Sequence[str]) -> Dict[int, nn.Module]:
@@ -287,15 +287,16 @@ def _attention_entry(inputs: Tuple[nn.Linear, nn.Linear, nn.Linear], make: Calla
 def runnable_precision(precision: str, device: torch.device) -> str:
     """`precision`, or "fp32" where it cannot run at all; warns (once per
     process) where it cannot run, or will run slowly."""
-    if precision == "int8-ort":
+    if precision in ORT_PRECISIONS:
         if device.type != "cpu":
-            _warn_once("int8-device", f"precision 'int8-ort' runs on CPU only; on {device.type} the encoder runs in fp32")
+            _warn_once(f"{precision}-device", f"precision '{precision}' runs on CPU only; on {device.type} the encoder runs in fp32")
             return "fp32"
         missing = onnxruntime_missing()
         if missing is None:
             return precision
-        _warn_once("int8-ort-missing", f"precision 'int8-ort': {missing}; the torch int8 layers run instead")
-        precision = "int8"
+        products = ORT_PRECISIONS[precision]
+        _warn_once(f"{precision}-missing", f"precision '{precision}': {missing}; the torch {products} layers run instead")
+        precision = products
     if precision == "int8":
         if device.type != "cpu":
             _warn_once("int8-device", f"precision 'int8' runs on CPU only; on {device.type} the encoder runs in fp32")

@@ -137,7 +137,7 @@ def full_depth_logits(model: Model, docs: Sequence[Doc], precision: str = "fp32"
     """Every off-ramp's logits at full depth, in inference mode (no dropout, no
     gradients): what calibration and exit simulations read.
 
-    precision (str): the layer stack's precision ("fp32", "bf16", "int8", "int8-ort"), so
+    precision (str): the layer stack's precision ("fp32", "bf16", "int8", "int8-ort", "fp32-ort"), so
         that temperatures and thresholds can be fitted for the one that runs.
     """
     aligner = get_aligner(model)

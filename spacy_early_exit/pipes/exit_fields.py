@@ -57,7 +57,7 @@ class ExitSettings:
     window = ExitField("TOKEE's k: a token exits when the tokens within +-k are all certain.")
     thresholds = ExitField("One threshold per layer (overrides `threshold`), or None.")
     temperatures = ExitField("One calibration temperature per layer, or None.")
-    precision = ExitField('The encoder layers\' precision at prediction: "fp32", "bf16", "int8" or "int8-ort".')
+    precision = ExitField('The encoder layers\' precision at prediction: "fp32", "bf16", "int8", "int8-ort" or "fp32-ort".')
 
     @property
     def encoder_depth(self) -> Optional[int]:

@@ -92,7 +92,7 @@ class Temperature(ConstrainedFloat, metaclass=_Described):
 # Literal values kept equal to encoder/exits.EXIT_MODES and
 # encoder/precision.PRECISIONS (tests/test_config_validation.py checks).
 ExitMode = Literal["tokee", "sentee", "off"]
-Precision = Literal["fp32", "bf16", "int8", "int8-ort"]
+Precision = Literal["fp32", "bf16", "int8", "int8-ort", "fp32-ort"]
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def calibrate_pipeline(
     limit (int): use the first `limit` dev docs only (0: all).
     n_bins (int): ECE bins.
     precision (Optional[str]): fit the temperatures for this prediction
-        precision ("fp32", "bf16", "int8", "int8-ort"), which the saved config then sets;
+        precision ("fp32", "bf16", "int8", "int8-ort", "fp32-ort"), which the saved config then sets;
         None = each component's own.
     RETURNS (Dict[str, Any]): ``pipeline``, ``dev_data``, ``output``, ``n_docs``
         and ``components``: per component name, the `calibrate_layers` report

@@ -156,7 +156,7 @@ def tune(
     keep (int): schedules measured for real per target, best simulated first.
     margin (float): relative safety margin on every target (0.02: 2x is tuned to 2.04x).
     precision (Optional[str]): tune for this prediction precision ("fp32",
-        "bf16", "int8", "int8-ort"), which the chosen fields then set; None = the pipe's, not written.
+        "bf16", "int8", "int8-ort", "fp32-ort"), which the chosen fields then set; None = the pipe's, not written.
     cost (str): what a target speed-up counts: "flops" (corpus FLOPs, what
         large batches pay for) or "layers" (encoder layers per doc, what one
         doc at a time pays for; see `evaluate.cost_summary`).
