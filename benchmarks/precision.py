@@ -3,7 +3,7 @@
 On one corpus of the four-corpus benchmark, with its trained pipeline
 (`project/training/<dataset>/final`, or --pipeline):
 
-1. for each precision (fp32, bf16, int8, int8-ort): `full` depth, `tokee` at each
+1. for each precision (fp32, bf16, int8, int8-ort, fp32-ort): `full` depth, `tokee` at each
    target FLOPs speed-up (2x, 3x), and `tokee-layers` at each target speed-up
    in encoder layers per doc (what batch size 1 pays for: see
    `tools.evaluate.cost_summary`), with the exit schedule tuned on dev *for
@@ -27,7 +27,7 @@ On one corpus of the four-corpus benchmark, with its trained pipeline
     python benchmarks/precision.py conll2003 --phase score   # tune + score (a busy machine is fine)
     python benchmarks/precision.py conll2003 --phase time    # time the scored rows (a quiet machine)
     python benchmarks/precision.py conll2003 --outside none  # no ORT / spacy-cnn rows
-    python benchmarks/precision.py conll2003 --phase score --precisions int8-ort --add  # one more precision's rows
+    python benchmarks/precision.py conll2003 --phase score --precisions fp32-ort --add  # one more precision's rows
 
 FLOPs do not depend on precision (they are counted from the exit schedule), so
 a row's speed over its fp32 twin is what the precision itself buys.

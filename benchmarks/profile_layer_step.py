@@ -52,7 +52,7 @@ from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PROJECT = ROOT / "benchmarks" / "results", ROOT / "project"
-PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
+PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort", "fp32-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
 INT8_RANGE, INT8, OTHER, OUTSIDE = "Int8Linear.forward", "int8 quantize/rescale", "other ops", "outside ops"
 # int8-ort: its ONNX Runtime calls (the session, and numpy in and out): one
 # per layer, or at batch size 1 one per sequence (layers, off-ramps and exits).

@@ -33,12 +33,12 @@ def test_profile_covers_every_setting_and_batch_size(tiny_model_dir, tmp_path):
             assert list(parts) == list(CATEGORIES)
             assert all(0.0 <= p["share"] <= 1.0 and p["ms_per_doc"] >= 0 for p in parts.values()), parts
             assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=2e-3)
-            # int8-ort at batch 1 runs a sequence's layers and off-ramps in one session call.
-            assert (parts["products"]["share"] > 0) == (batch != "1" or not name.endswith("int8-ort")), (name, batch)
+            # int8-ort and fp32-ort at batch 1 run a sequence's layers and off-ramps in one session call.
+            assert (parts["products"]["share"] > 0) == (batch != "1" or not name.endswith("-ort")), (name, batch)
             # Only our int8 layer stack has quantize/rescale ops (ORT's are DynamicQuantizeLinear nodes).
             assert (parts[INT8]["share"] > 0) == name.endswith("int8"), (name, parts[INT8])
-            # int8-ort's layers are session calls, which no aten op accounts for.
-            assert (parts[ORT_CALLS]["share"] > 0) == name.endswith("int8-ort"), (name, parts[ORT_CALLS])
+            # int8-ort's and fp32-ort's layers are session calls, which no aten op accounts for.
+            assert (parts[ORT_CALLS]["share"] > 0) == name.endswith("-ort"), (name, parts[ORT_CALLS])
             if name.startswith(("full", "ort")):
                 assert entry["layers_run_per_batch"] == entry["mean_exit_layer"] == DEPTH
             else:

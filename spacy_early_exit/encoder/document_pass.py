@@ -17,9 +17,11 @@ from .ort_document import DocumentGraph
 from .ort_layer import build_errors
 from .quantized_linear import warn_once
 
-# Graphs kept per encoder (one per window, mode and set of deciding layers;
-# each holds the int8 weights once more).
-MAX_GRAPHS = 4
+# Graphs kept per encoder: one per arithmetic, window, mode and set of
+# layers that may let words out (the benchmarks alternate up to ten; a
+# pipeline in use runs one or two). Each holds the layers' weights once more
+# (int8: a quarter of the fp32 size; fp32-ort: the fp32 size).
+MAX_GRAPHS = 12
 
 
 def document_inputs(piece_cols: np.ndarray, piece_words: np.ndarray, n_pieces: int, first_piece: np.ndarray,
@@ -96,7 +98,9 @@ class DocumentCache:
             return None
         ids = batch.input_ids[:, :length]
         if graph.embeds:
-            pieces = ids[0].cpu().numpy()
+            # The word vectors by numpy indexing into the table (no copy of it).
+            table = encoder.backbone.embeddings.word_embeddings.weight.detach()
+            pieces = table.numpy()[ids[0].numpy()]
         else:
             pieces = embed(encoder.backbone, ids, torch.zeros_like(ids))[0].float().contiguous().numpy()
         thresholds = np.array([policy.layer_threshold(layer) for layer in range(1, last + 1)], np.float32)

@@ -165,22 +165,24 @@ class GraphBuilder:
         inner = self.node(activation, [self.linear(attn, [parts.ffn_in])], domain=CONTRIB_DOMAIN)
         return self.layer_norm(self.node("Add", [self.linear(inner, [parts.ffn_out]), attn]), parts.ffn_norm)
 
-    def embeddings(self, ids: str, backbone: nn.Module, offset: int) -> str:
-        """The embedding block of a BERT-family `backbone` for one unpadded
-        sequence of piece ids ``[pieces]``: word + token type 0 + position
-        (from `offset`: 0 for BERT, padding index + 1 for RoBERTa), summed
-        in the order transformers sums them, the LayerNorm, and ALBERT's
-        projection up to the hidden size. Callers check it against the
-        torch block on a probe (other families differ)."""
+    def embeddings(self, word_vectors: str, backbone: nn.Module, offset: int) -> str:
+        """The rest of a BERT-family `backbone`'s embedding block for one
+        unpadded sequence, given its pieces' rows of the word embedding
+        table ``[pieces, width]`` (looked up by the caller: the table is the
+        largest weight of a small model, and a graph need not hold a copy):
+        + token type 0 + position (from `offset`: 0 for BERT, padding index +
+        1 for RoBERTa), summed in the order transformers sums them, the
+        LayerNorm, and ALBERT's projection up to the hidden size. Callers
+        check it against the torch block on a probe (other families differ)."""
         block = backbone.embeddings
-        words = self.node("Gather", [self.const(block.word_embeddings.weight.detach().float().numpy(), "words"), ids],
-                          axis=0)
+        words = word_vectors
         types = getattr(block, "token_type_embeddings", None)
         if types is not None:
             words = self.node("Add", [words, self.const(types.weight.detach().float()[0].numpy(), "type")])
         start = self.const(np.array([offset], np.int64))
+        stop = self.node("Add", [self.node("Shape", [word_vectors], start=0, end=1), start])
         positions = self.node("Slice", [self.const(block.position_embeddings.weight.detach().float().numpy(), "positions"),
-                                        start, self.node("Add", [self.node("Shape", [ids]), start])])
+                                        start, stop])
         hidden = self.layer_norm(self.node("Add", [words, positions]), block.LayerNorm)
         mapping = getattr(backbone.encoder, "embedding_hidden_mapping_in", None)
         if mapping is not None:

@@ -67,7 +67,7 @@ class DocumentGraph:
 
         self.decide = tuple(decide)
         offset = embedding_offset(backbone) if backbone is not None else None
-        # Where the graph embeds, it takes piece ids; else the embeddings.
+        # Where the graph embeds, it takes the pieces' word vectors; else the embeddings.
         self.embeds = offset is not None
         embedding = (backbone, offset) if offset is not None else None
         graph = document_graph(layers, ramps, head_sizes, num_heads, window, self.decide, embedding, products)
@@ -77,8 +77,9 @@ class DocumentGraph:
                  thresholds: np.ndarray, temperatures: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """One sequence's word logits and exit layers.
 
-        pieces (np.ndarray): int64 ``[pieces]`` piece ids where the graph
-            embeds (`embeds`), else float32 ``[pieces, hidden]`` embeddings.
+        pieces (np.ndarray): float32 ``[pieces, width]``, the pieces' rows of
+            the word embedding table where the graph embeds (`embeds`), else
+            the embeddings ``[pieces, hidden]``.
         piece_word (np.ndarray): int64 ``[pieces]``, each piece's word, or the
             word count for a piece of no word (a special).
         first_piece (np.ndarray): int64 ``[words]``, each word's first piece.
@@ -89,7 +90,7 @@ class DocumentGraph:
             logits at each word's exit layer, int64 ``[words]`` exit layers
             (1-based, 0 for a word without pieces).
         """
-        feed = {"ids" if self.embeds else "hidden": pieces, "piece_word": piece_word, "first_piece": first_piece, "words": words,
+        feed = {"word_vectors" if self.embeds else "hidden": pieces, "piece_word": piece_word, "first_piece": first_piece, "words": words,
                 "thresholds": thresholds, "temperatures": temperatures}
         logits, exits = self.session.run(["logits", "exits"], feed)
         return logits, exits
@@ -107,8 +108,9 @@ def document_graph(layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], hea
     g = GraphBuilder(products)
     floats, longs, bools = onnx_type("FLOAT"), onnx_type("INT64"), onnx_type("BOOL")
     if embedding is not None:
-        first_input = helper.make_tensor_value_info("ids", longs, ["pieces"])
-        hidden = g.embeddings("ids", *embedding)
+        table = embedding[0].embeddings.word_embeddings.embedding_dim
+        first_input = helper.make_tensor_value_info("word_vectors", floats, ["pieces", table])
+        hidden = g.embeddings("word_vectors", *embedding)
     else:
         first_input = helper.make_tensor_value_info("hidden", floats, ["pieces", width])
         hidden = "hidden"
@@ -275,16 +277,17 @@ def embedding_offset(backbone: nn.Module) -> Optional[int]:
             want = embed(backbone, ids[None], torch.zeros_like(ids)[None])[0].float().numpy()
     finally:
         backbone.train(mode)
-    floats, longs = onnx_type("FLOAT"), onnx_type("INT64")
+    floats = onnx_type("FLOAT")
+    vectors = block.word_embeddings.weight.detach().float()[ids].numpy()
     for offset in [0] + ([padding + 1] if padding is not None else []):
         if block.position_embeddings.num_embeddings < offset + len(ids):
             continue
         g = GraphBuilder()
-        g.nodes.append(helper.make_node("Identity", [g.embeddings("ids", backbone, offset)], ["out"]))
-        graph = g.model("embeddings", [helper.make_tensor_value_info("ids", longs, ["pieces"])],
+        g.nodes.append(helper.make_node("Identity", [g.embeddings("word_vectors", backbone, offset)], ["out"]))
+        graph = g.model("embeddings", [helper.make_tensor_value_info("word_vectors", floats, ["pieces", vectors.shape[1]])],
                         [helper.make_tensor_value_info("out", floats, ["pieces", want.shape[1]])])
         session = onnxruntime.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
-        got = session.run(["out"], {"ids": ids.numpy()})[0]
+        got = session.run(["out"], {"word_vectors": vectors})[0]
         if np.abs(got - want).max() <= EMBEDDING_TOLERANCE:
             return offset
     return None
