@@ -1,4 +1,4 @@
-"""The whole exit loop of one sequence as one ONNX Runtime call ("int8-ort").
+"""The whole exit loop of one sequence as one ONNX Runtime call ("int8-ort", "fp32-ort").
 
 At batch size 1 a sentence costs the layers it runs plus everything between
 them: per layer a few dozen small torch ops (piece selection, the off-ramp,
@@ -19,13 +19,17 @@ one sequence, so a sentence is one call:
   over heads), the window max over words (halted words count as settled)
   and the threshold decide who leaves.
 
-The arithmetic is `ort_layer`'s (the "int8" precision's), the rule is
-`exits.exit_decisions`', and the thresholds and temperatures are inputs, so
-one graph serves every threshold; the window, the mode, and which layers
-have an off-ramp are fixed per graph. `model.EarlyExitEncoder.forward`
-takes this path for a single sequence at "int8-ort" in prediction, where
-each piece belongs to at most one word; anything else runs the eager loop.
-numpy and onnx/onnxruntime only: nothing here knows about spaCy.
+The arithmetic is `ort_layer`'s (the "int8" or "fp32" precision's), the
+rule is `exits.exit_decisions`', and the thresholds and temperatures are
+inputs, so one graph serves every threshold; the window, the mode, and
+which layers may let words out are fixed per graph (a layer after one that
+let nobody out needs no If). The embeddings run in the graph too where they
+reproduce the torch block on a probe (`embedding_offset`), from the word
+vectors the caller looks up. `model.EarlyExitEncoder.forward` takes this
+path for a single sequence at "int8-ort" or "fp32-ort" in prediction, where
+each piece belongs to at most one word (document_pass.py); anything else
+runs the eager loop. PyTorch, numpy and onnx/onnxruntime: nothing here knows
+about spaCy.
 """
 import math
 from typing import Optional, Sequence, Tuple
