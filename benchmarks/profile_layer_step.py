@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PROJECT = ROOT / "benchmarks" / "results", ROOT / "project"
 PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort", "fp32-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
 INT8_RANGE, INT8, OTHER, OUTSIDE = "Int8Linear.forward", "int8 quantize/rescale", "other ops", "outside ops"
-# int8-ort: its ONNX Runtime calls (the session, and numpy in and out): one
+# int8-ort and fp32-ort: their ONNX Runtime calls (the session, numpy in and out): one
 # per layer, or at batch size 1 one per sequence (layers, off-ramps and exits).
-ORT_RANGE, ORT_CALLS = "int8-ort session call", "int8-ort session calls"
+ORT_RANGE, ORT_CALLS = "our ORT session call", "our ORT session calls"
 # Per category, aten's op names (no "aten::") and the node types of ORT's fused graphs.
 CATEGORY_OPS: Dict[str, Set[str]] = {
     # ORT's DynamicQuantizeMatMul quantizes its input inside the node.
