@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .backbone import embed
-from .ort_document import DocumentGraph
+from .ort_document import DocumentGraph, embedding_offset
 from .ort_layer import build_errors
 from .quantized_linear import warn_once
 
@@ -70,6 +70,8 @@ class DocumentCache:
 
     def __init__(self) -> None:
         self._graphs: "OrderedDict[Tuple[Any, ...], Optional[DocumentGraph]]" = OrderedDict()
+        # (weights version, embedding_offset's answer) for the current weights.
+        self._offset: Optional[Tuple[int, Optional[int]]] = None
 
     def run(self, encoder: Any, batch: Any, policy: Any, exits_on: bool,
             products: str = "int8") -> Optional[Tuple[torch.Tensor, ...]]:
@@ -125,7 +127,7 @@ class DocumentCache:
         try:
             made: Optional[DocumentGraph] = DocumentGraph(
                 encoder.layers, [ramp[-1] for ramp in encoder.ramps], encoder.head_sizes,
-                encoder.spec.num_heads, window, decide, encoder.backbone, products,
+                encoder.spec.num_heads, window, decide, self._embedding(encoder), products,
             )
         except build_errors() as err:
             lines = str(err).strip().splitlines()
@@ -137,8 +139,18 @@ class DocumentCache:
             self._graphs.popitem(last=False)
         return made
 
+    def _embedding(self, encoder: Any) -> Optional[Tuple[Any, int]]:
+        """The backbone and the offset at which the graphs reproduce its
+        embedding block, probed once per weights version (None: the graphs
+        take the torch block's embeddings)."""
+        if self._offset is None or self._offset[0] != encoder.weights_version:
+            self._offset = (encoder.weights_version, embedding_offset(encoder.backbone))
+        offset = self._offset[1]
+        return (encoder.backbone, offset) if offset is not None else None
+
     def clear(self) -> None:
-        self._graphs.clear()
+        self._graphs = OrderedDict()
+        self._offset = None
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "DocumentCache":
         return DocumentCache()
@@ -147,4 +159,4 @@ class DocumentCache:
         return {}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self._graphs = OrderedDict()
+        self.clear()

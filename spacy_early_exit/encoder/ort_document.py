@@ -56,24 +56,22 @@ class DocumentGraph:
     num_heads (int): attention heads.
     window (Optional[int]): TOKEE's k; None for SENTEE (the whole sequence).
     decide (Sequence[bool]): per layer, whether words may exit after it.
-    backbone (Optional[nn.Module]): the transformers model, whose embedding
-        block the graph then runs too (where it reproduces the torch block
-        on a probe, `embedding_offset`); None, or a block it does not
-        reproduce: the caller feeds the embeddings.
+    embedding (Optional[Tuple[nn.Module, int]]): the transformers model and
+        the position offset at which the graph reproduces its embedding
+        block (`embedding_offset`): the graph then embeds too; None: the
+        caller feeds the embeddings.
     products (str): the layers' arithmetic, "int8" ("int8-ort") or "fp32" ("fp32-ort").
     RAISES (ValueError): a feed-forward activation the graph does not know.
     """
 
     def __init__(self, layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], head_sizes: Sequence[int],
                  num_heads: int, window: Optional[int], decide: Sequence[bool],
-                 backbone: Optional[nn.Module] = None, products: str = "int8") -> None:
+                 embedding: Optional[Tuple[nn.Module, int]] = None, products: str = "int8") -> None:
         import onnxruntime
 
         self.decide = tuple(decide)
-        offset = embedding_offset(backbone) if backbone is not None else None
         # Where the graph embeds, it takes the pieces' word vectors; else the embeddings.
-        self.embeds = offset is not None
-        embedding = (backbone, offset) if offset is not None else None
+        self.embeds = embedding is not None
         graph = document_graph(layers, ramps, head_sizes, num_heads, window, self.decide, embedding, products)
         self.session = onnxruntime.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
 
@@ -131,16 +129,18 @@ def document_graph(layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], hea
         activation = activation_name(parts.ffn_act)
         if activation is None:
             raise ValueError("the feed-forward activation is neither erf nor tanh GELU")
+        # The first layer always runs (the caller sends only sequences with
+        # words), and so does one after a layer that let nobody out: an If
+        # costs ~30 us, a twentieth of a layer.
+        branched = layer > 1 and decide[index - 1]
         with g.branch() as body:
             new = _layer_body(g, dict(state), parts, ramp, head_sizes, num_heads, width, activation, layer,
                               scored=decide[index] or layer == last, decides=decide[index] and layer < last,
                               window=window)
-            # A branch's outputs are made inside it, also where they do not change.
-            new = {k: g.node("Identity", [v]) if v == state[k] else v for k, v in new.items()}
-        if layer == 1 or not decide[index - 1]:
-            # The first layer always runs (the caller sends only sequences
-            # with words), and so does one after a layer that let nobody out:
-            # an If costs ~30 us, a twentieth of a layer.
+            if branched:
+                # A branch's outputs are made inside it, also where they do not change.
+                new = {k: g.node("Identity", [v]) if v == state[k] else v for k, v in new.items()}
+        if not branched:
             g.nodes.extend(body)
             state = new
             continue
