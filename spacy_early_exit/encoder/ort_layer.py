@@ -22,7 +22,7 @@ attention. Which pieces are active, the exit decisions and the off-ramps stay
 in PyTorch (`layer_step.py`), so halt-and-copy, any mix of lengths and batch
 invariance are unchanged.
 
-The arithmetic is the "int8" precision's (`quantized_linear.Int8Linear`):
+For "int8-ort" ("fp32-ort" multiplies in plain fp32) the arithmetic is the "int8" precision's (`Int8Linear`):
 int8 weights with one scale per output channel; activations quantized per
 row (a token) with one symmetric scale, max |x| / 127; the integer product
 exact in int32; rescaled by the row's and the channel's scale. ONNX Runtime's
