@@ -14,13 +14,14 @@ On one corpus of the four-corpus benchmark, with its trained pipeline
    `torch.ao.quantization.quantize_dynamic` on its nn.Linear layers: the one
    line a practitioner adds today); with --outside (by default wherever they
    can run), `ort-fp32` / `ort-int8` (the same weights exported to ONNX, fused
-   by ONNX Runtime's BERT optimizer, fp32 and dynamic int8; each reports the
-   faster of document order and length-sorted batches) and `spacy-cnn`
+   by ONNX Runtime's BERT optimizer, fp32 and dynamic int8) and `spacy-cnn`
    (spaCy's efficiency NER pipeline trained on the same corpus by
    train_spacy_cnn.sh, at its best batch size);
 3. every row scored on the whole test split, and timed on evenly spaced test
    docs at batch sizes 1 and 32, settings interleaved every 64 docs, median of
-   the repetitions after a warm-up pass (table_harness.py, as run.py);
+   the repetitions after a warm-up pass (table_harness.py, as run.py); every
+   row, ours and outside, in document order and length-sorted, reporting its
+   faster (the same rule for all);
 4. benchmarks/results/precision_<dataset>.json and .md.
 
     python benchmarks/precision.py conll2003                 # everything
@@ -45,16 +46,20 @@ from spacy.language import Language
 from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
-from outside_rows import ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, OutsideRow, hf_rows, onnxruntime_missing, outside_rows  # noqa: E402
+from outside_rows import (  # noqa: E402
+    BOTH_ORDERS, ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, OutsideRow, hf_rows, onnxruntime_missing, outside_rows,
+)
 from table_harness import (  # noqa: E402
+    DOCUMENT_ORDER,
+    LENGTH_SORTED,
     ReportLayout,
     Row,
     Timing,
     command_line,
     dash,
+    length_sorted,
     machine,
     markdown_table,
-    one_order,
     per_batch_cells,
     score_rows,
     time_rows,
@@ -226,9 +231,10 @@ def row_timings(
         words in the timing docs (the pipeline's tokenization, for every row).
     """
     words = [[t.text for t in doc] for doc in nlp.tokenizer.pipe(texts)]
+    ordered = {DOCUMENT_ORDER: list(texts), LENGTH_SORTED: length_sorted(texts, [len(w) for w in words])}
     timings = {
         row.key: outside[row.method].timing(texts, words, batch_sizes) if row.method in outside
-        else one_order(setting_runner(nlp, texts, Setting(row.key, row.fields)))
+        else Timing({order: setting_runner(nlp, ordered[order], Setting(row.key, row.fields)) for order in BOTH_ORDERS})
         for row in rows
     }
     return timings, sum(len(w) for w in words)
@@ -297,14 +303,15 @@ def write_outputs(report: Dict[str, Any], output_dir: Path) -> Path:
         if timed else "Not timed yet (run --phase time).\n\n"
     )
     methods = {r["method"] for r in report["rows"]}
+    if timed:
+        header += ("Every row's words/s is the faster of document order and length-sorted batches (both in "
+                   "words_per_second_by_order).\n")
     if methods & set(ORT_METHODS):
-        header += ("ort-*: the same weights in ONNX Runtime (fused for BERT); words/s is the faster of document order "
-                   "and length-sorted batches (both in words_per_second_by_order).\n")
+        header += "ort-*: the same weights in ONNX Runtime (fused for BERT).\n"
     if SPACY_CNN in methods:
         header += ("spacy-cnn: spaCy's efficiency NER pipeline on the same corpus; its b32 column is its best batch size "
                    "(batch_size_used, every size in words_per_second_by_batch).\n")
-    if methods & set(OUTSIDE_METHODS):
-        header += "\n"
+    header += "\n"
     table = markdown(report)
     path = write_report(report, output_dir / f"precision_{report['corpus']}", header, table)
     print(table)

@@ -63,6 +63,20 @@ def test_spacy_cnn_row_scores_on_the_test_examples(trained_ner, tmp_path):
     assert row.runtime["components"] == ["ner"] and row.precision == "fp32"
     timing = row.timing([eg.reference.text for eg in test], [], [1, 32])
     assert timing.extra_batch_sizes == (128, 1000) and list(timing.runs) == [DOCUMENT_ORDER]
+    # With both orders, the length-sorted run sees the texts shortest first.
+    texts = [eg.reference.text for eg in test]
+    words = [text.split() for text in texts]
+    seen = []
+    both = SpacyCnnRow(path, (DOCUMENT_ORDER, LENGTH_SORTED))
+    tokenize = both.nlp.tokenizer
+
+    def recording(text):
+        seen.append(len(text.split()))
+        return tokenize(text)
+
+    both.nlp.tokenizer = recording
+    both.timing(texts, words, [1, 32]).runs[LENGTH_SORTED](slice(None), 32)
+    assert seen == sorted(len(w) for w in words)
 
 
 def sleeper(per_batch: float):

@@ -7,6 +7,7 @@ graphs kept per encoder, and the FLOPs the eager loop would have counted
 PyTorch and numpy: nothing here knows about spaCy.
 """
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -55,12 +56,23 @@ def spent_flops(cost: Any, exits: np.ndarray, piece_word: np.ndarray, decide: Se
     decide (Sequence[bool]): per layer, whether it may let words out.
     """
     deepest = int(exits.max(initial=0))
-    piece_exit = np.append(exits, deepest)[piece_word]
-    layers = np.arange(1, deepest + 1)[:, None]
-    active = (piece_exit[None, :] >= layers).sum(axis=1)
-    scored = (exits[None, :] >= layers).sum(axis=1)
-    ramps = np.array([decide[layer - 1] or layer == len(decide) for layer in range(1, deepest + 1)], dtype=bool)
-    return int(cost.layer_flops(int(piece_word.shape[0]), active).sum() + cost.ramp_flops(scored[ramps]).sum())
+    n_pieces = int(piece_word.shape[0])
+    # A layer's FLOPs are linear in its active pieces, so the sum over layers
+    # needs only the layers run and the pieces' summed exits (a special runs
+    # to the deepest exit); an off-ramp's, in the words it scores: a word is
+    # scored at every ramp layer up to its exit.
+    piece_layers = int(np.append(exits, deepest)[piece_word].sum())
+    base = cost.layer_flops(n_pieces, 0)
+    scored = int(_ramps_upto(tuple(decide))[exits].sum())
+    return int(deepest * base + (cost.layer_flops(n_pieces, 1) - base) * piece_layers + cost.ramp_flops(scored))
+
+
+@lru_cache(maxsize=64)
+def _ramps_upto(decide: Tuple[bool, ...]) -> np.ndarray:
+    """Per exit layer (0 to the last), the off-ramps run up to it: those of
+    the layers that may let words out, and the last layer's."""
+    last = len(decide)
+    return np.cumsum([0] + [decide[layer - 1] or layer == last for layer in range(1, last + 1)])
 
 
 class DocumentCache:
@@ -72,6 +84,8 @@ class DocumentCache:
         self._graphs: "OrderedDict[Tuple[Any, ...], Optional[DocumentGraph]]" = OrderedDict()
         # (weights version, embedding_offset's answer) for the current weights.
         self._offset: Optional[Tuple[int, Optional[int]]] = None
+        # (the last policy's key, its per-layer graph inputs): see _policy_inputs.
+        self._policy: Optional[Tuple[Any, Any]] = None
 
     def run(self, encoder: Any, batch: Any, policy: Any, exits_on: bool,
             products: str = "int8") -> Optional[Tuple[torch.Tensor, ...]]:
@@ -93,7 +107,7 @@ class DocumentCache:
             return None
         piece_word, first_piece = inputs
         last = encoder.num_layers
-        decide = tuple(exits_on and layer < last and policy.layer_threshold(layer) > 0.0 for layer in range(1, last + 1))
+        decide, thresholds, temperatures = self._policy_inputs(policy, exits_on, last, encoder.n_heads)
         window = (None if policy.mode == "sentee" else policy.window) if exits_on else 0
         graph = self._graph(encoder, window, decide, products)
         if graph is None:
@@ -105,15 +119,27 @@ class DocumentCache:
             pieces = table.numpy()[ids[0].numpy()]
         else:
             pieces = embed(encoder.backbone, ids, torch.zeros_like(ids))[0].float().contiguous().numpy()
-        thresholds = np.array([policy.layer_threshold(layer) for layer in range(1, last + 1)], np.float32)
-        temperatures = np.array([policy.layer_temperatures(layer, encoder.n_heads) for layer in range(1, last + 1)],
-                                np.float32)
         logits, exits = graph(pieces, piece_word, first_piece, words, thresholds, temperatures)
         cost = encoder.cost
         full = last * cost.layer_flops(length, length) + cost.ramp_flops(int(words.sum()))
         flops = np.array([spent_flops(cost, exits, piece_word, decide), full], np.int64)
         return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
                 torch.from_numpy(flops[:1]), torch.from_numpy(flops[1:]))
+
+    def _policy_inputs(self, policy: Any, exits_on: bool, last: int,
+                       n_heads: int) -> Tuple[Tuple[bool, ...], np.ndarray, np.ndarray]:
+        """Per layer whether it may let words out, the thresholds and the
+        temperatures, as the graph takes them; kept for the last policy (a
+        pipeline runs one for many sentences, each a few microseconds of
+        Python per layer)."""
+        key = (policy, exits_on, last, n_heads)
+        if self._policy is None or self._policy[0] != key:
+            layers = range(1, last + 1)
+            decide = tuple(exits_on and layer < last and policy.layer_threshold(layer) > 0.0 for layer in layers)
+            thresholds = np.array([policy.layer_threshold(layer) for layer in layers], np.float32)
+            temperatures = np.array([policy.layer_temperatures(layer, n_heads) for layer in layers], np.float32)
+            self._policy = (key, (decide, thresholds, temperatures))
+        return self._policy[1]
 
     def _graph(self, encoder: Any, window: Optional[int], decide: Tuple[bool, ...],
                products: str) -> Optional[DocumentGraph]:
@@ -151,6 +177,7 @@ class DocumentCache:
     def clear(self) -> None:
         self._graphs = OrderedDict()
         self._offset = None
+        self._policy = None
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "DocumentCache":
         return DocumentCache()

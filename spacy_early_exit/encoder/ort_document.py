@@ -136,7 +136,7 @@ def document_graph(layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], hea
         with g.branch() as body:
             new = _layer_body(g, dict(state), parts, ramp, head_sizes, num_heads, width, activation, layer,
                               scored=decide[index] or layer == last, decides=decide[index] and layer < last,
-                              window=window)
+                              window=window, dense=not any(decide[:index]))
             if branched:
                 # A branch's outputs are made inside it, also where they do not change.
                 new = {k: g.node("Identity", [v]) if v == state[k] else v for k, v in new.items()}
@@ -174,22 +174,32 @@ def document_graph(layers: Sequence[LayerParts], ramps: Sequence[nn.Linear], hea
 
 def _layer_body(g: GraphBuilder, state: dict, parts: LayerParts, ramp: nn.Linear, head_sizes: Sequence[int],
                 num_heads: int, width: int, activation: str, layer: int, scored: bool, decides: bool,
-                window: Optional[int]) -> dict:
+                window: Optional[int], dense: bool = False) -> dict:
     """Add one layer (and its off-ramp and exit rule where it has them);
-    the new state's names."""
+    the new state's names. `dense`: every piece is active (no earlier layer
+    may have let a word out)."""
     head_dim = width // num_heads
     hidden, active = state["hidden"], state["active"]
     flat = g.const(np.array([-1], np.int64))
-    # A piece runs while its word does; a special while any word does.
-    flags = g.node("Concat", [active, g.const(np.array([True]))], axis=0)
-    queries_at = g.node("Reshape", [g.node("NonZero", [g.node("Gather", [flags, "piece_word"], axis=0)]), flat])
-    x = g.node("Gather", [hidden, queries_at], axis=0)
-    # Every piece is quantized once (int8): the queries' rows are gathered from it.
+    # Every piece is quantized once (int8) for the keys and values.
     prepared = g.prepare(hidden)
-    queries = g.product(g.gather(prepared, queries_at), [parts.query])
-    keys, values = g.node("Split", [g.product(prepared, [parts.key, parts.value]),
-                                    g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))],
-                          axis=1, n_out=2)
+    if dense:
+        # Every piece is active: queries, keys and values in one product,
+        # and no rows to pick or scatter back.
+        x = hidden
+        queries, keys, values = g.node("Split", [g.product(prepared, [parts.query, parts.key, parts.value]), g.const(
+            np.array([parts.query.out_features, parts.key.out_features, parts.value.out_features], np.int64))],
+            axis=1, n_out=3)
+    else:
+        # A piece runs while its word does; a special while any word does.
+        flags = g.node("Concat", [active, g.const(np.array([True]))], axis=0)
+        queries_at = g.node("Reshape", [g.node("NonZero", [g.node("Gather", [flags, "piece_word"], axis=0)]), flat])
+        x = g.node("Gather", [hidden, queries_at], axis=0)
+        # The queries' rows are gathered from the quantized pieces.
+        queries = g.product(g.gather(prepared, queries_at), [parts.query])
+        keys, values = g.node("Split", [g.product(prepared, [parts.key, parts.value]),
+                                        g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))],
+                              axis=1, n_out=2)
     split_heads = g.const(np.array([0, num_heads, head_dim], np.int64))
 
     def heads(rows: str, perm: Sequence[int]) -> str:
@@ -202,7 +212,8 @@ def _layer_body(g: GraphBuilder, state: dict, parts: LayerParts, ramp: nn.Linear
                                  g.const(np.array([-1, width], np.int64))])
     out = g.output_block(parts, context, x, activation)
     new = dict(state)
-    new["hidden"] = g.node("ScatterND", [hidden, g.node("Unsqueeze", [queries_at, g.const(np.array([1], np.int64))]), out])
+    new["hidden"] = out if dense else g.node(
+        "ScatterND", [hidden, g.node("Unsqueeze", [queries_at, g.const(np.array([1], np.int64))]), out])
     if not scored:
         return new
     words_at = g.node("Reshape", [g.node("NonZero", [active]), flat])

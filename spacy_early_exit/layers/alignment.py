@@ -114,10 +114,13 @@ class Aligner:
         rows: List[SequenceRow] = []
         if self.pretokenized:
             words = [[token.text for token in doc] for doc in docs]
-            encodings = self.backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+            encodings = ([self.backend.encode(words[0], is_pretokenized=True, add_special_tokens=False)] if len(docs) == 1
+                         else self.backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False))
             pairs = [_word_pairs(enc.word_ids) for enc in encodings]
         else:
-            encodings = self.backend.encode_batch([doc.text for doc in docs], add_special_tokens=False)
+            # One text: `encode` skips the batch call's thread pool.
+            encodings = ([self.backend.encode(docs[0].text, add_special_tokens=False)] if len(docs) == 1
+                         else self.backend.encode_batch([doc.text for doc in docs], add_special_tokens=False))
             pairs = [align_pieces(doc, numpy.asarray(enc.offsets, dtype="int64").reshape(-1, 2)) for doc, enc in zip(docs, encodings)]
         layouts = [self._layout_doc(doc, enc.ids, pair, rows) for doc, enc, pair in zip(docs, encodings, pairs)]
         return rows, layouts

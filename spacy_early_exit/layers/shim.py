@@ -140,6 +140,15 @@ class EarlyExitShim(PyTorchShim):
     def encoder(self) -> Optional[EarlyExitEncoder]:
         return self._model.encoder
 
+    @property
+    def device(self) -> torch.device:
+        # Read on every call (the inputs go there): the embedding table's
+        # device directly, not the first of a walk over every module.
+        encoder = self._model.encoder
+        if encoder is None:
+            return super().device
+        return encoder.backbone.get_input_embeddings().weight.device
+
     def aligner(self, max_length: Optional[int], pretokenized: bool) -> Aligner:
         """The token-to-wordpiece aligner for this tokenizer (cached).
 
