@@ -201,6 +201,23 @@ def test_graphs_are_kept_per_setting_and_made_again_after_a_weights_change():
     assert not torch.equal(before.logits, after.logits)
 
 
+def test_settings_that_alternate_get_their_own_thresholds_and_temperatures():
+    # The cache keeps the last setting's per-layer inputs: switching back and
+    # forth must give each setting what a fresh encoder gives it.
+    encoder = sharp_encoder()
+    batch = one_sequence(12, seed=4)
+    loose = ExitPolicy(mode="tokee", threshold=0.9, window=1, precision="int8-ort")
+    strict = ExitPolicy(mode="tokee", thresholds=(0.0, 0.05, 0.05, 0.05), window=1, precision="int8-ort",
+                        temperatures=(1.0, 2.0, 2.0, 2.0))
+    with torch.no_grad():
+        alone = {policy: copy.deepcopy(encoder)(batch, policy) for policy in (loose, strict)}
+        turns = [(policy, encoder(batch, policy)) for policy in (loose, strict, loose, strict)]
+    for policy, out in turns:
+        assert torch.equal(out.exit_layers, alone[policy].exit_layers)
+        assert torch.equal(out.flops, alone[policy].flops)
+    assert not torch.equal(alone[loose].exit_layers, alone[strict].exit_layers)
+
+
 def test_copies_and_pickles_start_without_graphs():
     encoder = EarlyExitEncoder(tiny_backbone("bert", layers=2), 5).eval()
     with torch.no_grad():
