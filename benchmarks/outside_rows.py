@@ -36,7 +36,7 @@ from torch import nn
 from transformers import BatchEncoding
 
 from hf_full import HFFullDepth
-from table_harness import DOCUMENT_ORDER, LENGTH_SORTED, Runner, Timing, length_sorted, scored_percent
+from table_harness import DOCUMENT_ORDER, LENGTH_SORTED, Runner, Timing, run_orders, scored_percent
 
 from spacy_early_exit.encoder.ort_layer import onnxruntime_missing as packages_missing
 
@@ -287,8 +287,8 @@ class LabellerRow(OutsideRow):
                 "mean_exit_layer": float(len(self.labeller.encoder.layers)), "layer_speedup": 1.0}
 
     def timing(self, texts: Sequence[str], words: Sequence[Sequence[str]], batch_sizes: Sequence[int]) -> Timing:
-        ordered = {DOCUMENT_ORDER: list(words), LENGTH_SORTED: length_sorted(words, [len(w) for w in words])}
-        return Timing({order: self.runner(ordered[order]) for order in self.orders})
+        ordered = run_orders(words, [len(w) for w in words], self.orders)
+        return Timing({order: self.runner(rows) for order, rows in ordered.items()})
 
     def runner(self, rows: List[Sequence[str]]) -> Runner:
         """A runner over the docs in the given order.
@@ -332,10 +332,8 @@ class SpacyCnnRow(OutsideRow):
             return run
 
         extra = tuple(b for b in SPACY_CNN_BATCH_SIZES if b not in batch_sizes)
-        def ordered(order: str) -> List[str]:
-            return length_sorted(texts, [len(w) for w in words]) if order == LENGTH_SORTED else list(texts)
-
-        return Timing({order: runner(ordered(order)) for order in self.orders}, extra_batch_sizes=extra)
+        ordered = run_orders(texts, [len(w) for w in words], self.orders)
+        return Timing({order: runner(rows) for order, rows in ordered.items()}, extra_batch_sizes=extra)
 
 
 def practitioner_int8(nlp: Language) -> HFFullDepth:

@@ -50,17 +50,15 @@ from outside_rows import (  # noqa: E402
     BOTH_ORDERS, ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, OutsideRow, hf_rows, onnxruntime_missing, outside_rows,
 )
 from table_harness import (  # noqa: E402
-    DOCUMENT_ORDER,
-    LENGTH_SORTED,
     ReportLayout,
     Row,
     Timing,
     command_line,
     dash,
-    length_sorted,
     machine,
     markdown_table,
     per_batch_cells,
+    run_orders,
     score_rows,
     time_rows,
     write_report,
@@ -231,10 +229,10 @@ def row_timings(
         words in the timing docs (the pipeline's tokenization, for every row).
     """
     words = [[t.text for t in doc] for doc in nlp.tokenizer.pipe(texts)]
-    ordered = {DOCUMENT_ORDER: list(texts), LENGTH_SORTED: length_sorted(texts, [len(w) for w in words])}
+    ordered = run_orders(texts, [len(w) for w in words], BOTH_ORDERS)
     timings = {
         row.key: outside[row.method].timing(texts, words, batch_sizes) if row.method in outside
-        else Timing({order: setting_runner(nlp, ordered[order], Setting(row.key, row.fields)) for order in BOTH_ORDERS})
+        else Timing({order: setting_runner(nlp, docs, Setting(row.key, row.fields)) for order, docs in ordered.items()})
         for row in rows
     }
     return timings, sum(len(w) for w in words)

@@ -42,7 +42,7 @@ from table_harness import (  # noqa: E402
     DOCUMENT_ORDER, Row, command_line, machine, markdown_table, one_order, time_rows, write_report,
 )
 
-from spacy_early_exit.encoder.precision import int8_kernels_available  # noqa: E402
+from spacy_early_exit.encoder.precision import PRECISIONS, int8_kernels_available  # noqa: E402
 from spacy_early_exit.encoder.ort_document import DocumentGraph  # noqa: E402
 from spacy_early_exit.encoder.ort_layer import OrtLayer  # noqa: E402
 from spacy_early_exit.encoder.quantized_linear import Int8Linear  # noqa: E402
@@ -52,7 +52,7 @@ from spacy_early_exit.tools.options import parse_numbers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PROJECT = ROOT / "benchmarks" / "results", ROOT / "project"
-PRECISIONS, ORDERS = ("fp32", "bf16", "int8", "int8-ort", "fp32-ort"), (DOCUMENT_ORDER, LENGTH_SORTED)
+ORDERS = (DOCUMENT_ORDER, LENGTH_SORTED)
 INT8_RANGE, INT8, OTHER, OUTSIDE = "Int8Linear.forward", "int8 quantize/rescale", "other ops", "outside ops"
 # int8-ort and fp32-ort: their ONNX Runtime calls (the session, numpy in and out): one
 # per layer, or at batch size 1 one per sequence (layers, off-ramps and exits).

@@ -175,9 +175,22 @@ def one_order(runner: Runner) -> Timing:
     return Timing({DOCUMENT_ORDER: runner})
 
 
-def length_sorted(items: Sequence[Any], n_words: Sequence[int]) -> List[Any]:
-    """`items` in order of their word counts `n_words` (stable: ties keep their order)."""
-    return [items[i] for i in sorted(range(len(items)), key=lambda i: n_words[i])]
+def run_orders(items: Sequence[Any], n_words: Sequence[int],
+               orders: Sequence[str] = (DOCUMENT_ORDER, LENGTH_SORTED)) -> Dict[str, List[Any]]:
+    """`items` in each run order: as given, or by their word counts `n_words`
+    (stable: ties keep their order).
+
+    items (Sequence[Any]): the timing docs (texts, or their words).
+    n_words (Sequence[int]): each item's word count (read only to sort).
+    orders (Sequence[str]): DOCUMENT_ORDER and/or LENGTH_SORTED.
+    RETURNS (Dict[str, List[Any]]): order name -> the items in that order.
+    """
+    def arranged(order: str) -> List[Any]:
+        if order == LENGTH_SORTED:
+            return [items[i] for i in sorted(range(len(items)), key=lambda i: n_words[i])]
+        return list(items)
+
+    return {order: arranged(order) for order in orders}
 
 
 def words_per_second(n_words: int, seconds: float) -> float:

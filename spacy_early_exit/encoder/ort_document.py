@@ -184,12 +184,9 @@ def _layer_body(g: GraphBuilder, state: dict, parts: LayerParts, ramp: nn.Linear
     # Every piece is quantized once (int8) for the keys and values.
     prepared = g.prepare(hidden)
     if dense:
-        # Every piece is active: queries, keys and values in one product,
-        # and no rows to pick or scatter back.
-        x = hidden
-        queries, keys, values = g.node("Split", [g.product(prepared, [parts.query, parts.key, parts.value]), g.const(
-            np.array([parts.query.out_features, parts.key.out_features, parts.value.out_features], np.int64))],
-            axis=1, n_out=3)
+        # Every piece is active: its queries come out of the keys' product,
+        # and there are no rows to pick or scatter back.
+        x, projections = hidden, [parts.query, parts.key, parts.value]
     else:
         # A piece runs while its word does; a special while any word does.
         flags = g.node("Concat", [active, g.const(np.array([True]))], axis=0)
@@ -197,9 +194,13 @@ def _layer_body(g: GraphBuilder, state: dict, parts: LayerParts, ramp: nn.Linear
         x = g.node("Gather", [hidden, queries_at], axis=0)
         # The queries' rows are gathered from the quantized pieces.
         queries = g.product(g.gather(prepared, queries_at), [parts.query])
-        keys, values = g.node("Split", [g.product(prepared, [parts.key, parts.value]),
-                                        g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))],
-                              axis=1, n_out=2)
+        projections = [parts.key, parts.value]
+    sizes = g.const(np.array([p.out_features for p in projections], np.int64))
+    projected = g.node("Split", [g.product(prepared, projections), sizes], axis=1, n_out=len(projections))
+    if dense:
+        queries, keys, values = projected
+    else:
+        keys, values = projected
     split_heads = g.const(np.array([0, num_heads, head_dim], np.int64))
 
     def heads(rows: str, perm: Sequence[int]) -> str:

@@ -114,16 +114,20 @@ class Aligner:
         rows: List[SequenceRow] = []
         if self.pretokenized:
             words = [[token.text for token in doc] for doc in docs]
-            encodings = ([self.backend.encode(words[0], is_pretokenized=True, add_special_tokens=False)] if len(docs) == 1
-                         else self.backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False))
+            encodings = self._encode(words, is_pretokenized=True)
             pairs = [_word_pairs(enc.word_ids) for enc in encodings]
         else:
-            # One text: `encode` skips the batch call's thread pool.
-            encodings = ([self.backend.encode(docs[0].text, add_special_tokens=False)] if len(docs) == 1
-                         else self.backend.encode_batch([doc.text for doc in docs], add_special_tokens=False))
+            encodings = self._encode([doc.text for doc in docs])
             pairs = [align_pieces(doc, numpy.asarray(enc.offsets, dtype="int64").reshape(-1, 2)) for doc, enc in zip(docs, encodings)]
         layouts = [self._layout_doc(doc, enc.ids, pair, rows) for doc, enc, pair in zip(docs, encodings, pairs)]
         return rows, layouts
+
+    def _encode(self, inputs: List[Any], **options: Any) -> List[Any]:
+        """The Rust tokenizer's encodings of `inputs`, no special tokens; one
+        input through `encode`, which skips the batch call's thread pool."""
+        if len(inputs) == 1:
+            return [self.backend.encode(inputs[0], add_special_tokens=False, **options)]
+        return self.backend.encode_batch(inputs, add_special_tokens=False, **options)
 
     def _layout_doc(
         self, doc: Doc, ids: List[int], pairs: Tuple[numpy.ndarray, numpy.ndarray], rows: List[SequenceRow]
