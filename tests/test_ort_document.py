@@ -263,3 +263,50 @@ def test_the_embeddings_run_in_the_graph_where_they_match_torch():
     assert calls == [True]
     assert_same(eager, fused)
     assert not next(iter(encoder.document_cache._graphs.values())).embeds
+
+
+def test_a_pipeline_sentence_at_batch_size_1_goes_straight_to_the_graph(trained_ner, monkeypatch):
+    # Architecture._predict_rows hands a lone one-row doc to the shim's
+    # predict_sequence (numpy in and out, no thinc wrapper); anything else,
+    # and a precision without the graph, goes through the shim's predict.
+    from spacy_early_exit.layers.architecture import get_shim
+    from spacy_early_exit.layers.shim import EarlyExitShim
+    from spacy_early_exit.tools.evaluate import exit_settings
+
+    wrapped = []
+    real_predict = EarlyExitShim.predict
+
+    def counted(self, inputs):
+        wrapped.append(inputs.args[0].input_ids.shape[0])
+        return real_predict(self, inputs)
+
+    monkeypatch.setattr(EarlyExitShim, "predict", counted)
+    encoder = get_shim(trained_ner.get_pipe("tokee_ner").model).encoder
+    short = ["John Smith lives in New York .", "Google opened an office in Paris and London .", "London"]
+    long_text = " ".join(["John Smith lives in New York and works for Google ."] * 12)
+
+    def run(texts, **fields):
+        with exit_settings(trained_ner, {"precision": "int8-ort", **fields}):
+            docs = [trained_ner(text) for text in texts]
+        return [(doc._.early_exit["tokee_ner"]["exit_layers"], doc._.early_exit["tokee_ner"]["flops"],
+                 [(e.start, e.end, e.label_) for e in doc.ents]) for doc in docs]
+
+    fast = run(short)
+    assert wrapped == []
+    encoder.one_call_documents = False
+    try:
+        eager = run(short)
+    finally:
+        encoder.one_call_documents = True
+    assert wrapped == [1, 1, 1]
+    assert fast == eager and len({layer for sig in fast for layer in sig[0]}) > 1
+    del wrapped[:]
+    # A static cut exits where it says on this path too.
+    assert {layer for sig in run(short[:1], thresholds=[0.0, 1.0, 1.0, 1.0]) for layer in sig[0]} == {2}
+    assert wrapped == []
+    run([long_text])  # windowed: several rows in one call
+    assert wrapped and wrapped[0] > 1
+    del wrapped[:]
+    with exit_settings(trained_ner, {"precision": "int8"}):
+        trained_ner(short[0])
+    assert wrapped == [1]

@@ -16,6 +16,7 @@ import torch
 from .backbone import embed
 from .ort_document import DocumentGraph, embedding_offset
 from .ort_layer import build_errors
+from .precision import ORT_PRECISIONS
 from .quantized_linear import warn_once
 
 # Graphs kept per encoder: one per arithmetic, window, mode and set of
@@ -75,6 +76,27 @@ def _ramps_upto(decide: Tuple[bool, ...]) -> np.ndarray:
     return np.cumsum([0] + [decide[layer - 1] or layer == last for layer in range(1, last + 1)])
 
 
+def predict_sequence(encoder: Any, ids: np.ndarray, first: np.ndarray, piece_cols: np.ndarray,
+                     piece_words: np.ndarray, policy: Any) -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
+    """One sequence's prediction through its one-call graph, numpy in and
+    out: what `EarlyExitEncoder.forward` returns for a one-row batch at
+    "int8-ort" or "fp32-ort", without the torch tensors and module calls
+    around it (at batch size 1 those cost a sixth of a sentence); None where
+    the encoder would run the eager loop (another precision, training mode,
+    a piece of two words, `one_call_documents` off). Arguments as
+    `DocumentCache.run_sequence`'s; policy (Optional[ExitPolicy]): None = full depth.
+    RAISES (ValueError): a policy that does not fit the encoder, as forward does.
+    """
+    policy = encoder.checked_policy(policy)
+    if encoder.training or not encoder.one_call_documents:
+        return None
+    products = ORT_PRECISIONS.get(encoder.layer_stack(policy.precision).precision)
+    if products is None:
+        return None
+    return encoder.document_cache.run_sequence(encoder, ids, first, piece_cols, piece_words, policy,
+                                               policy.mode != "off", products)
+
+
 class DocumentCache:
     """One encoder's `DocumentGraph`s, made on first use and dropped when
     the weights change; like precision.PrecisionCache, never pickled or
@@ -100,9 +122,30 @@ class DocumentCache:
         products (str): the layers' arithmetic, "int8" or "fp32".
         """
         length = int(batch.lengths.cpu().numpy()[0])
-        first = batch.word_pieces[0].cpu().numpy()
+        found = self.run_sequence(
+            encoder, batch.input_ids[0, :length].cpu().numpy(), batch.word_pieces[0].cpu().numpy(),
+            batch.piece_cols.cpu().numpy(), batch.piece_words.cpu().numpy(), policy, exits_on, products,
+        )
+        if found is None:
+            return None
+        logits, exits, flops, full = found
+        return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
+                torch.tensor([flops], dtype=torch.long), torch.tensor([full], dtype=torch.long))
+
+    def run_sequence(self, encoder: Any, ids: np.ndarray, first: np.ndarray, piece_cols: np.ndarray,
+                     piece_words: np.ndarray, policy: Any, exits_on: bool,
+                     products: str = "int8") -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
+        """`run` for one sequence given as numpy arrays (`SequenceRow`'s):
+        word logits, exit layers, FLOPs and full-depth FLOPs; None where this
+        path does not apply.
+
+        ids (np.ndarray): int64 ``[pieces]``, the sequence's piece ids, specials included.
+        first (np.ndarray): int64 ``[words]``, each word's first piece (-1: none).
+        piece_cols, piece_words (np.ndarray): the (piece, word) pairs.
+        """
+        length = int(ids.shape[0])
         words = first >= 0
-        inputs = document_inputs(batch.piece_cols.cpu().numpy(), batch.piece_words.cpu().numpy(), length, first, words)
+        inputs = document_inputs(piece_cols, piece_words, length, first, words)
         if inputs is None or not words.any():
             return None
         piece_word, first_piece = inputs
@@ -112,19 +155,17 @@ class DocumentCache:
         graph = self._graph(encoder, window, decide, products)
         if graph is None:
             return None
-        ids = batch.input_ids[:, :length]
         if graph.embeds:
             # The word vectors by numpy indexing into the table (no copy of it).
-            table = encoder.backbone.embeddings.word_embeddings.weight.detach()
-            pieces = table.numpy()[ids[0].numpy()]
+            pieces = encoder.backbone.embeddings.word_embeddings.weight.detach().numpy()[ids]
         else:
-            pieces = embed(encoder.backbone, ids, torch.zeros_like(ids))[0].float().contiguous().numpy()
+            with torch.inference_mode():
+                tensor = torch.from_numpy(ids)[None]
+                pieces = embed(encoder.backbone, tensor, torch.zeros_like(tensor))[0].float().contiguous().numpy()
         logits, exits = graph(pieces, piece_word, first_piece, words, thresholds, temperatures)
         cost = encoder.cost
         full = last * cost.layer_flops(length, length) + cost.ramp_flops(int(words.sum()))
-        flops = np.array([spent_flops(cost, exits, piece_word, decide), full], np.int64)
-        return (torch.from_numpy(logits)[None], torch.from_numpy(exits)[None],
-                torch.from_numpy(flops[:1]), torch.from_numpy(flops[1:]))
+        return logits, exits, spent_flops(cost, exits, piece_word, decide), int(full)
 
     def _policy_inputs(self, policy: Any, exits_on: bool, last: int,
                        n_heads: int) -> Tuple[Tuple[bool, ...], np.ndarray, np.ndarray]:

@@ -204,6 +204,15 @@ class EarlyExitEncoder(nn.Module):
             return LayerStack(tuple(self.layers))
         return self.precision_cache.stack(self.layers, precision, self.weights_version, self.spec.num_heads)
 
+    def checked_policy(self, policy: Optional[ExitPolicy]) -> ExitPolicy:
+        """`policy` (None: full depth), failing where it does not fit this encoder."""
+        policy = policy or ExitPolicy(mode="off")
+        policy.check_depth(self.num_layers)
+        policy.check_heads(self.n_heads)
+        if not self.head_sizes:
+            raise ValueError("The early-exit encoder has no heads yet: no component has added its off-ramps")
+        return policy
+
     def forward(
         self,
         batch: EncoderInput,
@@ -231,11 +240,7 @@ class EarlyExitEncoder(nn.Module):
         """
         if exit_layers is not None and not all_layers:
             raise ValueError("Forced exit layers are a training pass: pass all_layers=True")
-        policy = policy or ExitPolicy(mode="off")
-        policy.check_depth(self.num_layers)
-        policy.check_heads(self.n_heads)
-        if not self.head_sizes:
-            raise ValueError("The early-exit encoder has no heads yet: no component has added its off-ramps")
+        policy = self.checked_policy(policy)
         exits_on = policy.mode != "off" and not all_layers
         stack = stack if stack is not None else self.layer_stack(policy.precision)
         ids = batch.input_ids

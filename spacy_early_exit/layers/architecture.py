@@ -209,6 +209,11 @@ def _predict_rows(
     word_states: bool = False,
 ) -> List[_RowResult]:
     """Run rows in length-sorted sub-batches; RETURNS one result per row, in row order."""
+    if len(rows) == 1 and not word_states:
+        # A sentence at batch size 1: straight to the one-call graph where it applies.
+        found = torch_layer.shims[0].predict_sequence(rows[0], policy)
+        if found is not None:
+            return [_RowResult(*found)]
     results: List[Any] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
     start = 0

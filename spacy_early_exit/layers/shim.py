@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import srsly
 import torch
@@ -21,8 +21,10 @@ from thinc.api import Optimizer, PyTorchShim, torch2xp, xp2torch
 from torch import nn
 
 from ..encoder.backbone import backbone_spec, build_from_config, check_tokenizer, load_pretrained
+from ..encoder.document_pass import predict_sequence
+from ..encoder.exits import ExitPolicy
 from ..encoder.model import EarlyExitEncoder
-from .alignment import Aligner
+from .alignment import Aligner, SequenceRow
 from ..memory import native_kernels
 
 RAMP_PREFIX = "encoder.ramps."
@@ -219,6 +221,15 @@ class EarlyExitShim(PyTorchShim):
         # long streams (see memory.py).
         with torch.inference_mode(), native_kernels():
             return self._model(*inputs.args, **inputs.kwargs)
+
+    def predict_sequence(self, row: SequenceRow, policy: Optional[ExitPolicy]) -> Optional[Tuple[Any, ...]]:
+        """One row's word logits, exit layers, FLOPs and full-depth FLOPs
+        through the encoder's one-call sequence graph, numpy in and out
+        (document_pass.predict_sequence); None where the encoder would run
+        its eager loop, so the caller goes through `predict`."""
+        if self._model.training:
+            self._model.eval()
+        return predict_sequence(self.encoder, row.ids, row.word_cols, row.pair_cols, row.pair_words, policy)
 
     def finish_update(self, optimizer: Optimizer) -> None:
         self.n_updates += 1
