@@ -76,6 +76,17 @@ def _ramps_upto(decide: Tuple[bool, ...]) -> np.ndarray:
     return np.cumsum([0] + [decide[layer - 1] or layer == last for layer in range(1, last + 1)])
 
 
+def one_call_products(encoder: Any, precision: str) -> Optional[str]:
+    """The layers' arithmetic ("int8" or "fp32") where `encoder` runs a
+    single sequence at `precision` (its layer stack's, the one that runs) as
+    one call; None where it runs the eager loop (another precision, training
+    mode, `one_call_documents` off). The one test for both entries,
+    `EarlyExitEncoder.forward` and `predict_sequence`."""
+    if encoder.training or not encoder.one_call_documents:
+        return None
+    return ORT_PRECISIONS.get(precision)
+
+
 def predict_sequence(encoder: Any, ids: np.ndarray, first: np.ndarray, piece_cols: np.ndarray,
                      piece_words: np.ndarray, policy: Any) -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
     """One sequence's prediction through its one-call graph, numpy in and
@@ -88,9 +99,7 @@ def predict_sequence(encoder: Any, ids: np.ndarray, first: np.ndarray, piece_col
     RAISES (ValueError): a policy that does not fit the encoder, as forward does.
     """
     policy = encoder.checked_policy(policy)
-    if encoder.training or not encoder.one_call_documents:
-        return None
-    products = ORT_PRECISIONS.get(encoder.layer_stack(policy.precision).precision)
+    products = one_call_products(encoder, encoder.layer_stack(policy.precision).precision)
     if products is None:
         return None
     return encoder.document_cache.run_sequence(encoder, ids, first, piece_cols, piece_words, policy,

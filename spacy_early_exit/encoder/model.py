@@ -21,8 +21,8 @@ from .backbone import BackboneSpec, backbone_spec, embed, layer_parts
 from .cost import CostModel
 from .exits import ExitPolicy, exit_decisions, joint_uncertainty
 from .layer_step import halt_and_copy_layer
-from .document_pass import DocumentCache
-from .precision import ORT_PRECISIONS, LayerStack, PrecisionCache
+from .document_pass import DocumentCache, one_call_products
+from .precision import LayerStack, PrecisionCache
 from .schedule import LayerSchedule, PieceOwners, WordIndex
 
 
@@ -245,9 +245,10 @@ class EarlyExitEncoder(nn.Module):
         stack = stack if stack is not None else self.layer_stack(policy.precision)
         ids = batch.input_ids
         n_rows, seq = ids.shape
-        if n_rows == 1 and stack.precision in ORT_PRECISIONS and self.one_call_documents and not (
-                self.training or all_layers or word_states or exit_layers is not None):
-            found = self.document_cache.run(self, batch, policy, exits_on, ORT_PRECISIONS[stack.precision])
+        single = n_rows == 1 and not (all_layers or word_states or exit_layers is not None)
+        products = one_call_products(self, stack.precision) if single else None
+        if products is not None:
+            found = self.document_cache.run(self, batch, policy, exits_on, products)
             if found is not None:
                 return EncoderOutput(*found)
         device = ids.device
