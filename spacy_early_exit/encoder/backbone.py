@@ -44,6 +44,10 @@ class LayerParts:
         ``(q_in, kv_in, key_mask) -> out`` (see ort_layer.OrtLayer); set only
         by the "int8-ort" and "fp32-ort" stacks. The layer step then gathers and scatters the
         pieces and leaves everything in between to it.
+    output_block (Optional[Callable]): ``(context, residual) -> states``, the
+        attention output projection through the last LayerNorm in one call;
+        set only by the "bf16" stack (bf16_block.BF16OutputBlock), used at
+        prediction (no dropout).
     """
 
     query: nn.Linear
@@ -59,6 +63,7 @@ class LayerParts:
     query_key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     dense_step: Optional[Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None
+    output_block: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
 
 @dataclass

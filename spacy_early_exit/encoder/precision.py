@@ -70,7 +70,8 @@ import torch
 from torch import nn
 
 from .backbone import LayerParts
-from .ort_layer import OrtUnavailable, onnxruntime_missing, with_sessions
+from .bf16_block import BF16OutputBlock
+from .ort_layer import OrtUnavailable, activation_name, onnxruntime_missing, with_sessions
 from .quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated, int8_kernels_available, warn_once as _warn_once
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-ort", "fp32-ort")
@@ -238,7 +239,10 @@ def _bf16_parts(layers: Sequence[LayerParts]) -> Tuple[LayerParts, ...]:
         norm = copy.deepcopy(module).to(torch.bfloat16)
         norm.requires_grad_(False)
         new[key] = norm
-    return _with_attention_inputs(_swap(layers, OUTPUT_PARTS + NORM_PARTS, new), layers, BF16Linear, fuse_query=False)
+    converted = _with_attention_inputs(_swap(layers, OUTPUT_PARTS + NORM_PARTS, new), layers, BF16Linear, fuse_query=False)
+    return tuple(dataclasses.replace(parts, output_block=BF16OutputBlock.make(
+        parts.attn_out, parts.attn_norm, parts.ffn_in, parts.ffn_out, parts.ffn_norm, activation_name(parts.ffn_act)))
+        for parts in converted)
 
 
 def _with_attention_inputs(

@@ -109,9 +109,7 @@ class BF16Linear(nn.Module):
             return on_onednn(F.linear, x, self.weight, self.bias)
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         n = rows.shape[0]
-        bucket = row_bucket(n) if self.bucket_rows else n
-        if bucket != n:
-            rows = F.pad(rows, (0, 0, 0, bucket - n))
+        rows = pad_rows(rows, row_bucket(n) if self.bucket_rows else n)
         out = on_onednn(torch.ops.mkldnn._linear_pointwise, rows, self.packed, self.bias, "none", [], "")[:n]
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
@@ -142,6 +140,18 @@ def row_bucket(n: int) -> int:
         if n <= limit:
             return n if n <= 16 else -(-n // step) * step
     return -(-n // 1024) * 1024
+
+
+def pad_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """`rows` (2-D) with zero rows appended up to `n`. Only the new rows are
+    zeroed: `F.pad` fills the whole result before copying the rows in, 7% of
+    a profiled batch-32 bf16 prediction."""
+    if rows.shape[0] >= n:
+        return rows
+    out = rows.new_empty(n, rows.shape[1])
+    out[: rows.shape[0]] = rows
+    out[rows.shape[0]:].zero_()
+    return out
 
 
 def packed_bf16_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
