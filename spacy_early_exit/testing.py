@@ -154,11 +154,13 @@ def ner_examples(nlp: "Language") -> List["Example"]:
     return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
 
 
-def make_ner_nlp(model_dir: PathLike, steps: int = 0, **config: Any) -> "Language":
+def make_ner_nlp(model_dir: PathLike, steps: int = 0, seed: int = 0, **config: Any) -> "Language":
     """A blank English pipeline with `tokee_ner` on a local backbone, initialized on `NER_DATA`.
 
     model_dir (PathLike): a backbone folder, e.g. from `save_tiny_backbone`.
     steps (int): training updates on `NER_DATA` after initialize.
+    seed (int): the random seed set before initialize, so that the same
+        arguments build the same model whichever tests ran before.
     config (Any): more component settings. `model` and `fine_tuning` are
         merged into the defaults here (the backbone name and
         `TINY_FINE_TUNING`) rather than replacing them, so a test can change
@@ -167,6 +169,7 @@ def make_ner_nlp(model_dir: PathLike, steps: int = 0, **config: Any) -> "Languag
     """
     import spacy
 
+    spacy.util.fix_random_seed(seed)
     nlp = spacy.blank("en")
     model = {"name": str(model_dir), **config.pop("model", {})}
     fine_tuning = {**TINY_FINE_TUNING, **config.pop("fine_tuning", {})}
@@ -204,7 +207,8 @@ def shared_examples(nlp: "Language", entities: bool = True, tags: bool = True) -
 
 
 def make_shared_nlp(
-    model_dir: PathLike, heads: Tuple[str, ...] = ("tokee_ner", "tokee_tagger"), steps: int = 0, **config: Any
+    model_dir: PathLike, heads: Tuple[str, ...] = ("tokee_ner", "tokee_tagger"), steps: int = 0, seed: int = 0,
+    **config: Any
 ) -> "Language":
     """A blank English pipeline: `tokee_transformer` on a local backbone and
     listening `heads`, initialized on `shared_examples`.
@@ -212,12 +216,14 @@ def make_shared_nlp(
     model_dir (PathLike): a backbone folder, e.g. from `save_tiny_backbone`.
     heads (Tuple[str, ...]): the listening task factories, in pipeline order.
     steps (int): training updates after initialize.
+    seed (int): the random seed set before initialize (as in `make_ner_nlp`).
     config (Any): more `tokee_transformer` settings (`model` and
         `fine_tuning` merged into the defaults, as in `make_ner_nlp`).
     RETURNS (Language): the pipeline.
     """
     import spacy
 
+    spacy.util.fix_random_seed(seed)
     nlp = spacy.blank("en")
     model = {"name": str(model_dir), **config.pop("model", {})}
     fine_tuning = {**TINY_FINE_TUNING, **config.pop("fine_tuning", {})}
