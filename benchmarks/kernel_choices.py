@@ -16,6 +16,14 @@ tokens exit), hundreds at batch 32.
    eager torch with transposed weights, exported to ONNX and run by ONNX
    Runtime (fp32, graph-optimized), and (with --compile) `torch.compile`
    with dynamic shapes: what an `engine` field would have bought.
+3. `bf16_output_block`: the same block in bf16 as the layers ran it before
+   (`BF16Linear` products, torch's add, GELU and LayerNorm, every product
+   padding its rows to a bucket) against `bf16_block.BF16OutputBlock`
+   (residual adds and GELU as oneDNN post-ops, rows padded once).
+4. `attention_key_lengths`: torch's scaled_dot_product_attention at batch 32
+   (MiniLM's 12 heads of 32, 13 queries per row, a key mask, the strided
+   head views the layer passes) for key lengths either side of a multiple of
+   16, in bf16 and fp32: why `layer_step.key_span` pads keys to 16.
 
 Every variant is timed interleaved with the others, best of --repeats rounds
 of --calls calls (the minimum: these are microseconds, and a busy core only
@@ -26,6 +34,7 @@ adds time), with oneDNN off as at prediction (`memory.native_kernels`).
 
 Writes benchmarks/results/kernel_choices.json.
 """
+import copy
 import json
 import platform
 import tempfile
@@ -38,12 +47,15 @@ import torch.nn.functional as F
 import typer
 from torch import nn
 
+from spacy_early_exit.encoder.bf16_block import BF16OutputBlock
 from spacy_early_exit.encoder.quantized_linear import BF16Linear, FP32Linear, Int8Linear, concatenated
 from spacy_early_exit.memory import native_kernels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HIDDEN, FFN = 384, 1536
 ROWS = (1, 7, 14, 33, 64, 200, 600)
+HEADS, HEAD_DIM, ATTENTION_ROWS, QUERIES = 12, 32, 32, 13
+KEY_LENGTHS = (14, 16, 30, 32, 62, 64)
 
 
 def best_microseconds(variants: Dict[str, Callable[[], object]], calls: int, repeats: int) -> Dict[str, float]:
@@ -177,6 +189,56 @@ def output_block(rows: Sequence[int], calls: int, repeats: int, threads: int, co
     return report
 
 
+def bf16_output_block(rows: Sequence[int], calls: int, repeats: int) -> List[Dict[str, object]]:
+    """The bf16 output block unfused (as before) and fused, with their largest difference."""
+    torch.manual_seed(0)
+    block = OutputBlock().eval()
+    attn_out, ffn_in, ffn_out = (BF16Linear(m) for m in (block.attn_out, block.ffn_in, block.ffn_out))
+    attn_norm, ffn_norm = (copy.deepcopy(m).to(torch.bfloat16) for m in (block.attn_norm, block.ffn_norm))
+    fused = BF16OutputBlock.make(attn_out, attn_norm, ffn_in, ffn_out, ffn_norm, "Gelu")
+    if fused is None:
+        return []
+
+    def unfused(context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        attn = attn_norm(attn_out(context) + residual)
+        return ffn_norm(ffn_out(F.gelu(ffn_in(attn))) + attn)
+
+    out: List[Dict[str, object]] = []
+    with torch.no_grad():
+        for n in rows:
+            context, residual = (torch.randn(n, HIDDEN).to(torch.bfloat16) for _ in range(2))
+            gap = float((fused(context, residual).float() - unfused(context, residual).float()).abs().max())
+            times = best_microseconds({"unfused": lambda: unfused(context, residual),
+                                       "fused": lambda: fused(context, residual)}, calls, repeats)
+            out.append({"rows": n, "microseconds": times, "speedup": round(times["unfused"] / times["fused"], 2),
+                        "max_abs_difference": float(f"{gap:.2e}")})
+    return out
+
+
+def attention_key_lengths(calls: int, repeats: int) -> List[Dict[str, object]]:
+    """Attention time per key length and dtype (see the module docstring)."""
+    torch.manual_seed(0)
+    width = HEADS * HEAD_DIM
+    out: List[Dict[str, object]] = []
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], HEADS, HEAD_DIM).transpose(1, 2)
+
+    with torch.no_grad():
+        for dtype in (torch.bfloat16, torch.float32):
+            for keys in KEY_LENGTHS:
+                q = torch.randn(ATTENTION_ROWS, QUERIES, width).to(dtype)
+                kv = torch.randn(ATTENTION_ROWS, keys, 2 * width).to(dtype)
+                mask = torch.ones(ATTENTION_ROWS, 1, 1, keys, dtype=torch.bool)
+                mask[1:, ..., keys - 2:] = False  # shorter rows: the mask is real
+                k, v = kv.chunk(2, dim=-1)
+                times = best_microseconds({"sdpa": lambda: F.scaled_dot_product_attention(
+                    heads(q), heads(k), heads(v), attn_mask=mask)}, calls, repeats)
+                out.append({"dtype": str(dtype).replace("torch.", ""), "keys": keys, "queries": QUERIES,
+                            "rows": ATTENTION_ROWS, "microseconds": times["sdpa"]})
+    return out
+
+
 def main(
     threads: int = typer.Option(1, help="torch and ONNX Runtime intra-op threads"),
     calls: int = typer.Option(200, help="Calls per round and variant"),
@@ -192,6 +254,8 @@ def main(
         report = {
             "linear_layouts": linear_layouts(counts, calls, repeats),
             "output_block": output_block(counts, calls, repeats, threads, compile_it),
+            "bf16_output_block": bf16_output_block(counts, calls, repeats),
+            "attention_key_lengths": attention_key_lengths(calls, repeats),
         }
     report.update(
         threads=threads, calls=calls, repeats=repeats, seconds=round(time.perf_counter() - start, 1),
@@ -202,7 +266,7 @@ def main(
     output.write_text(json.dumps(report, indent=2) + "\n")
     for entry in report["linear_layouts"]:
         print(entry)
-    for entry in report["output_block"]["runs"]:
+    for entry in report["output_block"]["runs"] + report["bf16_output_block"] + report["attention_key_lengths"]:
         print(entry)
     print(f"wrote {output}")
 

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from kernel_choices import main  # noqa: E402
 
@@ -25,4 +27,11 @@ def test_kernel_choices_records_every_variant_and_row_count(tmp_path):
         assert ("onnxruntime" in run["microseconds"]) == HAS_ORT
         # The same block in every variant: the same numbers up to float rounding.
         assert all(gap < 1e-4 for gap in run["max_abs_difference"].values())
+    fused = report["bf16_output_block"]
+    if torch.backends.mkldnn.is_available():
+        assert [r["rows"] for r in fused] == [1, 3]
+        assert all(set(r["microseconds"]) == {"unfused", "fused"} and r["max_abs_difference"] < 0.1 for r in fused)
+    keys = report["attention_key_lengths"]
+    assert {(r["dtype"], r["keys"]) for r in keys} == {(d, k) for d in ("bfloat16", "float32") for k in (14, 16, 30, 32, 62, 64)}
+    assert all(r["microseconds"] > 0 for r in keys)
     assert report["command"] == "python benchmarks/kernel_choices.py --threads 1"

@@ -7,7 +7,11 @@ block; halted ones keep their hidden state unchanged (they are "copied" up).
 The active queries of all sequences are packed into a
 ``[batch, max_active, hidden]`` tensor (a cumulative-sum slot per sequence), so
 attention is one batched call whatever the mix of lengths and exits, and the
-dense projections run on ``[n_active, hidden]`` rows with no padding at all.
+query, output and feed-forward projections run on ``[n_active, hidden]`` rows
+with no padding at all. Keys and values are projected on the present pieces
+packed, or at prediction on the live rows' padded grid where that has little
+padding (`GRID_PROJECTION_LIMIT`), and attention sees them padded to a
+multiple of 16 keys on CPU (`key_span`).
 """
 from typing import List, Optional, Tuple
 
@@ -17,7 +21,10 @@ import torch.nn.functional as F
 from .backbone import LayerParts
 
 # At prediction the keys and values are projected on the padded grid of the
-# live rows when it has at most this many rows per present piece.
+# live rows when it has at most this many rows per present piece: packing
+# costs a gather, two zero fills and two scatters of the key grid per layer,
+# more than projecting a padded row (CoNLL-2003 batch 32, length-sorted, bf16:
+# 2.7-4.3% faster at 2.0 than at 1.25; document order within noise).
 GRID_PROJECTION_LIMIT = 2.0
 # Attention runs key lengths in multiples of this on CPU (see key_span).
 KEY_BLOCK = 16
@@ -172,9 +179,9 @@ def key_span(span: int, device: torch.device) -> int:
     next multiple of 16, the extra keys masked out. torch's CPU attention
     kernel runs key lengths that are not a multiple of 16 through a much
     slower path: measured (1 thread, AMX, 32 rows x 12 heads x 13 queries,
-    benchmarks/results/kernel_choices.json) 2.15 ms at 14 keys against 0.75
-    at 16, 1.59 at 30 against 0.84 at 32, 1.92 at 62 against 1.22 at 64, in
-    bf16 and in fp32 alike."""
+    benchmarks/kernel_choices.py `attention_key_lengths`), bf16: 1,854 us at
+    14 keys against 653 at 16, 1,343 at 30 against 722 at 32, 1,662 at 62
+    against 1,009 at 64; fp32 alike (1,440 against 426 at 14 and 16)."""
     if device.type != "cpu":
         return span
     return -(-span // KEY_BLOCK) * KEY_BLOCK
