@@ -9,7 +9,9 @@ off at run time, so the versions run interleaved on the same documents:
 2. `keys to 16`: attention over key lengths padded to a multiple of 16
    (`layer_step.key_span`); off: `KEY_BLOCK = 1`.
 3. `grid keys`: keys and values projected on the live rows' padded grid when
-   it has little padding (`GRID_PROJECTION_LIMIT`); off: always packed (0).
+   it has little padding (`GRID_PROJECTION_LIMIT`, bf16 only: fp32 and int8
+   pack, so for them the last two variants run the same code); off: always
+   packed (0).
 
 Variants are cumulative: `before` (all three off), `+ fused block`, `+ keys to
 16`, `this version` (all on). Each setting (precision and tuned target of

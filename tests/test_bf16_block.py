@@ -59,10 +59,10 @@ def test_padding_zeroes_only_the_new_rows():
     assert padded.shape == (9, 4) and torch.equal(padded[:5], rows) and not padded[5:].any()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_keys_from_the_padded_grid_equal_packed_keys(precision, monkeypatch):
+def test_keys_from_the_padded_grid_equal_packed_keys(monkeypatch):
+    # Only bf16 projects the grid (fp32 and int8 pack: their products cost more per padded row).
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
-    stack = encoder.layer_stack(precision)
+    stack = encoder.layer_stack("bf16")
     generator = torch.Generator().manual_seed(2)
     hidden = torch.randn(3, 8, encoder.spec.hidden_size, generator=generator).to(stack.dtype or torch.float32)
     present = torch.ones(3, 8, dtype=torch.bool)
@@ -76,4 +76,4 @@ def test_keys_from_the_padded_grid_equal_packed_keys(precision, monkeypatch):
             outputs[limit] = halt_and_copy_layer(stack.parts[0], hidden.clone(), present, PackedRows(active),
                                                  encoder.spec.num_heads)
     assert not torch.equal(outputs[0.0][active], hidden[active])
-    torch.testing.assert_close(outputs[0.0], outputs[10.0], atol=1e-5 if precision == "fp32" else 0.05, rtol=1e-4)
+    torch.testing.assert_close(outputs[0.0], outputs[10.0], atol=0.05, rtol=1e-4)

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 
 from .backbone import LayerParts
 
-# At prediction the keys and values are projected on the padded grid of the
-# live rows when it has at most this many rows per present piece: packing
-# costs a gather, two zero fills and two scatters of the key grid per layer,
-# more than projecting a padded row (CoNLL-2003 batch 32, length-sorted, bf16:
-# 2.7-4.3% faster at 2.0 than at 1.25; document order within noise).
+# In bf16 at prediction the keys and values are projected on the padded grid
+# of the live rows when it has at most this many rows per present piece:
+# packing costs a gather, two zero fills and two scatters of the key grid per
+# layer, more than a padded row's bf16 product (benchmarks/batch_kernels.py:
+# +1-6% at batch 32 in bf16). fp32 and int8 products cost several times more
+# per row, and there the grid ran 1-4% slower than packing: they pack.
 GRID_PROJECTION_LIMIT = 2.0
 # Attention runs key lengths in multiples of this on CPU (see key_span).
 KEY_BLOCK = 16
@@ -134,7 +135,8 @@ def halt_and_copy_layer(
     if unpadded and kv_span == span:
         # No padding among the live rows: project them as they are.
         (keys, values), attn_mask = _keys_values(parts, keys_in), None
-    elif unpadded or (not torch.is_grad_enabled() and n_live * span <= GRID_PROJECTION_LIMIT * sum(counts)):
+    elif unpadded or (not torch.is_grad_enabled() and hidden.dtype == torch.bfloat16
+                      and n_live * span <= GRID_PROJECTION_LIMIT * sum(counts)):
         # Little padding (length-sorted batches): project the padded grid
         # as it is, masked in attention. Packing the present pieces first
         # cost a gather, two zero fills and two scatters per layer, more than
