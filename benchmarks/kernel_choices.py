@@ -260,7 +260,8 @@ def main(
     report.update(
         threads=threads, calls=calls, repeats=repeats, seconds=round(time.perf_counter() - start, 1),
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        command=f"python benchmarks/kernel_choices.py --threads {threads}" + (" --compile" if compile_it else ""),
+        command=f"python benchmarks/kernel_choices.py --threads {threads}" + (" --compile" if compile_it else "")
+        + (f" --output {output}" if output != RESULTS / "kernel_choices.json" else ""),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")

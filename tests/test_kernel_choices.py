@@ -34,4 +34,4 @@ def test_kernel_choices_records_every_variant_and_row_count(tmp_path):
     keys = report["attention_key_lengths"]
     assert {(r["dtype"], r["keys"]) for r in keys} == {(d, k) for d in ("bfloat16", "float32") for k in (14, 16, 30, 32, 62, 64)}
     assert all(r["microseconds"] > 0 for r in keys)
-    assert report["command"] == "python benchmarks/kernel_choices.py --threads 1"
+    assert report["command"] == f"python benchmarks/kernel_choices.py --threads 1 --output {output}"

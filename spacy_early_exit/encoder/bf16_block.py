@@ -12,8 +12,8 @@ accumulator before it is rounded to bf16, so the result is the unfused one up
 to one bf16 rounding less per step.
 
 Measured (1 thread, AMX, MiniLM sizes 384/1536, benchmarks/kernel_choices.py,
-`bf16_output_block`): 322 against 365 us at 14 rows, 888 against 1,342 at
-200, 2,610 against 3,375 at 600. Plain PyTorch (oneDNN's ops as torch
+`bf16_output_block` in results/kernel_choices_batch.json): 322 against 365
+us at 14 rows, 888 against 1,342 at 200, 2,610 against 3,375 at 600. Plain PyTorch (oneDNN's ops as torch
 exposes them).
 """
 from typing import Optional

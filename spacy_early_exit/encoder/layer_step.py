@@ -181,8 +181,8 @@ def key_span(span: int, device: torch.device) -> int:
     next multiple of 16, the extra keys masked out. torch's CPU attention
     kernel runs key lengths that are not a multiple of 16 through a much
     slower path: measured (1 thread, AMX, 32 rows x 12 heads x 13 queries,
-    benchmarks/kernel_choices.py `attention_key_lengths`), bf16: 1,854 us at
-    14 keys against 653 at 16, 1,343 at 30 against 722 at 32, 1,662 at 62
+    `attention_key_lengths` in benchmarks/results/kernel_choices_batch.json),
+    bf16: 1,854 us at 14 keys against 653 at 16, 1,343 at 30 against 722 at 32, 1,662 at 62
     against 1,009 at 64; fp32 alike (1,440 against 426 at 14 and 16)."""
     if device.type != "cpu":
         return span
