@@ -23,9 +23,10 @@ from .backbone import LayerParts
 # In bf16 at prediction the keys and values are projected on the padded grid
 # of the live rows when it has at most this many rows per present piece:
 # packing costs a gather, two zero fills and two scatters of the key grid per
-# layer, more than a padded row's bf16 product (benchmarks/batch_kernels.py:
-# +1-6% at batch 32 in bf16). fp32 and int8 products cost several times more
-# per row, and there the grid ran 1-4% slower than packing: they pack.
+# layer, more than a padded row's bf16 product (benchmarks/batch_kernels.py,
+# batch 32 bf16: -1% to +6% over two runs whose noise is ~3%). fp32 and int8
+# products cost several times more per row, and there the grid ran 4-5%
+# slower than packing in one run: they pack.
 GRID_PROJECTION_LIMIT = 2.0
 # Attention runs key lengths in multiples of this on CPU (see key_span).
 KEY_BLOCK = 16
@@ -182,8 +183,9 @@ def key_span(span: int, device: torch.device) -> int:
     kernel runs key lengths that are not a multiple of 16 through a much
     slower path: measured (1 thread, AMX, 32 rows x 12 heads x 13 queries,
     `attention_key_lengths` in benchmarks/results/kernel_choices_batch.json),
-    bf16: 1,854 us at 14 keys against 653 at 16, 1,343 at 30 against 722 at 32, 1,662 at 62
-    against 1,009 at 64; fp32 alike (1,440 against 426 at 14 and 16)."""
+    bf16: 1,854 us at 14 keys against 653 at 16, 1,343 at 30 against 722 at
+    32, 1,662 at 62 against 1,009 at 64; fp32 alike (1,440 against 426 at 14
+    and 16)."""
     if device.type != "cpu":
         return span
     return -(-span // KEY_BLOCK) * KEY_BLOCK
