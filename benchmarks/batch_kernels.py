@@ -7,7 +7,8 @@ off at run time, so the versions run interleaved on the same documents:
    with the residual adds and GELU as post-ops (`bf16_block.BF16OutputBlock`);
    off: `layer_step._output_block` on the same parts without it (bf16 only).
 2. `keys to 16`: attention over key lengths padded to a multiple of 16
-   (`layer_step.key_span`); off: `KEY_BLOCK = 1`.
+   (`layer_step.key_span`, bf16 only since this benchmark's run showed
+   nothing for fp32 and int8); off: `KEY_BLOCK = 1`.
 3. `grid keys`: keys and values projected on the live rows' padded grid when
    it has little padding (`GRID_PROJECTION_LIMIT`, bf16 only: fp32 and int8
    pack, so for them the last two variants run the same code); off: always

@@ -77,3 +77,9 @@ def test_keys_from_the_padded_grid_equal_packed_keys(monkeypatch):
                                                  encoder.spec.num_heads)
     assert not torch.equal(outputs[0.0][active], hidden[active])
     torch.testing.assert_close(outputs[0.0], outputs[10.0], atol=0.05, rtol=1e-4)
+
+
+def test_only_bf16_pads_keys_to_16():
+    bf16, fp32 = torch.zeros(1, 1, dtype=torch.bfloat16), torch.zeros(1, 1)
+    assert [layer_step.key_span(n, bf16) for n in (1, 14, 16, 17, 62)] == [16, 16, 16, 32, 64]
+    assert [layer_step.key_span(n, fp32) for n in (1, 14, 17)] == [1, 14, 17]  # fp32, int8 and training: unchanged

@@ -174,8 +174,11 @@ def test_batch_invariance_and_long_documents(nlp, precision):
 # differently with the batch's shape. int8 adds nothing to that (its products
 # are exact integers with per-token scales: see the Int8Linear tests), while a
 # per-sub-batch activation scale moved these logits by ~1e-3. bf16's oneDNN
-# products round with the shape too.
-LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-5, "int8-ort": 1e-5, "fp32-ort": 1e-5, "bf16": 1e-2}
+# products round with the shape too. int8 can pass a float difference on:
+# a hidden value within float rounding of a quantization step's edge rounds
+# to the other step (seen once, 6e-5 on the seeded test model), still two
+# orders below a per-sub-batch scale's 1e-3.
+LOGIT_GAP = {"fp32": 1e-5, "int8": 1e-4, "int8-ort": 1e-4, "fp32-ort": 1e-5, "bf16": 1e-2}
 
 
 @pytest.mark.parametrize("precision", ["fp32"] + REDUCED)

@@ -10,8 +10,8 @@ attention is one batched call whatever the mix of lengths and exits, and the
 query, output and feed-forward projections run on ``[n_active, hidden]`` rows
 with no padding at all. Keys and values are projected on the present pieces
 packed, or at prediction on the live rows' padded grid where that has little
-padding (`GRID_PROJECTION_LIMIT`), and attention sees them padded to a
-multiple of 16 keys on CPU (`key_span`).
+padding (`GRID_PROJECTION_LIMIT`), and in bf16 attention sees them padded
+to a multiple of 16 keys on CPU (`key_span`).
 """
 from typing import List, Optional, Tuple
 
@@ -28,7 +28,7 @@ from .backbone import LayerParts
 # products cost several times more per row, and there the grid ran 4-5%
 # slower than packing in one run: they pack.
 GRID_PROJECTION_LIMIT = 2.0
-# Attention runs key lengths in multiples of this on CPU (see key_span).
+# bf16 attention runs key lengths in multiples of this on CPU (see key_span).
 KEY_BLOCK = 16
 
 
@@ -132,7 +132,7 @@ def halt_and_copy_layer(
     q_rows = None if n_live == 1 else (torch.cumsum(present.any(dim=1), dim=0) - 1)[active.rows]
     if parts.dense_step is not None:
         return _write_back(hidden, active, _one_call_step(parts, x, keys_in, key_mask, unpadded, q_rows, active))
-    kv_span = key_span(span, hidden.device)
+    kv_span = key_span(span, hidden)
     if unpadded and kv_span == span:
         # No padding among the live rows: project them as they are.
         (keys, values), attn_mask = _keys_values(parts, keys_in), None
@@ -158,10 +158,7 @@ def halt_and_copy_layer(
         # One sequence: its active pieces are already in slot order.
         queries = parts.query(x)[None]
     else:
-        # Unfilled slots only ever produce attention rows nobody reads (each
-        # query row is its own softmax), so at prediction they are not zeroed.
-        make = x.new_zeros if torch.is_grad_enabled() else x.new_empty
-        queries = make(n_live, active.width, width).index_put_((q_rows, active.slots), parts.query(x))
+        queries = x.new_zeros(n_live, active.width, width).index_put_((q_rows, active.slots), parts.query(x))
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], num_heads, head_dim).transpose(1, 2)
@@ -177,16 +174,19 @@ def halt_and_copy_layer(
     return _write_back(hidden, active, _output_block(parts, context, x, hidden_dropout))
 
 
-def key_span(span: int, device: torch.device) -> int:
-    """How many key columns attention runs for `span` real ones: on CPU the
-    next multiple of 16, the extra keys masked out. torch's CPU attention
+def key_span(span: int, hidden: torch.Tensor) -> int:
+    """How many key columns attention runs for `span` real ones: in bf16 on
+    CPU the next multiple of 16, the extra keys masked out. torch's CPU attention
     kernel runs key lengths that are not a multiple of 16 through a much
     slower path: measured (1 thread, AMX, 32 rows x 12 heads x 13 queries,
     `attention_key_lengths` in benchmarks/results/kernel_choices_batch.json),
     bf16: 1,854 us at 14 keys against 653 at 16, 1,343 at 30 against 722 at
     32, 1,662 at 62 against 1,009 at 64; fp32 alike (1,440 against 426 at 14
-    and 16)."""
-    if device.type != "cpu":
+    and 16). In the pipeline only bf16 gained (16-21% at batch 32,
+    benchmarks/batch_kernels.py); fp32 and int8, whose time is their products,
+    gained nothing measurable, so they (and training) keep their key lengths
+    and their results to the bit."""
+    if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16:
         return span
     return -(-span // KEY_BLOCK) * KEY_BLOCK
 
