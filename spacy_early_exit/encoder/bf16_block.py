@@ -19,7 +19,6 @@ exposes them).
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .quantized_linear import BF16Linear, on_onednn, pad_rows, row_bucket
@@ -63,11 +62,8 @@ class BF16OutputBlock:
         bucket = row_bucket(n) if self.attn_out.bucket_rows else n
         context, residual = pad_rows(context, bucket), pad_rows(residual, bucket)
         linear = torch.ops.mkldnn._linear_pointwise
-        attn = _norm(self.attn_norm, on_onednn(linear.binary, context, residual, self.attn_out.packed, self.attn_out.bias, "add"))
+        attn = self.attn_norm(on_onednn(linear.binary, context, residual, self.attn_out.packed, self.attn_out.bias, "add"))
         inner = on_onednn(linear, attn, self.ffn_in.packed, self.ffn_in.bias, "gelu", [], self.algorithm)
-        out = _norm(self.ffn_norm, on_onednn(linear.binary, inner, attn, self.ffn_out.packed, self.ffn_out.bias, "add"))
+        out = self.ffn_norm(on_onednn(linear.binary, inner, attn, self.ffn_out.packed, self.ffn_out.bias, "add"))
         return out[:n].view(shape)
 
-
-def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)

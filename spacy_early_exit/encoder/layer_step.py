@@ -138,10 +138,8 @@ def halt_and_copy_layer(
         (keys, values), attn_mask = _keys_values(parts, keys_in), None
     elif unpadded or (not torch.is_grad_enabled() and hidden.dtype == torch.bfloat16
                       and n_live * span <= GRID_PROJECTION_LIMIT * sum(counts)):
-        # Little padding (length-sorted batches): project the padded grid
-        # as it is, masked in attention. Packing the present pieces first
-        # cost a gather, two zero fills and two scatters per layer, more than
-        # the few padded rows' products.
+        # Little padding (length-sorted batches): the padded grid as it is,
+        # masked in attention (see GRID_PROJECTION_LIMIT).
         keys, values = (_widened(t, kv_span) for t in _keys_values(parts, keys_in))
         attn_mask = _widened(key_mask, kv_span)[:, None, None, :]
     else:
