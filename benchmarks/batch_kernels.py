@@ -1,6 +1,6 @@
 """What each batch-time change to the layer step buys, side by side in one process.
 
-Three changes made batch prediction faster (issue 25); each can be switched
+Four changes made batch prediction faster (issue 25); each can be switched
 off at run time, so the versions run interleaved on the same documents:
 
 1. `fused block`: the bf16 stack's output block as three oneDNN products
@@ -13,15 +13,23 @@ off at run time, so the versions run interleaved on the same documents:
    it has little padding (`GRID_PROJECTION_LIMIT`, bf16 only: fp32 and int8
    pack, so for them the last two variants run the same code); off: always
    packed (0).
+4. `sub-batches`: rows cut into length-sorted sub-batches that trade padding
+   against passes (`layers/sub_batches.py`, every precision); off: cut by
+   the `batch_pieces` budget alone (`SUB_BATCH_OVERHEAD = inf`). It matters
+   at large batches and in document order (`--batch-size 128 --order
+   document`); at batch 32 length-sorted it rarely cuts.
 
-Variants are cumulative: `before` (all three off), `+ fused block`, `+ keys to
-16`, `this version` (all on). Each setting (precision and tuned target of
+Variants are cumulative: `before` (all four off), `+ fused block`, `+ keys to
+16`, `+ grid keys`, `this version` (all on). Each setting (precision and tuned target of
 metrics/<dataset>/tune.json, or full depth) runs every variant in turn per
 repetition, after one warm-up pass each; the median is kept.
 
     python benchmarks/batch_kernels.py conll2003 --threads 1
+    python benchmarks/batch_kernels.py conll2003 --threads 1 --batch-size 128
+    python benchmarks/batch_kernels.py conll2003 --threads 1 --batch-size 128 --order document
 
-Writes benchmarks/results/batch_kernels_<dataset>.json.
+Writes benchmarks/results/batch_kernels_<dataset>.json (batch 32, sorted), else
+batch_kernels_<dataset>_b<size>_<order>.json.
 """
 import dataclasses
 import json
@@ -38,15 +46,17 @@ import torch
 import typer
 
 from spacy_early_exit.encoder import layer_step
+from spacy_early_exit.layers import sub_batches
 from spacy_early_exit.tools.data import load_examples
 from spacy_early_exit.tools.evaluate import exit_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "project"
-# name -> (fused block, keys to 16, grid keys)
-VARIANTS: Dict[str, Tuple[bool, bool, bool]] = {
-    "before": (False, False, False), "+ fused block": (True, False, False),
-    "+ keys to 16": (True, True, False), "this version": (True, True, True),
+# name -> (fused block, keys to 16, grid keys, sub-batches)
+VARIANTS: Dict[str, Tuple[bool, bool, bool, bool]] = {
+    "before": (False, False, False, False), "+ fused block": (True, False, False, False),
+    "+ keys to 16": (True, True, False, False), "+ grid keys": (True, True, True, False),
+    "this version": (True, True, True, True),
 }
 _FUSED_OUTPUT_BLOCK = layer_step._output_block
 
@@ -56,16 +66,19 @@ def _unfused_output_block(parts: Any, context: torch.Tensor, residual: torch.Ten
 
 
 @contextmanager
-def variant(fused: bool, keys: bool, grid: bool) -> Iterator[None]:
-    """The layer step with each change on or off (restored afterwards)."""
-    saved = (layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT)
+def variant(fused: bool, keys: bool, grid: bool, cut: bool) -> Iterator[None]:
+    """The layer step and the sub-batch cut with each change on or off (restored afterwards)."""
+    saved = (layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT,
+             sub_batches.SUB_BATCH_OVERHEAD)
     layer_step._output_block = _FUSED_OUTPUT_BLOCK if fused else _unfused_output_block
     layer_step.KEY_BLOCK = saved[1] if keys else 1
     layer_step.GRID_PROJECTION_LIMIT = saved[2] if grid else 0.0
+    sub_batches.SUB_BATCH_OVERHEAD = saved[3] if cut else float("inf")
     try:
         yield
     finally:
-        layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT = saved
+        (layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT,
+         sub_batches.SUB_BATCH_OVERHEAD) = saved
 
 
 def parse_settings(text: str, targets: Dict[float, Dict[str, Any]]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -97,7 +110,8 @@ def main(
     repeats: int = typer.Option(5, help="Repetitions (median kept)"),
     threads: int = typer.Option(1, help="torch threads"),
     project: Path = typer.Option(PROJECT, help="The project folder"),
-    output: Optional[Path] = typer.Option(None, help="Default: benchmarks/results/batch_kernels_<dataset>.json"),
+    output: Optional[Path] = typer.Option(None, help="Default: benchmarks/results/batch_kernels_<dataset>.json "
+                                          "(batch 32 sorted; else ..._b<size>_<order>.json)"),
 ) -> None:
     """Time each variant of the layer step per setting, interleaved."""
     if order not in ("sorted", "document"):
@@ -132,12 +146,14 @@ def main(
         print(json.dumps({k: row[k] for k in ("setting", "words_per_second", "over_before")}), flush=True)
         rows.append(row)
     report = {"dataset": dataset, "docs": len(texts), "words": n_words, "batch_size": batch_size, "order": order,
-              "repeats": repeats, "threads": threads, "variants": {k: dict(zip(("fused_block", "keys_to_16", "grid_keys"), v))
+              "repeats": repeats, "threads": threads, "variants": {k: dict(zip(("fused_block", "keys_to_16", "grid_keys", "sub_batches"), v))
                                                                    for k, v in VARIANTS.items()},
               "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
               "command": f"python benchmarks/batch_kernels.py {dataset} --settings {settings} --docs {docs} "
                          f"--batch-size {batch_size} --order {order} --repeats {repeats} --threads {threads}"}
-    path = output or ROOT / "benchmarks" / "results" / f"batch_kernels_{dataset}.json"
+    # Batch 32 length-sorted is the plain name (the table's batch size); other runs say theirs.
+    suffix = "" if (batch_size, order) == (32, "sorted") else f"_b{batch_size}_{order}"
+    path = output or ROOT / "benchmarks" / "results" / f"batch_kernels_{dataset}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
     print(f"Wrote {path}")
 

@@ -19,6 +19,14 @@ def test_interleaving_covers_every_item_in_rotating_order():
     assert firsts == ["a", "b", "c"]
 
 
+def test_a_chunk_never_cuts_a_batch_short():
+    calls = []
+    runners = {name: (lambda part, bs, name=name: calls.append((part.stop - part.start, bs))) for name in "ab"}
+    interleaved_seconds(runners, n_items=300, batch_sizes=(1, 128), repeats=1, progress=False, chunk=64)
+    assert {size for size, bs in calls if bs == 1} == {64}
+    assert {size for size, bs in calls if bs == 128} == {128}  # 0-128, 128-256, 256-300 (a slice past the end)
+
+
 def test_interleaving_rejects_an_empty_chunk():
     with pytest.raises(ValueError, match="chunk"):
         interleaved_seconds({"a": lambda part, bs: None}, 3, chunk=0, progress=False)

@@ -17,6 +17,7 @@ from thinc.layers.pytorchwrapper import forward as pytorch_forward
 
 from ..encoder.exits import ExitPolicy
 from ..encoder.model import EncoderCall, EncoderInput, EncoderOutput
+from . import sub_batches
 from .alignment import Aligner, DocLayout, SequenceRow, collate
 from .shim import EarlyExitShim
 from .types import DocPrediction, ModelInput, TrainingOutput
@@ -47,8 +48,9 @@ def build_early_exit_transformer(
     max_length (Optional[int]): longest encoder row in wordpieces, specials
         included; None = the backbone's position limit. Longer docs are windowed.
     ramp_dropout (float): dropout before each off-ramp during training.
-    batch_pieces (int): at inference, the padded wordpieces in one forward pass;
-        larger batches are split (sorted by length, so little padding).
+    batch_pieces (int): at inference, the most padded wordpieces in one forward
+        pass; rows are sorted by length and cut into sub-batches that trade
+        padding against passes (`sub_batches.py`) within this budget.
     pretokenized (bool): tokenize each spaCy token on its own (no wordpiece
         spans two tokens); for character-level tasks such as Chinese.
     """
@@ -208,20 +210,15 @@ def _predict_rows(
     batch_pieces: int,
     word_states: bool = False,
 ) -> List[_RowResult]:
-    """Run rows in length-sorted sub-batches; RETURNS one result per row, in row order."""
+    """Run rows in length-sorted sub-batches (`sub_batches.length_sub_batches`);
+    RETURNS one result per row, in row order."""
     if len(rows) == 1 and not word_states:
         # A sentence at batch size 1: straight to the one-call graph where it applies.
         found = torch_layer.shims[0].predict_sequence(rows[0], policy)
         if found is not None:
             return [_RowResult(*found)]
     results: List[Any] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
-    start = 0
-    while start < len(order):
-        longest = len(rows[order[start]].ids)
-        size = max(1, batch_pieces // longest)
-        chunk = order[start:start + size]
-        start += size
+    for chunk in sub_batches.length_sub_batches([len(row.ids) for row in rows], batch_pieces):
         batch = collate([rows[i] for i in chunk], pad_id)
         out: EncoderOutput = torch_layer.predict(EncoderCall(batch, policy, word_states=word_states))
         logits = out.logits.float().cpu().numpy()

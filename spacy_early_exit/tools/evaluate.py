@@ -136,12 +136,13 @@ def interleaved_seconds(
     over the whole corpus in turn lets one setting catch a slow spell that
     another misses; here every chunk of `chunk` items is run by all runners
     back to back (in a rotating order, so none always goes first), and a
-    repetition's time is the sum over its chunks.
+    repetition's time is the sum over its chunks. A chunk is never smaller
+    than the batch size being timed, so every batch but the last is whole.
 
     runners (Dict[str, Callable[[slice, int], Any]]): name -> a call that
         processes the items in the slice at the given batch size.
     n_items (int): how many items the runners cover.
-    chunk (int): items per interleaving step.
+    chunk (int): items per interleaving step (at least the batch size).
     RETURNS (Dict[str, Dict[int, List[float]]]): seconds per repetition, per
         runner and batch size (take the median).
     """
@@ -152,8 +153,11 @@ def interleaved_seconds(
     for rep in range(repeats):
         started = time.perf_counter()
         for batch_size in batch_sizes:
-            for step, begin in enumerate(range(0, n_items, chunk)):
-                part = slice(begin, begin + chunk)
+            # A chunk smaller than the batch would time smaller batches than
+            # the column says (batch 128 in chunks of 64 ran batches of 64).
+            step_items = max(chunk, batch_size)
+            for step, begin in enumerate(range(0, n_items, step_items)):
+                part = slice(begin, begin + step_items)
                 turn = step % len(names) if names else 0
                 for name in names[turn:] + names[:turn]:
                     start = time.perf_counter()
