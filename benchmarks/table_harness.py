@@ -261,6 +261,10 @@ def time_rows(
     seconds: Dict[str, Dict[str, List[float]]] = {}
     for row in rows:
         timing = timings[row.key]
+        # A row read back from an earlier report keeps its old result keys:
+        # drop the timing ones this run may not write again.
+        for stale in ("words_per_second_by_order", "words_per_second_by_batch", "batch_size_used"):
+            row.result.pop(stale, None)
         sizes = list(batch_sizes) + [b for b in extra_sizes if b in timing.extra_batch_sizes]
         # Per order and batch size: the median seconds' words/s.
         by_order = {order: {b: n_words / statistics.median(times[runner_name(row, order)][b]) for b in sizes}

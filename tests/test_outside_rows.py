@@ -107,3 +107,11 @@ def test_time_rows_reports_the_faster_order_and_the_best_batch_size():
     assert c["words_per_second"]["32"] == c["words_per_second_by_batch"]["1000"]
     assert speeds[rows[2].key][32] > speeds[rows[0].key][32] * 3
 
+
+
+def test_time_rows_drops_timing_keys_it_does_not_write_again():
+    # A row read back from a report timed under other rules keeps no stale timing.
+    row = Row("a", result={"score": 1.0, "words_per_second_by_batch": {"1000": 5.0}, "batch_size_used": {"32": 1000},
+                           "words_per_second_by_order": {"old": {}}})
+    time_rows([row], {row.key: one_order(sleeper(0.001))}, 10, 100, [1], 1, {})
+    assert row.result["score"] == 1.0 and list(row.result) == ["score", "words_per_second", "seconds"]

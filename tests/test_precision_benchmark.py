@@ -139,8 +139,11 @@ def test_precision_benchmark_writes_every_row(tiny_model_dir, tmp_path):
     assert rows[("hf-full", "fp32", 1)]["vs_hf_full"] == {"1": 1.0, "32": 1.0}
     # The outside rows: what ran them, and how they were timed.
     cnn = rows[("spacy-cnn", "fp32", 1)]
-    # Every row, ours and outside: the largest column is its best from that batch size up.
-    for row in rows.values():
+    # Our rows and spacy-cnn: the largest column is the best from that batch size up.
+    for key, row in rows.items():
+        if key[0] in ("hf-full", "hf-int8", "ort-fp32", "ort-int8"):
+            assert "words_per_second_by_batch" not in row  # they pad a whole batch: not timed at 1000
+            continue
         assert set(row["words_per_second_by_batch"]) == {"1", "32", "128", "1000"}
         assert row["words_per_second"]["32"] == max(row["words_per_second_by_batch"][b] for b in ("32", "128", "1000"))
         assert row["words_per_second"]["32"] == row["words_per_second_by_batch"][str(row["batch_size_used"]["32"])]
