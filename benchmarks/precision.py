@@ -243,7 +243,7 @@ def row_timings(
     # from that batch size up (ours gain from large batches: the rows of a big
     # batch are cut into sub-batches of like lengths). The ORT and hf rows pad
     # a whole batch to its longest doc: on CoNLL-2003 their batch 1,000 ran
-    # 2-4x slower than 128, and on the demo a batch of 500 docs filled 19 GB.
+    # 1.6-2.4x slower than 128, and on the demo a batch of 500 docs filled 19 GB.
     extra = tuple(b for b in SPACY_CNN_BATCH_SIZES if b not in batch_sizes)
     for row in rows:
         if row.method not in outside:
