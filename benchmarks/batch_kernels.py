@@ -52,7 +52,8 @@ from spacy_early_exit.tools.evaluate import exit_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "project"
-# name -> (fused block, keys to 16, grid keys, sub-batches)
+SWITCHES = ("fused_block", "keys_to_16", "grid_keys", "sub_batches")
+# name -> one flag per switch
 VARIANTS: Dict[str, Tuple[bool, bool, bool, bool]] = {
     "before": (False, False, False, False), "+ fused block": (True, False, False, False),
     "+ keys to 16": (True, True, False, False), "+ grid keys": (True, True, True, False),
@@ -146,8 +147,8 @@ def main(
         print(json.dumps({k: row[k] for k in ("setting", "words_per_second", "over_before")}), flush=True)
         rows.append(row)
     report = {"dataset": dataset, "docs": len(texts), "words": n_words, "batch_size": batch_size, "order": order,
-              "repeats": repeats, "threads": threads, "variants": {k: dict(zip(("fused_block", "keys_to_16", "grid_keys", "sub_batches"), v))
-                                                                   for k, v in VARIANTS.items()},
+              "repeats": repeats, "threads": threads,
+              "variants": {k: dict(zip(SWITCHES, v)) for k, v in VARIANTS.items()},
               "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
               "command": f"python benchmarks/batch_kernels.py {dataset} --settings {settings} --docs {docs} "
                          f"--batch-size {batch_size} --order {order} --repeats {repeats} --threads {threads}"}

@@ -50,7 +50,7 @@ from spacy.training import Example
 
 sys.path.insert(0, str(Path(__file__).parent))
 from outside_rows import (  # noqa: E402
-    BOTH_ORDERS, ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, SPACY_CNN_BATCH_SIZES, OutsideRow, hf_rows,
+    BOTH_ORDERS, ORT_METHODS, OUTSIDE_METHODS, SPACY_CNN, OutsideRow, hf_rows, large_batch_sizes,
     onnxruntime_missing, outside_rows,
 )
 from table_harness import (  # noqa: E402
@@ -244,10 +244,9 @@ def row_timings(
     # batch are cut into sub-batches of like lengths). The ORT and hf rows pad
     # a whole batch to its longest doc: on CoNLL-2003 their batch 1,000 ran
     # 1.6-2.4x slower than 128, and on the demo a batch of 500 docs filled 19 GB.
-    extra = tuple(b for b in SPACY_CNN_BATCH_SIZES if b not in batch_sizes)
     for row in rows:
         if row.method not in outside:
-            timings[row.key].extra_batch_sizes = extra
+            timings[row.key].extra_batch_sizes = large_batch_sizes(batch_sizes)
     return timings, sum(len(w) for w in words)
 
 
