@@ -1,6 +1,6 @@
 """What each batch-time change to the layer step buys, side by side in one process.
 
-Four changes made batch prediction faster (issue 25); each can be switched
+Five changes made batch prediction faster (issue 25); each can be switched
 off at run time, so the versions run interleaved on the same documents:
 
 1. `fused block`: the bf16 stack's output block as three oneDNN products
@@ -18,9 +18,13 @@ off at run time, so the versions run interleaved on the same documents:
    the `batch_pieces` budget alone (`SUB_BATCH_OVERHEAD = inf`). It matters
    at large batches and in document order (`--batch-size 128 --order
    document`); at batch 32 length-sorted it rarely cuts.
+5. `attention groups`: at prediction, attention runs over contiguous ranges
+   of rows, each padded to its own most active and longest row
+   (`encoder/attention_groups.py`, every precision's eager path); off: one
+   call for the whole batch (`MAX_GROUPS = 1`).
 
-Variants are cumulative: `before` (all four off), `+ fused block`, `+ keys to
-16`, `+ grid keys`, `this version` (all on). Each setting (precision and tuned target of
+Variants are cumulative: `before` (all five off), `+ fused block`, `+ keys to
+16`, `+ grid keys`, `+ sub-batches`, `this version` (all on). Each setting (precision and tuned target of
 metrics/<dataset>/tune.json, or full depth) runs every variant in turn per
 repetition, after one warm-up pass each; the median is kept.
 
@@ -45,19 +49,19 @@ import spacy
 import torch
 import typer
 
-from spacy_early_exit.encoder import layer_step
+from spacy_early_exit.encoder import attention_groups, layer_step
 from spacy_early_exit.layers import sub_batches
 from spacy_early_exit.tools.data import load_examples
 from spacy_early_exit.tools.evaluate import exit_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "project"
-SWITCHES = ("fused_block", "keys_to_16", "grid_keys", "sub_batches")
+SWITCHES = ("fused_block", "keys_to_16", "grid_keys", "sub_batches", "attention_groups")
 # name -> one flag per switch
-VARIANTS: Dict[str, Tuple[bool, bool, bool, bool]] = {
-    "before": (False, False, False, False), "+ fused block": (True, False, False, False),
-    "+ keys to 16": (True, True, False, False), "+ grid keys": (True, True, True, False),
-    "this version": (True, True, True, True),
+VARIANTS: Dict[str, Tuple[bool, ...]] = {
+    "before": (False, False, False, False, False), "+ fused block": (True, False, False, False, False),
+    "+ keys to 16": (True, True, False, False, False), "+ grid keys": (True, True, True, False, False),
+    "+ sub-batches": (True, True, True, True, False), "this version": (True, True, True, True, True),
 }
 _FUSED_OUTPUT_BLOCK = layer_step._output_block
 
@@ -67,19 +71,21 @@ def _unfused_output_block(parts: Any, context: torch.Tensor, residual: torch.Ten
 
 
 @contextmanager
-def variant(fused: bool, keys: bool, grid: bool, cut: bool) -> Iterator[None]:
-    """The layer step and the sub-batch cut with each change on or off (restored afterwards)."""
+def variant(fused: bool, keys: bool, grid: bool, cut: bool, groups: bool) -> Iterator[None]:
+    """The layer step, the sub-batch cut and the attention groups with each
+    change on or off (restored afterwards)."""
     saved = (layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT,
-             sub_batches.SUB_BATCH_OVERHEAD)
+             sub_batches.SUB_BATCH_OVERHEAD, attention_groups.MAX_GROUPS)
     layer_step._output_block = _FUSED_OUTPUT_BLOCK if fused else _unfused_output_block
     layer_step.KEY_BLOCK = saved[1] if keys else 1
     layer_step.GRID_PROJECTION_LIMIT = saved[2] if grid else 0.0
     sub_batches.SUB_BATCH_OVERHEAD = saved[3] if cut else float("inf")
+    attention_groups.MAX_GROUPS = saved[4] if groups else 1
     try:
         yield
     finally:
         (layer_step._output_block, layer_step.KEY_BLOCK, layer_step.GRID_PROJECTION_LIMIT,
-         sub_batches.SUB_BATCH_OVERHEAD) = saved
+         sub_batches.SUB_BATCH_OVERHEAD, attention_groups.MAX_GROUPS) = saved
 
 
 def parse_settings(text: str, targets: Dict[float, Dict[str, Any]]) -> List[Tuple[str, Dict[str, Any]]]:

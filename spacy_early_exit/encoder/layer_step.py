@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .attention_groups import attention_groups
 from .backbone import LayerParts
 
 # In bf16 at prediction the keys and values are projected on the padded grid
@@ -159,12 +160,30 @@ def halt_and_copy_layer(
         queries = x.new_zeros(n_live, active.width, width).index_put_((q_rows, active.slots), parts.query(x))
 
     def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.view(t.shape[0], t.shape[1], num_heads, head_dim).transpose(1, 2)
+        return t.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)
 
-    context = F.scaled_dot_product_attention(
-        heads(queries), heads(keys), heads(values), attn_mask=attn_mask, dropout_p=attention_dropout
-    )
-    context = context.transpose(1, 2).reshape(n_live, active.width, width)
+    groups = None
+    if q_rows is not None and not torch.is_grad_enabled():
+        groups = attention_groups([active.sizes[i] for i in live_list], [counts[i] for i in live_list], _key_block(hidden))
+    if groups is not None and len(groups) > 1:
+        # Several calls, each over a contiguous range of rows padded to its
+        # own widest (attention_groups.py); each range is a view of the grids.
+        context = queries.new_empty(n_live, active.width, width)
+        for g in groups:
+            if g.queries == 0:
+                continue
+            rows = slice(g.start, g.stop)
+            mask = attn_mask[rows, ..., :g.keys] if attn_mask is not None else None
+            part = F.scaled_dot_product_attention(
+                heads(queries[rows, :g.queries]), heads(keys[rows, :g.keys]), heads(values[rows, :g.keys]),
+                attn_mask=mask,
+            )
+            context[rows, :g.queries].unflatten(-1, (num_heads, head_dim)).copy_(part.transpose(1, 2))
+    else:
+        context = F.scaled_dot_product_attention(
+            heads(queries), heads(keys), heads(values), attn_mask=attn_mask, dropout_p=attention_dropout
+        )
+        context = context.transpose(1, 2).reshape(n_live, active.width, width)
     if q_rows is None:
         context = context[0]
     else:
@@ -184,9 +203,13 @@ def key_span(span: int, hidden: torch.Tensor) -> int:
     benchmarks/batch_kernels.py); fp32 and int8, whose time is their products,
     gained nothing measurable, so they (and training) keep their key lengths
     and their results to the bit."""
-    if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16:
-        return span
-    return -(-span // KEY_BLOCK) * KEY_BLOCK
+    block = _key_block(hidden)
+    return -(-span // block) * block
+
+
+def _key_block(hidden: torch.Tensor) -> int:
+    """The multiple key lengths run in (see `key_span`): KEY_BLOCK in bf16 on CPU, else 1."""
+    return KEY_BLOCK if hidden.device.type == "cpu" and hidden.dtype == torch.bfloat16 else 1
 
 
 def _widened(t: torch.Tensor, columns: int) -> torch.Tensor:
