@@ -16,7 +16,7 @@ query, key and value grids (no copies): sub-batches are length-sorted
 (`layers/sub_batches.py`), so neighbouring rows have similar key counts.
 Plain Python on host-side sizes: nothing here touches a tensor.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 # What one more attention call costs, in query x key slots: the call's
 # dispatch, the boolean mask's conversion, the kernel's per-call set-up and
@@ -30,21 +30,23 @@ GROUP_OVERHEAD = 1024
 MAX_GROUPS = 4
 
 
-class AttentionGroup:
+class AttentionGroup(NamedTuple):
     """Rows ``start:stop`` of the live rows, their queries padded to
     `queries` slots and their keys to `keys` slots."""
 
-    __slots__ = ("start", "stop", "queries", "keys")
-
-    def __init__(self, start: int, stop: int, queries: int, keys: int) -> None:
-        self.start, self.stop, self.queries, self.keys = start, stop, queries, keys
-
-    def __repr__(self) -> str:
-        return f"AttentionGroup({self.start}, {self.stop}, queries={self.queries}, keys={self.keys})"
+    start: int
+    stop: int
+    queries: int
+    keys: int
 
     @property
     def slots(self) -> int:
         return (self.stop - self.start) * self.queries * self.keys
+
+
+def round_up(n: int, block: int) -> int:
+    """`n` rounded up to a multiple of `block`."""
+    return -(-n // block) * block
 
 
 def attention_groups(queries: Sequence[int], keys: Sequence[int], key_block: int = 1,
@@ -74,26 +76,25 @@ def attention_groups(queries: Sequence[int], keys: Sequence[int], key_block: int
     if not queries:
         return []
     groups = [_group(queries, keys, key_block, 0, len(queries))]
+    # Each range's best cut, found once: a step only re-cuts the two new ranges.
+    cuts = [_best_cut(queries, keys, key_block, groups[0])]
     while len(groups) < max_groups:
-        best_gain, best_at, best_pair = 0.0, -1, None
-        for index, group in enumerate(groups):
-            pair = _best_cut(queries, keys, key_block, group)
+        best_gain, best_at = 0.0, -1
+        for index, (group, pair) in enumerate(zip(groups, cuts)):
             if pair is not None:
                 gain = group.slots - pair[0].slots - pair[1].slots - overhead
                 if gain > best_gain:
-                    best_gain, best_at, best_pair = gain, index, pair
-        if best_pair is None:
+                    best_gain, best_at = gain, index
+        if best_at < 0:
             break
-        groups[best_at:best_at + 1] = list(best_pair)
+        pair = cuts[best_at]
+        groups[best_at:best_at + 1] = list(pair)
+        cuts[best_at:best_at + 1] = [_best_cut(queries, keys, key_block, half) for half in pair]
     return groups
 
 
-def _rounded(n: int, block: int) -> int:
-    return -(-n // block) * block
-
-
 def _group(queries: Sequence[int], keys: Sequence[int], key_block: int, start: int, stop: int) -> AttentionGroup:
-    return AttentionGroup(start, stop, max(queries[start:stop]), _rounded(max(keys[start:stop]), key_block))
+    return AttentionGroup(start, stop, max(queries[start:stop]), round_up(max(keys[start:stop]), key_block))
 
 
 def _best_cut(queries: Sequence[int], keys: Sequence[int], key_block: int,
@@ -113,8 +114,8 @@ def _best_cut(queries: Sequence[int], keys: Sequence[int], key_block: int,
     for offset in range(1, stop - start):
         head_q = max(head_q, queries[start + offset - 1])
         head_k = max(head_k, keys[start + offset - 1])
-        cost = (offset * head_q * _rounded(head_k, key_block)
-                + (stop - start - offset) * tail_q[offset] * _rounded(tail_k[offset], key_block))
+        cost = (offset * head_q * round_up(head_k, key_block)
+                + (stop - start - offset) * tail_q[offset] * round_up(tail_k[offset], key_block))
         if best is None or cost < best:
             best, best_cut = cost, start + offset
     return (_group(queries, keys, key_block, start, best_cut), _group(queries, keys, key_block, best_cut, stop))

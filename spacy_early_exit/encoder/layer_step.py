@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .attention_groups import attention_groups
+from .attention_groups import attention_groups, round_up
 from .backbone import LayerParts
 
 # In bf16 at prediction the keys and values are projected on the padded grid
@@ -163,8 +163,11 @@ def halt_and_copy_layer(
         return t.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)
 
     groups = None
-    if q_rows is not None and not torch.is_grad_enabled():
-        groups = attention_groups([active.sizes[i] for i in live_list], [counts[i] for i in live_list], _key_block(hidden))
+    if q_rows is not None and attention_dropout == 0 and not torch.is_grad_enabled():
+        # Prediction only: training keeps one call and its results to the bit.
+        query_sizes, key_sizes = (active.sizes, counts) if n_live == batch else (
+            [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
+        groups = attention_groups(query_sizes, key_sizes, _key_block(hidden))
     if groups is not None and len(groups) > 1:
         # Several calls, each over a contiguous range of rows padded to its
         # own widest (attention_groups.py); each range is a view of the grids.
@@ -203,8 +206,7 @@ def key_span(span: int, hidden: torch.Tensor) -> int:
     benchmarks/batch_kernels.py); fp32 and int8, whose time is their products,
     gained nothing measurable, so they (and training) keep their key lengths
     and their results to the bit."""
-    block = _key_block(hidden)
-    return -(-span // block) * block
+    return round_up(span, _key_block(hidden))
 
 
 def _key_block(hidden: torch.Tensor) -> int:
