@@ -61,6 +61,77 @@ def test_the_onnx_layer_computes_what_the_torch_layer_does(family, case, precisi
     assert torch.equal(got[frozen], want[frozen])
 
 
+def many_rows(width: int, rows: int = 9, seed: int = 0):
+    """Rows of spread lengths and active counts, as a batch looks after
+    exits: worth several attention groups once a group costs nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [12, 11, 11, 10, 9, 9, 7, 5, 3][:rows]
+    hidden = torch.randn(rows, 12, width, generator=generator)
+    present = torch.zeros(rows, 12, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        present[row, :n] = True
+    keep = torch.rand(rows, 12, generator=generator) < torch.linspace(0.95, 0.1, rows)[:, None]
+    active = present & keep
+    active[:, 0] = True
+    return hidden, present, PackedRows(active)
+
+
+@pytest.mark.parametrize("precision", ["int8-ort", "fp32-ort"])
+def test_attention_over_several_row_groups_computes_what_torch_does(monkeypatch, precision):
+    monkeypatch.setattr(ort_layer, "GROUP_OVERHEAD", 0)
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    torch_stack, ort_stack = encoder.layer_stack(precision[:4]), encoder.layer_stack(precision)
+    hidden, present, active = many_rows(encoder.spec.hidden_size)
+    seen = []
+    feed = ort_layer.grouped_feed
+    monkeypatch.setattr(ort_layer, "grouped_feed", lambda *a, **k: seen.append(feed(*a, **k)) or seen[-1])
+    with torch.no_grad():
+        for eager, fused in zip(torch_stack.parts, ort_stack.parts):
+            want = halt_and_copy_layer(eager, hidden.clone(), present, active, encoder.spec.num_heads)
+            got = halt_and_copy_layer(fused, hidden.clone(), present, active, encoder.spec.num_heads)
+            assert float((want - got).abs().max()) < (ort_layer.PROBE_TOLERANCE if precision == "int8-ort" else 1e-4)
+            hidden = want
+    # Every group of the graph held real rows.
+    used = [sum(f[f"q_grid_{g}"].shape[0] for g in range(ort_layer.ATTENTION_GROUPS)) for f in seen]
+    assert seen and all(n == 9 for n in used)
+
+
+def test_one_grid_and_several_groups_give_the_same_states(monkeypatch):
+    encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
+    parts = encoder.layers[0]
+    one, three = (ort_layer.OrtLayer(parts, encoder.spec.num_heads, "int8", groups) for groups in (1, 3))
+    hidden, present, active = many_rows(encoder.spec.hidden_size)
+    monkeypatch.setattr(ort_layer, "GROUP_OVERHEAD", 0)
+    states = []
+    for layer in (one, three):
+        with torch.no_grad():
+            states.append(halt_and_copy_layer(dataclasses.replace(parts, dense_step=layer), hidden.clone(), present,
+                                              active, encoder.spec.num_heads))
+    assert float((states[0] - states[1]).abs().max()) < 1e-5
+
+
+def test_row_ranges_cover_the_rows_and_cut_where_it_pays():
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(generator.integers(1, 12))
+        queries = np.sort(generator.integers(0, 40, n))[::-1].copy()
+        keys = generator.integers(1, 60, n)
+        for groups in (1, 2, 3, 4):
+            ranges = ort_layer.row_ranges(queries, keys, groups, 0)
+            assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) <= groups
+            assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+        def cost(parts):
+            return sum((b - a) * queries[a] * keys[a:b].max() for a, b in parts)
+        if n >= 2:
+            best = min(cost([(0, i), (i, n)]) for i in range(1, n))
+            two = ort_layer.row_ranges(queries, keys, 2, 0)
+            assert cost(two) == min(best, cost([(0, n)]))
+        # A cut that saves less than it costs is not made.
+        assert ort_layer.row_ranges(queries, keys, 4, float(cost([(0, n)]))) == [(0, n)]
+
+
 def test_exits_and_tags_match_the_torch_int8_stack():
     encoder = EarlyExitEncoder(tiny_backbone("bert", layers=4), 5).eval()
     torch.manual_seed(1)

@@ -41,7 +41,9 @@ class LayerParts:
         arithmetic, so three calls cost nearly three times one. None: the
         layer calls query, key and value one by one.
     dense_step (Optional[Callable]): the layer's whole dense work in one call,
-        ``(q_in, kv_in, key_mask) -> out`` (see ort_layer.OrtLayer); set only
+        ``(kv_rows, q_in_kv, q_row, q_slot, kv_grid, query_counts,
+        key_counts) -> out``
+        (see ort_layer.OrtLayer.__call__); set only
         by the "int8-ort" and "fp32-ort" stacks. The layer step then gathers and scatters the
         pieces and leaves everything in between to it.
     output_block (Optional[Callable]): ``(context, residual) -> states``, the
@@ -62,7 +64,7 @@ class LayerParts:
     ffn_dropout: bool = True
     query_key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     key_value: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    dense_step: Optional[Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]] = None
+    dense_step: Optional[Callable[..., torch.Tensor]] = None
     output_block: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
 

@@ -129,10 +129,13 @@ def halt_and_copy_layer(
         keys_in = hidden.index_select(0, live_rows)[:, :span]
         key_mask = present.index_select(0, live_rows)[:, :span]
     unpadded = all(counts[i] == span for i in live_list)
-    x = hidden.reshape(-1, width).index_select(0, active.flat)
     q_rows = None if n_live == 1 else (torch.cumsum(present.any(dim=1), dim=0) - 1)[active.rows]
     if parts.dense_step is not None:
-        return _write_back(hidden, active, _one_call_step(parts, x, keys_in, key_mask, unpadded, q_rows, active))
+        query_counts, key_counts = (active.sizes, counts) if n_live == batch else (
+            [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
+        return _write_back(hidden, active, _one_call_step(parts, keys_in, key_mask, unpadded, q_rows, active,
+                                                          query_counts, key_counts))
+    x = hidden.reshape(-1, width).index_select(0, active.flat)
     kv_span = key_span(span, hidden)
     if unpadded and kv_span == span:
         # No padding among the live rows: project them as they are.
@@ -227,27 +230,27 @@ def _widened(t: torch.Tensor, columns: int) -> torch.Tensor:
     return out
 
 
-def _one_call_step(parts: LayerParts, x: torch.Tensor, keys_in: torch.Tensor, key_mask: torch.Tensor, unpadded: bool,
-                   q_rows: Optional[torch.Tensor], active: PackedRows) -> torch.Tensor:
-    """The layer's new states of the active pieces `x` from `parts.dense_step`:
-    the products run on packed rows (queries: the active pieces; keys and
-    values: the present ones), and index grids say where each row sits in
-    the attention grid (the same packing as the eager path below)."""
+def _one_call_step(parts: LayerParts, keys_in: torch.Tensor, key_mask: torch.Tensor, unpadded: bool,
+                   q_rows: Optional[torch.Tensor], active: PackedRows, query_counts: List[int],
+                   key_counts: List[int]) -> torch.Tensor:
+    """The layer's new states of the active pieces from `parts.dense_step`:
+    the products run on packed rows (the present pieces; the active ones
+    are picked from them by row), and each piece's live row and slot say
+    where it sits in the attention grids (ort_layer.grouped_feed)."""
     n_live, span, width = keys_in.shape
-    order = torch.arange(x.shape[0], device=x.device)
     if unpadded:
-        kv_rows, kv_grid, mask = keys_in.reshape(-1, width), torch.arange(n_live * span).view(n_live, span), None
+        kv_rows, kv_grid = keys_in.reshape(-1, width), torch.arange(n_live * span).view(n_live, span)
     else:
         flat_mask = key_mask.reshape(-1)
         # Padding slots point at row 0: masked out of attention, never read.
         kv_grid = (torch.cumsum(flat_mask, dim=0) - 1).clamp_(min=0).view(n_live, span)
-        kv_rows, mask = keys_in.reshape(-1, width)[flat_mask], key_mask
+        kv_rows = keys_in.reshape(-1, width)[flat_mask]
     if q_rows is None:
-        q_grid, q_back = order[None], order
+        q_rows, q_slots = torch.zeros_like(active.cols), torch.arange(len(active))
     else:
-        q_back = q_rows * active.width + active.slots
-        q_grid = order.new_zeros(n_live * active.width).index_put_((q_back,), order).view(n_live, active.width)
-    return parts.dense_step(x, kv_rows, q_grid, kv_grid, q_back, mask)
+        q_slots = active.slots
+    q_in_kv = kv_grid[q_rows, active.cols]
+    return parts.dense_step(kv_rows, q_in_kv, q_rows, q_slots, kv_grid, query_counts, key_counts)
 
 
 def _write_back(hidden: torch.Tensor, active: PackedRows, out: torch.Tensor) -> torch.Tensor:
@@ -271,8 +274,9 @@ def _dense_layer(
     if parts.dense_step is not None:
         rows = hidden.reshape(-1, width)
         order = torch.arange(rows.shape[0], device=hidden.device)
-        grid = order.view(batch, seq)
-        return parts.dense_step(rows, rows, grid, grid, order, None).view(batch, seq, width).to(hidden.dtype)
+        q_rows, q_slots = order // seq, order % seq
+        out = parts.dense_step(rows, order, q_rows, q_slots, order.view(batch, seq), [seq] * batch, [seq] * batch)
+        return out.view(batch, seq, width).to(hidden.dtype)
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, seq, num_heads, head_dim).transpose(1, 2)

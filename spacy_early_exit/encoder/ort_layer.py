@@ -8,15 +8,20 @@ sequence runs its whole exit loop as one call (ort_document.py). This module bui
 for one layer, the ONNX graph of everything between the gather of the active
 pieces and the scatter of their new states. Its inputs:
 
-- q_rows ``[queries, hidden]``: the active pieces, packed (the queries, and
-  the residual);
 - kv_rows ``[keys, hidden]``: every present piece, packed (keys and values,
-  halted pieces included);
-- q_grid ``[rows, query_slots]`` and kv_grid ``[rows, key_slots]``: which
-  packed row sits in each slot of the attention grid, q_back ``[queries]``
-  each query's slot, add_mask ``[rows, 1, 1, key_slots]`` 0 on real keys and
-  a large negative number on padding.
+  halted pieces included), and q_in_kv ``[queries]``: the active pieces'
+  rows in it (the queries, and the residual);
+- for each of `ATTENTION_GROUPS` sets of the live rows, q_grid_g
+  ``[rows_g, query_slots_g]`` and kv_grid_g ``[rows_g, key_slots_g]``: which
+  packed row sits in each slot of that set's attention grid, and add_mask_g
+  ``[rows_g, 1, key_slots_g]``, 0 on real keys and a large negative number
+  on padding; q_back ``[queries]``: each query's slot in all the sets'
+  grids one after the other (`grouped_feed` makes them).
 
+Each set is padded to its own most active and longest row: after exits the
+active counts of a batch spread widely, and one grid padded to the batch's
+widest row ran 2.4 times the query x key slots the rows need on
+CoNLL-2003 at batch 32 (TOKEE 2x, length-sorted).
 The products and norms run on the packed rows, so padding costs only inside
 attention. Which pieces are active, the exit decisions and the off-ramps stay
 in PyTorch (`layer_step.py`), so halt-and-copy, any mix of lengths and batch
@@ -38,20 +43,23 @@ disk. Plain PyTorch, numpy and onnx/onnxruntime: nothing here knows about spaCy.
 """
 import dataclasses
 from functools import lru_cache
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .backbone import LayerParts
-from .onnx_graph import GraphBuilder, onnx_type
+from .onnx_graph import CONTRIB_DOMAIN, GraphBuilder, onnx_type
 
 # Added to the attention scores of padding keys: exp() of it is 0 in fp32,
 # and a finite value keeps a (never occurring) all-padding row from NaNs.
 MASK_VALUE = -1e9
-# Added to the attention scores of padding keys: exp() of it is 0 in fp32,
-# and a finite value keeps a (never occurring) all-padding row from NaNs.
-MASK_VALUE = -1e9
+# Attention runs over this many sets of rows, each padded to its own most
+# active and longest row (`grouped_feed`): fixed per graph; a call that
+# needs fewer passes one-slot stand-ins.
+ATTENTION_GROUPS = 3
+# What one more set costs, in query x key slots (see attention_groups.py).
+GROUP_OVERHEAD = 1024
 
 
 @lru_cache(maxsize=None)
@@ -99,12 +107,15 @@ def activation_name(act: Callable[[torch.Tensor], torch.Tensor]) -> Optional[str
     return None
 
 
-def layer_graph(parts: LayerParts, num_heads: int, activation: str, products: str = "int8") -> bytes:
+def layer_graph(parts: LayerParts, num_heads: int, activation: str, products: str = "int8",
+                groups: int = ATTENTION_GROUPS) -> bytes:
     """The serialized ONNX model of one layer's dense work (module docstring).
 
     parts (LayerParts): the layer's fp32 modules (left unchanged).
     num_heads (int): attention heads.
     activation (str): "Gelu" or "FastGelu" (see `activation_name`).
+    products (str): "int8" or "fp32" (onnx_graph.GraphBuilder).
+    groups (int): attention groups of rows, each its own grid (module docstring).
     RETURNS (bytes): the model, for `onnxruntime.InferenceSession`.
     """
     from onnx import helper
@@ -112,38 +123,146 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str, products: st
     width = parts.query.in_features
     head_dim = width // num_heads
     g = GraphBuilder(products)
-    queries = g.linear("q_rows", [parts.query])
-    # Keys and values in one product: kv_rows is quantized once for both.
-    keys_values = g.linear("kv_rows", [parts.key, parts.value])
-    split = g.const(np.array([parts.key.out_features, parts.value.out_features], np.int64))
-    keys, values = g.node("Split", [keys_values, split], axis=1, n_out=2)
+    # Every present piece is quantized once; the queries' rows are gathered
+    # from it (the active pieces are among the present ones).
+    prepared = g.prepare("kv_rows")
+    queries = g.product(g.gather(prepared, "q_in_kv"), [parts.query])
+    residual = g.node("Gather", ["kv_rows", "q_in_kv"], axis=0)
+    # No key bias: it adds the same q . bias to every score of a query, which
+    # the softmax takes out. The value bias is added once per query after
+    # attention (the probabilities sum to 1). Two products on the same
+    # quantized rows cost less than one and a Split of its [keys, 2 x hidden]
+    # result.
+    keys = g.product(prepared, [parts.key], bias=False)
+    values = g.product(prepared, [parts.value], bias=False)
+    split_heads = g.const(np.array([0, num_heads, head_dim], np.int64))
 
-    def heads(rows: str, grid: str, perm: List[int]) -> str:
-        # [pieces, hidden] rows into the [rows, slots, heads, head_dim] grid.
-        laid_out = g.node("Reshape", [g.node("Gather", [rows, grid], axis=0),
-                                      g.const(np.array([0, 0, num_heads, head_dim], np.int64))])
-        return g.node("Transpose", [laid_out], perm=perm)
+    def heads(rows: str) -> str:
+        # [pieces, hidden] into [heads, pieces, head_dim], on the packed
+        # pieces: the transposes never touch padding.
+        return g.node("Transpose", [g.node("Reshape", [rows, split_heads])], perm=[1, 0, 2])
 
-    scores = g.node("MatMul", [heads(queries, "q_grid", [0, 2, 1, 3]), heads(keys, "kv_grid", [0, 2, 3, 1])])
-    scores = g.node("Add", [g.node("Mul", [scores, g.const(np.array(head_dim ** -0.5, np.float32))]), "add_mask"])
-    context = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), heads(values, "kv_grid", [0, 2, 1, 3])])
-    # Back from the grid to the query rows.
-    context = g.node("Reshape", [g.node("Transpose", [context], perm=[0, 2, 1, 3]),
-                                 g.const(np.array([-1, width], np.int64))])
-    context = g.node("Gather", [context, "q_back"], axis=0)
-    out = g.output_block(parts, context, "q_rows", activation)
+    queries, keys, values = heads(queries), heads(keys), heads(values)
+    flat_slots = g.const(np.array([num_heads, -1, head_dim], np.int64))
+    contexts = []
+    for group in range(groups):
+        q_grid, kv_grid = g.node("Gather", [queries, f"q_grid_{group}"], axis=1), f"kv_grid_{group}"
+        # [heads, rows, slots, head_dim] grids; the keys transposed inside
+        # the product (transB), the scale folded into it.
+        scores = g.node("FusedMatMul", [q_grid, g.node("Gather", [keys, kv_grid], axis=1)], domain=CONTRIB_DOMAIN,
+                        alpha=float(head_dim ** -0.5), transA=0, transB=1)
+        probs = g.node("Softmax", [g.node("Add", [scores, f"add_mask_{group}"])], axis=-1)
+        context = g.node("MatMul", [probs, g.node("Gather", [values, kv_grid], axis=1)])
+        contexts.append(g.node("Reshape", [context, flat_slots]))
+    # Every group's slots one after the other, each query's slot picked, heads last again.
+    context = contexts[0] if groups == 1 else g.node("Concat", contexts, axis=1)
+    context = g.node("Transpose", [g.node("Gather", [context, "q_back"], axis=1)], perm=[1, 0, 2])
+    context = g.node("Reshape", [context, g.const(np.array([-1, width], np.int64))])
+    context = g.node("Add", [context, g.bias_of_one(parts.value)])
+    out = g.output_block(parts, context, residual, activation)
     g.nodes.append(helper.make_node("Identity", [out], ["out"]))
     floats, longs = onnx_type("FLOAT"), onnx_type("INT64")
-    return g.model(
-        "early_exit_layer",
-        [helper.make_tensor_value_info("q_rows", floats, ["queries", width]),
-         helper.make_tensor_value_info("kv_rows", floats, ["keys", width]),
-         helper.make_tensor_value_info("q_grid", longs, ["rows", "query_slots"]),
-         helper.make_tensor_value_info("kv_grid", longs, ["rows", "key_slots"]),
-         helper.make_tensor_value_info("q_back", longs, ["queries"]),
-         helper.make_tensor_value_info("add_mask", floats, ["rows", 1, 1, "key_slots"])],
-        [helper.make_tensor_value_info("out", floats, ["queries", width])],
-    )
+    inputs = [helper.make_tensor_value_info("kv_rows", floats, ["keys", width]),
+              helper.make_tensor_value_info("q_in_kv", longs, ["queries"]),
+              helper.make_tensor_value_info("q_back", longs, ["queries"])]
+    for group in range(groups):
+        inputs += [helper.make_tensor_value_info(f"q_grid_{group}", longs, [f"rows_{group}", f"query_slots_{group}"]),
+                   helper.make_tensor_value_info(f"kv_grid_{group}", longs, [f"rows_{group}", f"key_slots_{group}"]),
+                   helper.make_tensor_value_info(f"add_mask_{group}", floats, [f"rows_{group}", 1, f"key_slots_{group}"])]
+    return g.model("early_exit_layer", inputs, [helper.make_tensor_value_info("out", floats, ["queries", width])])
+
+
+def grouped_feed(q_row: np.ndarray, q_slot: np.ndarray, query_counts: Sequence[int], key_counts: Sequence[int],
+                 kv_grid: np.ndarray, groups: int = ATTENTION_GROUPS,
+                 overhead: Optional[float] = None) -> Dict[str, np.ndarray]:
+    """The attention inputs of `layer_graph` for one call: the live rows cut
+    into at most `groups` sets, each padded to its own most active and
+    longest row.
+
+    q_row, q_slot (np.ndarray): int64 ``[queries]``, each query's live row
+        and its slot in that row (0, 1, ... in piece order).
+    query_counts, key_counts (Sequence[int]): each live row's queries and
+        keys (its present pieces: the first key_counts[r] slots of its row).
+    kv_grid (np.ndarray): int64 ``[rows, key_slots]``, each key slot's row
+        in kv_rows.
+    groups (int): the graph's groups; unused ones get a one-slot stand-in
+        that no query reads.
+    overhead (Optional[float]): what one more set costs, in query x key
+        slots; None = GROUP_OVERHEAD (read at call time).
+    RETURNS (Dict[str, np.ndarray]): q_back and each group's q_grid,
+        kv_grid and add_mask.
+    """
+    queries = np.asarray(query_counts, np.int64)
+    keys = np.asarray(key_counts, np.int64)
+    # The grids are index lists, so the rows may sit in any order: sorted by
+    # their queries, a contiguous range's first row is its most active.
+    order = np.argsort(-queries, kind="stable")
+    ranges = row_ranges(queries[order], keys[order], groups, GROUP_OVERHEAD if overhead is None else overhead)
+    query_grid = np.zeros((len(queries), int(queries.max())), np.int64)
+    query_grid[q_row, q_slot] = np.arange(len(q_row))
+    base = np.zeros(len(queries), np.int64)
+    feed: Dict[str, np.ndarray] = {}
+    offset = 0
+    for index in range(groups):
+        if index >= len(ranges):
+            feed[f"q_grid_{index}"] = feed[f"kv_grid_{index}"] = np.zeros((1, 1), np.int64)
+            feed[f"add_mask_{index}"] = np.zeros((1, 1, 1), np.float32)
+            continue
+        start, stop = ranges[index]
+        members = order[start:stop]
+        slots, span = max(int(queries[members[0]]), 1), int(keys[members].max())
+        base[members] = offset + np.arange(stop - start) * slots
+        offset += (stop - start) * slots
+        feed[f"q_grid_{index}"] = query_grid[members, :slots]
+        feed[f"kv_grid_{index}"] = kv_grid[members, :span]
+        feed[f"add_mask_{index}"] = np.where(np.arange(span) < keys[members, None], np.float32(0),
+                                             np.float32(MASK_VALUE))[:, None, :]
+    feed["q_back"] = base[q_row] + q_slot
+    return feed
+
+
+def row_ranges(queries: np.ndarray, keys: np.ndarray, groups: int, overhead: float) -> List[Tuple[int, int]]:
+    """Cut rows sorted by their queries (most first) into at most `groups`
+    contiguous ranges, each run as ``rows x its first row's queries x its
+    longest row's keys`` slots: greedily, the cut that saves the most slots
+    net of `overhead`, while one saves anything (as
+    `attention_groups.attention_groups`, whose pure-Python search cost more
+    per call than the graph's grid here: 30 against a few us for 32 rows).
+
+    On CoNLL-2003 at batch 32 (TOKEE 2x, length-sorted) one grid ran 2.4
+    times the slots the rows need, two sets 1.6 times, three 1.4 times.
+
+    queries, keys (np.ndarray): int64 per row, queries non-increasing.
+    RETURNS (List[Tuple[int, int]]): ``(start, stop)`` in row order.
+    """
+    ranges = [(0, len(queries))]
+    if groups < 2:
+        return ranges
+    cuts = [_best_cut(queries, keys, 0, len(queries))]
+    while len(ranges) < groups:
+        best = max(range(len(ranges)), key=lambda i: cuts[i][1])
+        at, saving = cuts[best]
+        if saving <= overhead:
+            break
+        start, stop = ranges[best]
+        ranges[best:best + 1] = [(start, at), (at, stop)]
+        cuts[best:best + 1] = [_best_cut(queries, keys, start, at), _best_cut(queries, keys, at, stop)]
+    return ranges
+
+
+def _best_cut(queries: np.ndarray, keys: np.ndarray, start: int, stop: int) -> Tuple[int, float]:
+    """Where to cut rows ``start:stop`` in two, and the slots that saves (0
+    for a single row)."""
+    n = stop - start
+    if n < 2:
+        return start, 0.0
+    q, k = queries[start:stop], keys[start:stop]
+    head_keys = np.maximum.accumulate(k)[:-1]
+    tail_keys = np.maximum.accumulate(k[::-1])[::-1][1:]
+    heads = np.arange(1, n)
+    cost = heads * q[0] * head_keys + (n - heads) * q[1:] * tail_keys
+    best = int(np.argmin(cost))
+    return start + best + 1, float(n * q[0] * k.max() - cost[best])
 
 
 def session_options() -> Any:
@@ -182,41 +301,40 @@ class OrtLayer:
 
     parts (LayerParts): the layer's fp32 modules.
     num_heads (int): attention heads.
+    products (str): "int8" or "fp32".
+    groups (Optional[int]): attention groups; None = ATTENTION_GROUPS.
     """
 
-    def __init__(self, parts: LayerParts, num_heads: int, products: str = "int8") -> None:
+    def __init__(self, parts: LayerParts, num_heads: int, products: str = "int8",
+                 groups: Optional[int] = None) -> None:
         import onnxruntime
 
         activation = activation_name(parts.ffn_act)
         if activation is None:
             raise ValueError("the feed-forward activation is neither erf nor tanh GELU")
         options = session_options()
+        self.groups = ATTENTION_GROUPS if groups is None else groups
         self.session = onnxruntime.InferenceSession(
-            layer_graph(parts, num_heads, activation, products), options, providers=["CPUExecutionProvider"]
+            layer_graph(parts, num_heads, activation, products, self.groups), options, providers=["CPUExecutionProvider"]
         )
 
-    def __call__(self, q_rows: torch.Tensor, kv_rows: torch.Tensor, q_grid: torch.Tensor, kv_grid: torch.Tensor,
-                 q_back: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """The layer's new states for the query rows.
+    def __call__(self, kv_rows: torch.Tensor, q_in_kv: torch.Tensor, q_row: torch.Tensor, q_slot: torch.Tensor,
+                 kv_grid: torch.Tensor, query_counts: Sequence[int], key_counts: Sequence[int]) -> torch.Tensor:
+        """The layer's new states for the active pieces.
 
-        q_rows (torch.Tensor): float ``[queries, hidden]``, the active pieces.
         kv_rows (torch.Tensor): float ``[keys, hidden]``, the present pieces.
-        q_grid (torch.Tensor): long ``[rows, query_slots]``, the query row in
-            each slot of the attention grid (any valid row on padding).
-        kv_grid (torch.Tensor): long ``[rows, key_slots]``, the same for keys.
-        q_back (torch.Tensor): long ``[queries]``, each query row's slot in
-            the flattened q_grid.
-        key_mask (Optional[torch.Tensor]): bool ``[rows, key_slots]``, True on
-            real keys; None when every slot is one.
-        RETURNS (torch.Tensor): float ``[queries, hidden]``.
+        q_in_kv (torch.Tensor): long ``[queries]``, the active pieces' rows
+            in kv_rows.
+        q_row, q_slot (torch.Tensor): long ``[queries]``, each active piece's
+            live row and its slot among that row's active pieces.
+        kv_grid (torch.Tensor): long ``[rows, key_slots]``, each key slot's
+            row in kv_rows (any valid row on padding).
+        query_counts, key_counts (Sequence[int]): each live row's active and
+            present pieces.
+        RETURNS (torch.Tensor): float ``[queries, hidden]``, in q_in_kv's order.
         """
-        rows, slots = kv_grid.shape
-        if key_mask is None:
-            add_mask = np.zeros((rows, 1, 1, slots), np.float32)
-        else:
-            add_mask = np.where(key_mask.reshape(rows, 1, 1, slots).numpy(), np.float32(0), np.float32(MASK_VALUE))
-        feed = {"q_rows": _as_array(q_rows), "kv_rows": _as_array(kv_rows), "q_grid": q_grid.numpy(),
-                "kv_grid": kv_grid.numpy(), "q_back": q_back.numpy(), "add_mask": add_mask}
+        feed = grouped_feed(q_row.numpy(), q_slot.numpy(), query_counts, key_counts, kv_grid.numpy(), self.groups)
+        feed["kv_rows"], feed["q_in_kv"] = _as_array(kv_rows), q_in_kv.numpy()
         return torch.from_numpy(self.session.run(["out"], feed)[0])
 
 
