@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from spacy_early_exit.encoder import ort_layer, precision as precision_module, quantized_linear
+from spacy_early_exit.encoder import ort_grids, ort_layer, precision as precision_module, quantized_linear
 from spacy_early_exit.encoder.exits import ExitPolicy
 from spacy_early_exit.encoder.layer_step import PackedRows, halt_and_copy_layer
 from spacy_early_exit.encoder.model import EarlyExitEncoder, EncoderInput
@@ -78,7 +78,7 @@ def many_rows(width: int, rows: int = 9, seed: int = 0):
 
 @pytest.mark.parametrize("precision", ["int8-ort", "fp32-ort"])
 def test_attention_over_several_row_groups_computes_what_torch_does(monkeypatch, precision):
-    monkeypatch.setattr(ort_layer, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(ort_grids, "GROUP_OVERHEAD", 0)
     encoder = EarlyExitEncoder(tiny_backbone("bert"), 5).eval()
     torch_stack, ort_stack = encoder.layer_stack(precision[:4]), encoder.layer_stack(precision)
     hidden, present, active = many_rows(encoder.spec.hidden_size)
@@ -92,7 +92,7 @@ def test_attention_over_several_row_groups_computes_what_torch_does(monkeypatch,
             assert float((want - got).abs().max()) < (ort_layer.PROBE_TOLERANCE if precision == "int8-ort" else 1e-4)
             hidden = want
     # Every group of the graph held real rows.
-    used = [sum(f[f"q_grid_{g}"].shape[0] for g in range(ort_layer.ATTENTION_GROUPS)) for f in seen]
+    used = [sum(f[f"q_grid_{g}"].shape[0] for g in range(ort_grids.ATTENTION_GROUPS)) for f in seen]
     assert seen and all(n == 9 for n in used)
 
 
@@ -101,7 +101,7 @@ def test_one_grid_and_several_groups_give_the_same_states(monkeypatch):
     parts = encoder.layers[0]
     one, three = (ort_layer.OrtLayer(parts, encoder.spec.num_heads, "int8", groups) for groups in (1, 3))
     hidden, present, active = many_rows(encoder.spec.hidden_size)
-    monkeypatch.setattr(ort_layer, "GROUP_OVERHEAD", 0)
+    monkeypatch.setattr(ort_grids, "GROUP_OVERHEAD", 0)
     states = []
     for layer in (one, three):
         with torch.no_grad():
@@ -119,17 +119,17 @@ def test_row_ranges_cover_the_rows_and_cut_where_it_pays():
         queries = np.sort(generator.integers(0, 40, n))[::-1].copy()
         keys = generator.integers(1, 60, n)
         for groups in (1, 2, 3, 4):
-            ranges = ort_layer.row_ranges(queries, keys, groups, 0)
+            ranges = ort_grids.row_ranges(queries, keys, groups, 0)
             assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) <= groups
             assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
         def cost(parts):
             return sum((b - a) * queries[a] * keys[a:b].max() for a, b in parts)
         if n >= 2:
             best = min(cost([(0, i), (i, n)]) for i in range(1, n))
-            two = ort_layer.row_ranges(queries, keys, 2, 0)
+            two = ort_grids.row_ranges(queries, keys, 2, 0)
             assert cost(two) == min(best, cost([(0, n)]))
         # A cut that saves less than it costs is not made.
-        assert ort_layer.row_ranges(queries, keys, 4, float(cost([(0, n)]))) == [(0, n)]
+        assert ort_grids.row_ranges(queries, keys, 4, float(cost([(0, n)]))) == [(0, n)]
 
 
 def test_exits_and_tags_match_the_torch_int8_stack():

@@ -11,12 +11,12 @@ pieces and the scatter of their new states. Its inputs:
 - kv_rows ``[keys, hidden]``: every present piece, packed (keys and values,
   halted pieces included), and q_in_kv ``[queries]``: the active pieces'
   rows in it (the queries, and the residual);
-- for each of `ATTENTION_GROUPS` sets of the live rows, q_grid_g
+- for each of `ort_grids.ATTENTION_GROUPS` sets of the live rows, q_grid_g
   ``[rows_g, query_slots_g]`` and kv_grid_g ``[rows_g, key_slots_g]``: which
   packed row sits in each slot of that set's attention grid, and add_mask_g
   ``[rows_g, 1, key_slots_g]``, 0 on real keys and a large negative number
   on padding; q_back ``[queries]``: each query's slot in all the sets'
-  grids one after the other (`grouped_feed` makes them).
+  grids one after the other (`ort_grids.grouped_feed` makes them).
 
 Each set is padded to its own most active and longest row: after exits the
 active counts of a batch spread widely, and one grid padded to the batch's
@@ -43,23 +43,15 @@ disk. Plain PyTorch, numpy and onnx/onnxruntime: nothing here knows about spaCy.
 """
 import dataclasses
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .backbone import LayerParts
+from .ort_grids import ATTENTION_GROUPS, grouped_feed
 from .onnx_graph import CONTRIB_DOMAIN, GraphBuilder, onnx_type
 
-# Added to the attention scores of padding keys: exp() of it is 0 in fp32,
-# and a finite value keeps a (never occurring) all-padding row from NaNs.
-MASK_VALUE = -1e9
-# Attention runs over this many sets of rows, each padded to its own most
-# active and longest row (`grouped_feed`): fixed per graph; a call that
-# needs fewer passes one-slot stand-ins.
-ATTENTION_GROUPS = 3
-# What one more set costs, in query x key slots (see attention_groups.py).
-GROUP_OVERHEAD = 1024
 
 
 @lru_cache(maxsize=None)
@@ -170,99 +162,6 @@ def layer_graph(parts: LayerParts, num_heads: int, activation: str, products: st
                    helper.make_tensor_value_info(f"kv_grid_{group}", longs, [f"rows_{group}", f"key_slots_{group}"]),
                    helper.make_tensor_value_info(f"add_mask_{group}", floats, [f"rows_{group}", 1, f"key_slots_{group}"])]
     return g.model("early_exit_layer", inputs, [helper.make_tensor_value_info("out", floats, ["queries", width])])
-
-
-def grouped_feed(q_row: np.ndarray, q_slot: np.ndarray, query_counts: Sequence[int], key_counts: Sequence[int],
-                 kv_grid: np.ndarray, groups: int = ATTENTION_GROUPS,
-                 overhead: Optional[float] = None) -> Dict[str, np.ndarray]:
-    """The attention inputs of `layer_graph` for one call: the live rows cut
-    into at most `groups` sets, each padded to its own most active and
-    longest row.
-
-    q_row, q_slot (np.ndarray): int64 ``[queries]``, each query's live row
-        and its slot in that row (0, 1, ... in piece order).
-    query_counts, key_counts (Sequence[int]): each live row's queries and
-        keys (its present pieces: the first key_counts[r] slots of its row).
-    kv_grid (np.ndarray): int64 ``[rows, key_slots]``, each key slot's row
-        in kv_rows.
-    groups (int): the graph's groups; unused ones get a one-slot stand-in
-        that no query reads.
-    overhead (Optional[float]): what one more set costs, in query x key
-        slots; None = GROUP_OVERHEAD (read at call time).
-    RETURNS (Dict[str, np.ndarray]): q_back and each group's q_grid,
-        kv_grid and add_mask.
-    """
-    queries = np.asarray(query_counts, np.int64)
-    keys = np.asarray(key_counts, np.int64)
-    # The grids are index lists, so the rows may sit in any order: sorted by
-    # their queries, a contiguous range's first row is its most active.
-    order = np.argsort(-queries, kind="stable")
-    ranges = row_ranges(queries[order], keys[order], groups, GROUP_OVERHEAD if overhead is None else overhead)
-    query_grid = np.zeros((len(queries), int(queries.max())), np.int64)
-    query_grid[q_row, q_slot] = np.arange(len(q_row))
-    base = np.zeros(len(queries), np.int64)
-    feed: Dict[str, np.ndarray] = {}
-    offset = 0
-    for index in range(groups):
-        if index >= len(ranges):
-            feed[f"q_grid_{index}"] = feed[f"kv_grid_{index}"] = np.zeros((1, 1), np.int64)
-            feed[f"add_mask_{index}"] = np.zeros((1, 1, 1), np.float32)
-            continue
-        start, stop = ranges[index]
-        members = order[start:stop]
-        slots, span = max(int(queries[members[0]]), 1), int(keys[members].max())
-        base[members] = offset + np.arange(stop - start) * slots
-        offset += (stop - start) * slots
-        feed[f"q_grid_{index}"] = query_grid[members, :slots]
-        feed[f"kv_grid_{index}"] = kv_grid[members, :span]
-        feed[f"add_mask_{index}"] = np.where(np.arange(span) < keys[members, None], np.float32(0),
-                                             np.float32(MASK_VALUE))[:, None, :]
-    feed["q_back"] = base[q_row] + q_slot
-    return feed
-
-
-def row_ranges(queries: np.ndarray, keys: np.ndarray, groups: int, overhead: float) -> List[Tuple[int, int]]:
-    """Cut rows sorted by their queries (most first) into at most `groups`
-    contiguous ranges, each run as ``rows x its first row's queries x its
-    longest row's keys`` slots: greedily, the cut that saves the most slots
-    net of `overhead`, while one saves anything (as
-    `attention_groups.attention_groups`, whose pure-Python search cost more
-    per call than the graph's grid here: 30 against a few us for 32 rows).
-
-    On CoNLL-2003 at batch 32 (TOKEE 2x, length-sorted) one grid ran 2.4
-    times the slots the rows need, two sets 1.6 times, three 1.4 times.
-
-    queries, keys (np.ndarray): int64 per row, queries non-increasing.
-    RETURNS (List[Tuple[int, int]]): ``(start, stop)`` in row order.
-    """
-    ranges = [(0, len(queries))]
-    if groups < 2:
-        return ranges
-    cuts = [_best_cut(queries, keys, 0, len(queries))]
-    while len(ranges) < groups:
-        best = max(range(len(ranges)), key=lambda i: cuts[i][1])
-        at, saving = cuts[best]
-        if saving <= overhead:
-            break
-        start, stop = ranges[best]
-        ranges[best:best + 1] = [(start, at), (at, stop)]
-        cuts[best:best + 1] = [_best_cut(queries, keys, start, at), _best_cut(queries, keys, at, stop)]
-    return ranges
-
-
-def _best_cut(queries: np.ndarray, keys: np.ndarray, start: int, stop: int) -> Tuple[int, float]:
-    """Where to cut rows ``start:stop`` in two, and the slots that saves (0
-    for a single row)."""
-    n = stop - start
-    if n < 2:
-        return start, 0.0
-    q, k = queries[start:stop], keys[start:stop]
-    head_keys = np.maximum.accumulate(k)[:-1]
-    tail_keys = np.maximum.accumulate(k[::-1])[::-1][1:]
-    heads = np.arange(1, n)
-    cost = heads * q[0] * head_keys + (n - heads) * q[1:] * tail_keys
-    best = int(np.argmin(cost))
-    return start + best + 1, float(n * q[0] * k.max() - cost[best])
 
 
 def session_options() -> Any:
