@@ -236,7 +236,7 @@ def _one_call_step(parts: LayerParts, keys_in: torch.Tensor, key_mask: torch.Ten
     """The layer's new states of the active pieces from `parts.dense_step`:
     the products run on packed rows (the present pieces; the active ones
     are picked from them by row), and each piece's live row and slot say
-    where it sits in the attention grids (ort_layer.grouped_feed)."""
+    where it sits in the attention grids (ort_grids.grouped_feed)."""
     n_live, span, width = keys_in.shape
     if unpadded:
         kv_rows, kv_grid = keys_in.reshape(-1, width), torch.arange(n_live * span).view(n_live, span)
