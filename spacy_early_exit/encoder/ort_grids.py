@@ -19,8 +19,9 @@ import numpy as np
 # and a finite value keeps a (never occurring) all-padding row from NaNs.
 MASK_VALUE = -1e9
 # The layer graph's grids. Each costs its nodes on every call, used or not:
-# on CoNLL-2003 at batch 32 (recorded calls, sessions alone, interleaved)
-# 2 grids ran 0.99-1.08x one, 3 grids 1.02-1.07x, 4 grids 1.05-1.06x.
+# CoNLL-2003's recorded batch-32 calls replayed through 2, 3 and 4 grids ran
+# 1.04x one grid's speed each (benchmarks/ort_layer_profile.py); earlier
+# replays by hand 0.99-1.08x (2), 1.02-1.07x (3), 1.05-1.06x (4).
 ATTENTION_GROUPS = 3
 # What one more set costs, in query x key slots: its nodes' dispatch and
 # this module's numpy work, ~40 us, against ~0.05 us per slot of attention
@@ -86,7 +87,7 @@ def row_ranges(queries: np.ndarray, keys: np.ndarray, groups: int, overhead: flo
     per call than the graph's grid here: 30 against a few us for 32 rows).
 
     On CoNLL-2003 at batch 32 (TOKEE 2x, length-sorted) one grid ran 2.4
-    times the slots the rows need, two sets 1.6 times, three 1.4 times.
+    times the slots the rows need, two sets 1.5 times, three 1.3 times.
 
     queries, keys (np.ndarray): int64 per row, queries non-increasing.
     RETURNS (List[Tuple[int, int]]): ``(start, stop)`` in row order.
