@@ -16,7 +16,7 @@ query, key and value grids (no copies): sub-batches are length-sorted
 (`layers/sub_batches.py`), so neighbouring rows have similar key counts.
 Plain Python on host-side sizes: nothing here touches a tensor.
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 # What one more attention call costs, in query x key slots: the call's
 # dispatch, the boolean mask's conversion, the kernel's per-call set-up and
@@ -75,34 +75,49 @@ def attention_groups(queries: Sequence[int], keys: Sequence[int], key_block: int
         raise ValueError(f"{len(queries)} query counts for {len(keys)} rows")
     if not queries:
         return []
-    groups = [_group(queries, keys, key_block, 0, len(queries))]
-    # Each range's best cut, found once: a step only re-cuts the two new ranges.
-    cuts = [_best_cut(queries, keys, key_block, groups[0])]
-    while len(groups) < max_groups:
-        best_gain, best_at = 0.0, -1
-        for index, (group, pair) in enumerate(zip(groups, cuts)):
-            if pair is not None:
-                gain = group.slots - pair[0].slots - pair[1].slots - overhead
-                if gain > best_gain:
-                    best_gain, best_at = gain, index
-        if best_at < 0:
+    ranges = greedy_ranges(len(queries), lambda start, stop: _best_cut(queries, keys, key_block, start, stop),
+                           max_groups, overhead)
+    return [_group(queries, keys, key_block, start, stop) for start, stop in ranges]
+
+
+def greedy_ranges(rows: int, best_cut: Callable[[int, int], Tuple[int, float]], max_groups: int,
+                  overhead: float) -> List[Tuple[int, int]]:
+    """Rows ``0:rows`` cut into at most `max_groups` contiguous ranges: each
+    step makes the cut that saves the most slots, while that saving is more
+    than `overhead`. Each range's best cut is found once: a step only
+    re-cuts the two new ranges.
+
+    rows (int): how many rows.
+    best_cut (Callable[[int, int], Tuple[int, float]]): ``(start, stop) ->
+        (where to cut, slots saved)``; -inf saved for a single row.
+    max_groups (int): the most ranges.
+    overhead (float): what one more range costs, in slots.
+    RETURNS (List[Tuple[int, int]]): ``(start, stop)`` in row order.
+    """
+    ranges = [(0, rows)]
+    if max_groups < 2:
+        return ranges
+    cuts = [best_cut(0, rows)]
+    while len(ranges) < max_groups:
+        best = max(range(len(ranges)), key=lambda i: cuts[i][1])
+        at, saving = cuts[best]
+        if not saving > overhead:
             break
-        pair = cuts[best_at]
-        groups[best_at:best_at + 1] = list(pair)
-        cuts[best_at:best_at + 1] = [_best_cut(queries, keys, key_block, half) for half in pair]
-    return groups
+        start, stop = ranges[best]
+        ranges[best:best + 1] = [(start, at), (at, stop)]
+        cuts[best:best + 1] = [best_cut(start, at), best_cut(at, stop)]
+    return ranges
 
 
 def _group(queries: Sequence[int], keys: Sequence[int], key_block: int, start: int, stop: int) -> AttentionGroup:
     return AttentionGroup(start, stop, max(queries[start:stop]), round_up(max(keys[start:stop]), key_block))
 
 
-def _best_cut(queries: Sequence[int], keys: Sequence[int], key_block: int,
-              group: AttentionGroup) -> Optional[Tuple[AttentionGroup, AttentionGroup]]:
-    """The cut of `group` into two ranges with the fewest slots; None for a single row."""
-    start, stop = group.start, group.stop
+def _best_cut(queries: Sequence[int], keys: Sequence[int], key_block: int, start: int, stop: int) -> Tuple[int, float]:
+    """The cut of rows ``start:stop`` into two ranges with the fewest slots,
+    and the slots it saves (-inf for a single row)."""
     if stop - start < 2:
-        return None
+        return start, float("-inf")
     # Suffix maxima: the widest row from each position to the end.
     tail_q = list(queries[start:stop])
     tail_k = list(keys[start:stop])
@@ -118,4 +133,4 @@ def _best_cut(queries: Sequence[int], keys: Sequence[int], key_block: int,
                 + (stop - start - offset) * tail_q[offset] * round_up(tail_k[offset], key_block))
         if best is None or cost < best:
             best, best_cut = cost, start + offset
-    return (_group(queries, keys, key_block, start, best_cut), _group(queries, keys, key_block, best_cut, stop))
+    return best_cut, float(_group(queries, keys, key_block, start, stop).slots - best)

@@ -130,11 +130,12 @@ def halt_and_copy_layer(
         key_mask = present.index_select(0, live_rows)[:, :span]
     unpadded = all(counts[i] == span for i in live_list)
     q_rows = None if n_live == 1 else (torch.cumsum(present.any(dim=1), dim=0) - 1)[active.rows]
+    # Each live row's active and present pieces (host-side sizes).
+    query_sizes, key_sizes = (active.sizes, counts) if n_live == batch else (
+        [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
     if parts.dense_step is not None:
-        query_counts, key_counts = (active.sizes, counts) if n_live == batch else (
-            [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
         return _write_back(hidden, active, _one_call_step(parts, keys_in, key_mask, unpadded, q_rows, active,
-                                                          query_counts, key_counts))
+                                                          query_sizes, key_sizes))
     x = hidden.reshape(-1, width).index_select(0, active.flat)
     kv_span = key_span(span, hidden)
     if unpadded and kv_span == span:
@@ -168,8 +169,6 @@ def halt_and_copy_layer(
     groups = None
     if q_rows is not None and attention_dropout == 0 and not torch.is_grad_enabled():
         # Prediction only: training keeps one call and its results to the bit.
-        query_sizes, key_sizes = (active.sizes, counts) if n_live == batch else (
-            [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
         groups = attention_groups(query_sizes, key_sizes, _key_block(hidden))
     if groups is not None and len(groups) > 1:
         # Several calls, each over a contiguous range of rows padded to its

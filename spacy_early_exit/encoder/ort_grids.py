@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .attention_groups import greedy_ranges
+
 # Added to the attention scores of padding keys: exp() of it is 0 in fp32,
 # and a finite value keeps a (never occurring) all-padding row from NaNs.
 MASK_VALUE = -1e9
@@ -82,9 +84,9 @@ def row_ranges(queries: np.ndarray, keys: np.ndarray, groups: int, overhead: flo
     """Cut rows sorted by their queries (most first) into at most `groups`
     contiguous ranges, each run as ``rows x its first row's queries x its
     longest row's keys`` slots: greedily, the cut that saves the most slots
-    net of `overhead`, while one saves anything (as
-    `attention_groups.attention_groups`, whose pure-Python search cost more
-    per call than the graph's grid here: 30 against a few us for 32 rows).
+    net of `overhead`, while one saves anything
+    (`attention_groups.greedy_ranges`, with a numpy search for each range's
+    cut: the pure-Python one there cost 30 us for 32 rows).
 
     On CoNLL-2003 at batch 32 (TOKEE 2x, length-sorted) one grid ran 2.4
     times the slots the rows need, two sets 1.5 times, three 1.3 times.
@@ -92,27 +94,15 @@ def row_ranges(queries: np.ndarray, keys: np.ndarray, groups: int, overhead: flo
     queries, keys (np.ndarray): int64 per row, queries non-increasing.
     RETURNS (List[Tuple[int, int]]): ``(start, stop)`` in row order.
     """
-    ranges = [(0, len(queries))]
-    if groups < 2:
-        return ranges
-    cuts = [_best_cut(queries, keys, 0, len(queries))]
-    while len(ranges) < groups:
-        best = max(range(len(ranges)), key=lambda i: cuts[i][1])
-        at, saving = cuts[best]
-        if saving <= overhead:
-            break
-        start, stop = ranges[best]
-        ranges[best:best + 1] = [(start, at), (at, stop)]
-        cuts[best:best + 1] = [_best_cut(queries, keys, start, at), _best_cut(queries, keys, at, stop)]
-    return ranges
+    return greedy_ranges(len(queries), lambda start, stop: _best_cut(queries, keys, start, stop), groups, overhead)
 
 
 def _best_cut(queries: np.ndarray, keys: np.ndarray, start: int, stop: int) -> Tuple[int, float]:
-    """Where to cut rows ``start:stop`` in two, and the slots that saves (0
-    for a single row)."""
+    """Where to cut rows ``start:stop`` in two, and the slots that saves
+    (-inf for a single row)."""
     n = stop - start
     if n < 2:
-        return start, 0.0
+        return start, float("-inf")
     q, k = queries[start:stop], keys[start:stop]
     head_keys = np.maximum.accumulate(k)[:-1]
     tail_keys = np.maximum.accumulate(k[::-1])[::-1][1:]
