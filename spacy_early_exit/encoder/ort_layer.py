@@ -174,8 +174,8 @@ def session_options() -> Any:
     3,757 words/s against 4,545 for sessions without pools, since waking a
     thread costs more than a sentence's small products gain. So a session
     runs on the calling thread; torch's own ops still use its threads, and
-    "int8-ort" is the setting for one sentence at a time (batches run faster
-    in bf16).
+    with two threads torch's bf16 and int8 run batches faster than
+    "int8-ort" (on one thread, without AMX, "int8-ort" is the fastest).
 
     The same holds for a whole sequence's call (ort_document.py): with a
     2-thread pool whose idle thread sleeps, TOKEE 2x at batch 1 ran 5,444
