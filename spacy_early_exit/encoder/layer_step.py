@@ -130,12 +130,9 @@ def halt_and_copy_layer(
         key_mask = present.index_select(0, live_rows)[:, :span]
     unpadded = all(counts[i] == span for i in live_list)
     q_rows = None if n_live == 1 else (torch.cumsum(present.any(dim=1), dim=0) - 1)[active.rows]
-    # Each live row's active and present pieces (host-side sizes).
-    query_sizes, key_sizes = (active.sizes, counts) if n_live == batch else (
-        [active.sizes[i] for i in live_list], [counts[i] for i in live_list])
     if parts.dense_step is not None:
         return _write_back(hidden, active, _one_call_step(parts, keys_in, key_mask, unpadded, q_rows, active,
-                                                          query_sizes, key_sizes))
+                                                          *_live_sizes(active.sizes, counts, live_list)))
     x = hidden.reshape(-1, width).index_select(0, active.flat)
     kv_span = key_span(span, hidden)
     if unpadded and kv_span == span:
@@ -169,7 +166,7 @@ def halt_and_copy_layer(
     groups = None
     if q_rows is not None and attention_dropout == 0 and not torch.is_grad_enabled():
         # Prediction only: training keeps one call and its results to the bit.
-        groups = attention_groups(query_sizes, key_sizes, _key_block(hidden))
+        groups = attention_groups(*_live_sizes(active.sizes, counts, live_list), _key_block(hidden))
     if groups is not None and len(groups) > 1:
         # Several calls, each over a contiguous range of rows padded to its
         # own widest (attention_groups.py); each range is a view of the grids.
@@ -227,6 +224,14 @@ def _widened(t: torch.Tensor, columns: int) -> torch.Tensor:
     out[:, :span] = t
     out[:, span:] = 0
     return out
+
+
+def _live_sizes(query_sizes: List[int], key_sizes: List[int], live_list: List[int]) -> Tuple[List[int], List[int]]:
+    """Each live row's active and present pieces (host-side sizes), from
+    those of every row: the same lists when every row is live."""
+    if len(live_list) == len(key_sizes):
+        return query_sizes, key_sizes
+    return [query_sizes[i] for i in live_list], [key_sizes[i] for i in live_list]
 
 
 def _one_call_step(parts: LayerParts, keys_in: torch.Tensor, key_mask: torch.Tensor, unpadded: bool,
